@@ -1,0 +1,212 @@
+"""Hugging Face checkpoint tensors -> edgerope weights.
+
+`HF_NAMES` is the one literal map from internal names to checkpoint names per architecture
+(".weight"/".bias" are appended). Loading fuses what one matmul can do (q|k|v, gate|up),
+reorders per-head fused qkv layouts (GPT-NeoX, Persimmon) into [all q | all k | all v],
+quantizes matmul weights to int8 blocks at load (or keeps float32), and keeps norms and biases
+in float32. Tensors are read from memory maps one at a time.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .config import ModelConfig
+from .errors import WeightsError
+from .linear import Linear
+from .safetensors_mmap import Checkpoint, to_float32
+
+_L = "model.layers.{i}."
+_LLAMA = {
+    "embed": "model.embed_tokens", "out_norm": "model.norm", "lm_head": "lm_head",
+    "attn_norm": _L + "input_layernorm", "ffn_norm": _L + "post_attention_layernorm",
+    "wq": _L + "self_attn.q_proj", "wk": _L + "self_attn.k_proj", "wv": _L + "self_attn.v_proj",
+    "wo": _L + "self_attn.o_proj", "q_norm": _L + "self_attn.q_norm", "k_norm": _L + "self_attn.k_norm",
+    "w_gate": _L + "mlp.gate_proj", "w_up": _L + "mlp.up_proj", "w_down": _L + "mlp.down_proj",
+}
+_NEOX = "gpt_neox.layers.{i}."
+_GPTJ = "transformer.h.{i}."
+HF_NAMES: dict[str, dict[str, str]] = {
+    "llama": _LLAMA, "mistral": _LLAMA, "qwen2": _LLAMA, "qwen3": _LLAMA,
+    "gemma3_text": {**_LLAMA, "post_attn_norm": _L + "post_attention_layernorm",
+                    "ffn_norm": _L + "pre_feedforward_layernorm",
+                    "post_ffn_norm": _L + "post_feedforward_layernorm"},
+    "glm": {**_LLAMA, "w_gate_up": _L + "mlp.gate_up_proj"},
+    "stablelm": {**_LLAMA, "q_norm": _L + "self_attn.q_layernorm.norms.{h}",
+                 "k_norm": _L + "self_attn.k_layernorm.norms.{h}"},
+    "phi": {"embed": "model.embed_tokens", "out_norm": "model.final_layernorm", "lm_head": "lm_head",
+            "attn_norm": _L + "input_layernorm", "wq": _L + "self_attn.q_proj",
+            "wk": _L + "self_attn.k_proj", "wv": _L + "self_attn.v_proj",
+            "wo": _L + "self_attn.dense", "q_norm": _L + "self_attn.q_layernorm",
+            "k_norm": _L + "self_attn.k_layernorm", "w_fc1": _L + "mlp.fc1", "w_fc2": _L + "mlp.fc2"},
+    "persimmon": {"embed": "model.embed_tokens", "out_norm": "model.final_layernorm",
+                  "lm_head": "lm_head", "attn_norm": _L + "input_layernorm",
+                  "ffn_norm": _L + "post_attention_layernorm",
+                  "wqkv": _L + "self_attn.query_key_value", "wo": _L + "self_attn.dense",
+                  "q_norm": _L + "self_attn.q_layernorm", "k_norm": _L + "self_attn.k_layernorm",
+                  "w_fc1": _L + "mlp.dense_h_to_4h", "w_fc2": _L + "mlp.dense_4h_to_h"},
+    "gpt_neox": {"embed": "gpt_neox.embed_in", "out_norm": "gpt_neox.final_layer_norm",
+                 "lm_head": "embed_out", "attn_norm": _NEOX + "input_layernorm",
+                 "ffn_norm": _NEOX + "post_attention_layernorm",
+                 "wqkv": _NEOX + "attention.query_key_value", "wo": _NEOX + "attention.dense",
+                 "w_fc1": _NEOX + "mlp.dense_h_to_4h", "w_fc2": _NEOX + "mlp.dense_4h_to_h"},
+    "gptj": {"embed": "transformer.wte", "out_norm": "transformer.ln_f", "lm_head": "lm_head",
+             "attn_norm": _GPTJ + "ln_1", "wq": _GPTJ + "attn.q_proj", "wk": _GPTJ + "attn.k_proj",
+             "wv": _GPTJ + "attn.v_proj", "wo": _GPTJ + "attn.out_proj",
+             "w_fc1": _GPTJ + "mlp.fc_in", "w_fc2": _GPTJ + "mlp.fc_out"},
+}
+# Prefixes some checkpoints put before the names above (multimodal Gemma 3, ...).
+_PREFIXES = ("", "language_model.", "model.language_model.")
+
+
+@dataclass
+class Norm:
+    """A normalization: kind "rms" | "rms1p" | "layer"; weight/bias (G, n) with G = 1, or one
+    row per head for per-head norms."""
+    kind: str
+    weight: np.ndarray
+    bias: np.ndarray
+    eps: float
+
+
+@dataclass
+class LayerWeights:
+    attn_norm: Norm
+    wqkv: Linear            # rows: [q (Hq*D) | k (Hkv*D) | v (Hkv*D)]
+    wo: Linear
+    w_in: Linear            # gated: [gate (I) | up (I)]; plain: fc1 (I)
+    w_down: Linear
+    ffn_norm: Norm | None = None
+    q_norm: Norm | None = None
+    k_norm: Norm | None = None
+    post_attn_norm: Norm | None = None
+    post_ffn_norm: Norm | None = None
+
+
+@dataclass
+class ModelWeights:
+    embed: Linear           # (vocab, hidden); its rows are looked up
+    layers: list[LayerWeights]
+    out_norm: Norm
+    lm_head: Linear         # may be the same object as `embed` (tied)
+
+    @property
+    def nbytes(self) -> int:
+        seen, total = set(), 0
+        for lin in self.linears():
+            if id(lin) not in seen:
+                seen.add(id(lin))
+                total += lin.nbytes
+        return total
+
+    def linears(self):
+        yield self.embed
+        yield self.lm_head
+        for lw in self.layers:
+            yield from (lw.wqkv, lw.wo, lw.w_in, lw.w_down)
+
+
+class _Reader:
+    """Finds checkpoint tensors by internal name and checks their shapes."""
+
+    def __init__(self, ckpt: Checkpoint, names: dict[str, str]):
+        self.ckpt, self.names = ckpt, names
+        self.prefix = next((p for p in _PREFIXES if p + names["embed"] + ".weight" in ckpt), None)
+        if self.prefix is None:
+            raise WeightsError(f"{ckpt.dir}: tensor '{names['embed']}.weight' not found "
+                               f"(is this a checkpoint of the configured architecture?)")
+
+    def name(self, key, i=None, h=None, suffix="weight"):
+        return self.prefix + self.names[key].format(i=i, h=h) + "." + suffix
+
+    def has(self, key, i=None, suffix="weight", h=0):
+        return key in self.names and self.name(key, i, h, suffix) in self.ckpt
+
+    def _check(self, name, shape):
+        if name not in self.ckpt:
+            raise WeightsError(f"{self.ckpt.dir}: tensor '{name}' is missing")
+        found = self.ckpt.shape(name)
+        if shape is not None and tuple(found) != tuple(shape):
+            raise WeightsError(f"{self.ckpt.dir}: tensor '{name}' has shape {list(found)}, "
+                               f"expected {list(shape)}")
+        return name
+
+    def array(self, key, shape, i=None, h=None, suffix="weight") -> np.ndarray:
+        name = self._check(self.name(key, i, h, suffix), shape)
+        return np.array(self.ckpt.float32(name), dtype=np.float32, copy=True)
+
+    def linear(self, key, shape, dtype, i=None, bias=False) -> Linear:
+        name = self._check(self.name(key, i), shape)
+        b = self.array(key, (shape[0],), i, suffix="bias") if bias else None
+        sd = self.ckpt.dtype(name)
+        return Linear.from_float(self.ckpt.raw(name), dtype, b, convert=lambda a: to_float32(a, sd))
+
+
+def _per_head_to_blocks(lin: Linear, n_heads: int, head_dim: int) -> Linear:
+    """Reorder a fused qkv matrix laid out per head as [h][q|k|v][D] into [q | k | v]."""
+    def reorder(a):
+        return np.ascontiguousarray(a.reshape(n_heads, 3, head_dim, *a.shape[1:]).swapaxes(0, 1)
+                                    .reshape(a.shape))
+    bias = None if lin.bias is None else reorder(lin.bias)
+    if lin.w is not None:
+        return Linear(w=reorder(lin.w), bias=bias)
+    return Linear(wq=reorder(lin.wq), ws=reorder(lin.ws), bias=bias)
+
+
+def load_weights(ckpt: Checkpoint, cfg: ModelConfig, dtype: str) -> ModelWeights:
+    """Read every tensor the configured architecture needs from `ckpt`."""
+    r = _Reader(ckpt, HF_NAMES[cfg.model_type])
+    H, I, V, D = cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size, cfg.head_dim
+    Hq, Hkv = cfg.num_attention_heads, cfg.num_key_value_heads
+
+    def norm(key, n, i=None, kind=None, groups=1, per_head=False):
+        kind = kind or cfg.norm
+        if per_head:
+            w = np.stack([r.array(key, (n,), i, h) for h in range(groups)])
+            b = np.zeros_like(w)
+        else:
+            w = r.array(key, (n,), i)[None, :]
+            has_b = kind == "layer" and r.has(key, i, "bias")
+            b = r.array(key, (n,), i, suffix="bias")[None, :] if has_b else np.zeros_like(w)
+        return Norm("layer" if kind.startswith("layer") else kind, w, b, cfg.norm_eps)
+
+    embed = r.linear("embed", (V, H), dtype)
+    layers = []
+    for i in range(cfg.num_hidden_layers):
+        if cfg.fused_qkv == "per_head":
+            wqkv = _per_head_to_blocks(r.linear("wqkv", (3 * Hq * D, H), dtype, i, cfg.qkv_bias),
+                                       Hq, D)
+        else:
+            wqkv = Linear.concat([r.linear("wq", (Hq * D, H), dtype, i, cfg.qkv_bias),
+                                  r.linear("wk", (Hkv * D, H), dtype, i, cfg.qkv_bias),
+                                  r.linear("wv", (Hkv * D, H), dtype, i, cfg.qkv_bias)])
+        if cfg.mlp == "gated":
+            if "w_gate_up" in r.names:
+                w_in = r.linear("w_gate_up", (2 * I, H), dtype, i, cfg.mlp_bias)
+            else:
+                w_in = Linear.concat([r.linear("w_gate", (I, H), dtype, i, cfg.mlp_bias),
+                                      r.linear("w_up", (I, H), dtype, i, cfg.mlp_bias)])
+            w_down = r.linear("w_down", (H, I), dtype, i, cfg.mlp_bias)
+        else:
+            w_in = r.linear("w_fc1", (I, H), dtype, i, cfg.mlp_bias)
+            w_down = r.linear("w_fc2", (H, I), dtype, i, cfg.mlp_bias)
+        lw = LayerWeights(attn_norm=norm("attn_norm", H, i), wqkv=wqkv,
+                          wo=r.linear("wo", (H, Hq * D), dtype, i, cfg.o_bias),
+                          w_in=w_in, w_down=w_down)
+        if cfg.residual == "sequential" or not cfg.shared_norm:
+            lw.ffn_norm = norm("ffn_norm", H, i)
+        if cfg.sandwich:
+            lw.post_attn_norm = norm("post_attn_norm", H, i)
+            lw.post_ffn_norm = norm("post_ffn_norm", H, i)
+        if cfg.qk_norm:
+            per_head = cfg.qk_norm == "layer_per_head"
+            lw.q_norm = norm("q_norm", D, i, cfg.qk_norm, Hq, per_head)
+            lw.k_norm = norm("k_norm", D, i, cfg.qk_norm, Hkv, per_head)
+        layers.append(lw)
+    out_norm = norm("out_norm", H)
+    # Tied heads share the embedding's arrays (transformers ties them even when a file also
+    # stores an lm_head tensor).
+    lm_head = embed if cfg.tie_word_embeddings else r.linear("lm_head", (V, H), dtype,
+                                                             bias=cfg.lm_head_bias)
+    return ModelWeights(embed=embed, layers=layers, out_norm=out_norm, lm_head=lm_head)

@@ -1,0 +1,18 @@
+"""Exceptions edgerope raises for bad input. Each carries a one-line message meant for a user:
+what file or key, what was expected, what was found. The CLI prints it and exits non-zero."""
+
+
+class EdgeropeError(Exception):
+    """Base of every error caused by input (files, configs, options), not by a bug."""
+
+
+class ConfigError(EdgeropeError, ValueError):
+    """A config.json (or GGUF metadata) that edgerope cannot run."""
+
+
+class WeightsError(EdgeropeError, ValueError):
+    """A weights file that is missing, malformed or disagrees with the config."""
+
+
+class ContextFullError(EdgeropeError, RuntimeError):
+    """The KV cache has no room left for more tokens."""

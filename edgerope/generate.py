@@ -1,0 +1,142 @@
+"""Text generation as a generator: prompt in, text pieces out, as they are decoded.
+
+Owns: the prompt -> prefill -> sample -> decode loop, stop conditions (max tokens, end-of-
+sequence tokens, stop strings, full context) and timing. Sampling rules live in
+edgerope.sampler, incremental UTF-8-safe detokenization in edgerope.tokenizer.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from .errors import EdgeropeError
+from .sampler import Sampler, SamplingParams
+
+
+@dataclass
+class GenerationStats:
+    """Filled in while generating; read it after the iterator is exhausted."""
+    n_prompt: int = 0
+    n_generated: int = 0
+    prompt_seconds: float = 0.0
+    gen_seconds: float = 0.0
+    first_token_seconds: float = 0.0   # from the call to the first generated token
+    stop_reason: str = ""              # "length" | "eos" | "stop" | "context"
+
+    @property
+    def prompt_tps(self) -> float:
+        return self.n_prompt / self.prompt_seconds if self.prompt_seconds > 0 else 0.0
+
+    @property
+    def gen_tps(self) -> float:
+        # The first token comes out of the prompt pass; decode speed counts the rest.
+        n = self.n_generated - 1
+        return n / self.gen_seconds if n > 0 and self.gen_seconds > 0 else 0.0
+
+
+class _StopMatcher:
+    """Holds back text that could still become a stop string."""
+
+    def __init__(self, stops):
+        self.stops = [s for s in (stops or ()) if s]
+        self.pending = ""
+
+    def feed(self, text: str) -> tuple[str, bool]:
+        """Returns (text safe to emit, stopped)."""
+        if not self.stops:
+            return text, False
+        self.pending += text
+        cut = min((i for i in (self.pending.find(s) for s in self.stops) if i >= 0), default=-1)
+        if cut >= 0:
+            out, self.pending = self.pending[:cut], ""
+            return out, True
+        keep = 0
+        for s in self.stops:
+            for n in range(min(len(s) - 1, len(self.pending)), 0, -1):
+                if self.pending.endswith(s[:n]):
+                    keep = max(keep, n)
+                    break
+        out = self.pending[:len(self.pending) - keep]
+        self.pending = self.pending[len(self.pending) - keep:]
+        return out, False
+
+    def flush(self) -> str:
+        out, self.pending = self.pending, ""
+        return out
+
+
+def generate(model, prompt, max_tokens: int = 128, temperature: float = 0.8, top_k: int = 40,
+             top_p: float = 0.95, min_p: float = 0.05, repeat_penalty: float = 1.0,
+             repeat_last_n: int = 64, seed: int | None = None, stop=None, add_bos: bool = True,
+             n_ctx: int | None = None, session=None, stats: GenerationStats | None = None):
+    """Yield text pieces of the continuation of `prompt` (a string or a list of token ids).
+
+    Greedy when temperature <= 0. Same seed and options -> same text. Stops at `max_tokens`,
+    an end-of-sequence token, a stop string (not emitted), or a full context.
+    """
+    t_start = time.perf_counter()
+    tok = model.tokenizer
+    params = SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
+                            repeat_penalty=repeat_penalty, repeat_last_n=repeat_last_n, seed=seed)
+    params.validate()
+    if max_tokens < 0:
+        raise EdgeropeError(f"max_tokens must be >= 0, got {max_tokens}")
+    if isinstance(prompt, str):
+        if tok is None:
+            raise EdgeropeError("this model has no tokenizer: pass token ids, not text")
+        ids = tok.encode(prompt, add_bos=add_bos)
+    else:
+        ids = [int(t) for t in prompt]
+    if not ids:
+        bos = model.config.bos_token_id if tok is None else tok.bos_id
+        if bos is None:
+            raise EdgeropeError("empty prompt and the model has no BOS token to start from")
+        ids = [bos]
+    stats = stats if stats is not None else GenerationStats()
+    sess = session or model.new_session(n_ctx=n_ctx)
+    if len(ids) > sess.n_ctx - sess.pos:
+        raise EdgeropeError(f"prompt of {len(ids)} tokens does not fit in the context "
+                            f"({sess.n_ctx - sess.pos} free; raise --ctx-size)")
+    stats.n_prompt = len(ids)
+    if max_tokens == 0:
+        stats.stop_reason = "length"
+        return
+    eos = set(tok.eos_ids) if tok is not None else set(model.config.eos_token_ids)
+    sampler = Sampler(params)
+    stream = tok.stream(prefix=ids) if tok is not None else None  # keeps the joining space
+    stopper = _StopMatcher(stop)
+
+    logits = sess.eval(ids)
+    t_prompt = time.perf_counter()
+    stats.prompt_seconds = t_prompt - t_start
+    history = list(sess.tokens)
+    while True:
+        token = sampler(logits, history)
+        if stats.n_generated == 0:
+            stats.first_token_seconds = time.perf_counter() - t_start
+        if token in eos:
+            stats.stop_reason = "eos"
+            break
+        stats.n_generated += 1
+        history.append(token)
+        if stream is not None:
+            text, stopped = stopper.feed(stream.push(token))
+            if text:
+                yield text
+            if stopped:
+                stats.stop_reason = "stop"
+                break
+        if stats.n_generated >= max_tokens:
+            stats.stop_reason = "length"
+            break
+        if sess.pos >= sess.n_ctx:
+            stats.stop_reason = "context"
+            break
+        logits = sess.eval([token])
+        stats.gen_seconds = time.perf_counter() - t_prompt
+    if stream is not None and stats.stop_reason != "stop":
+        text, _ = stopper.feed(stream.flush())
+        text += stopper.flush()
+        if text:
+            yield text
+    stats.gen_seconds = time.perf_counter() - t_prompt

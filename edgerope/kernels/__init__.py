@@ -1,0 +1,24 @@
+"""Numba kernels of edgerope: pure functions over preallocated numpy arrays, output first.
+
+Every kernel is compiled through `jit.kernel` (the one JIT policy); only this subpackage
+imports numba. Thread count: `set_threads` / `get_threads` / `max_threads`.
+"""
+from .activations import (ACT_GELU, ACT_GELU_TANH, ACT_KINDS, ACT_RELU, ACT_RELU2, ACT_SILU,
+                          act, act_mul, add, add_bias, scale_, softcap_, softmax_)
+from .attention import attention
+from .jit import get_threads, max_threads, set_threads
+from .matmul import (QK, dequantize_q8, f32_embed, f32_gemm, f32_gemv, q8_blocks, q8_embed,
+                     q8_gemm, q8_gemv, quantize_q8)
+from .norm import layer_norm, rms_norm
+from .rope import rope_apply, rope_shift
+
+__all__ = [
+    "set_threads", "get_threads", "max_threads",
+    "QK", "q8_blocks", "quantize_q8", "dequantize_q8", "q8_gemv", "q8_gemm", "f32_gemv",
+    "f32_gemm", "q8_embed", "f32_embed",
+    "rms_norm", "layer_norm",
+    "rope_apply", "rope_shift",
+    "attention",
+    "ACT_SILU", "ACT_GELU", "ACT_GELU_TANH", "ACT_RELU2", "ACT_RELU", "ACT_KINDS",
+    "act_mul", "act", "add", "add_bias", "scale_", "softcap_", "softmax_",
+]

@@ -1,0 +1,130 @@
+"""Elementwise kernels: MLP activations (gated and plain), residual adds, biases, scaling,
+soft-capping and row softmax.
+
+Activation kinds are small ints so one compiled kernel serves every model; `ACT_KINDS` maps
+Hugging Face `hidden_act` names to them (the gelu_new / gelu_fast / gelu_pytorch_tanh /
+gelu_python_tanh / gelu_accurate variants are all the tanh approximation).
+Elementwise kernels take arrays of any shape (C-contiguous) and visit them flat.
+"""
+import math
+
+import numpy as np
+
+from .jit import kernel, prange
+
+ACT_SILU = 0
+ACT_GELU = 1
+ACT_GELU_TANH = 2
+ACT_RELU2 = 3
+ACT_RELU = 4
+
+ACT_KINDS = {
+    "silu": ACT_SILU,
+    "swish": ACT_SILU,
+    "gelu": ACT_GELU,
+    "gelu_python": ACT_GELU,
+    "gelu_new": ACT_GELU_TANH,
+    "gelu_fast": ACT_GELU_TANH,
+    "gelu_pytorch_tanh": ACT_GELU_TANH,
+    "gelu_python_tanh": ACT_GELU_TANH,
+    "gelu_accurate": ACT_GELU_TANH,
+    "relu2": ACT_RELU2,
+    "relu": ACT_RELU,
+}
+
+
+@kernel
+def _act1(x, kind):
+    """One activation value in float32 (what PyTorch computes for float32 tensors)."""
+    if kind == 0:
+        return x / (np.float32(1.0) + np.exp(-x))
+    if kind == 1:
+        e = math.erf(x * np.float32(0.70710678118654752))
+        return np.float32(0.5) * x * (np.float32(1.0) + np.float32(e))
+    if kind == 2:
+        u = np.float32(0.79788456080286536) * (x + np.float32(0.044715) * x * x * x)
+        return np.float32(0.5) * x * (np.float32(1.0) + np.tanh(u))
+    r = max(x, np.float32(0.0))
+    if kind == 3:
+        return r * r
+    return r
+
+
+@kernel(parallel=True)
+def act_mul(out, gu, kind):
+    """out (T, n) = act(gate) * up where gu (T, 2n) = [gate | up]."""
+    T, n = out.shape
+    for t in prange(T):
+        for i in range(n):
+            out[t, i] = _act1(gu[t, i], kind) * gu[t, n + i]
+
+
+@kernel(parallel=True)
+def act(out, x, kind):
+    """out = act(x) elementwise; out may alias x."""
+    xf = x.reshape(x.size)
+    of = out.reshape(out.size)
+    for i in prange(xf.shape[0]):
+        of[i] = _act1(xf[i], kind)
+
+
+@kernel
+def add(out, a, b):
+    """out = a + b elementwise; out may alias a (or b)."""
+    af = a.reshape(a.size)
+    bf = b.reshape(b.size)
+    of = out.reshape(out.size)
+    for i in range(af.shape[0]):
+        of[i] = af[i] + bf[i]
+
+
+@kernel
+def add_bias(x, b):
+    """x (T, n) += b (n,) in place, row by row."""
+    T, n = x.shape
+    for t in range(T):
+        for i in range(n):
+            x[t, i] += b[i]
+
+
+@kernel
+def scale_(x, s):
+    """x *= s in place."""
+    xf = x.reshape(x.size)
+    sc = np.float32(s)
+    for i in range(xf.shape[0]):
+        xf[i] *= sc
+
+
+@kernel
+def softcap_(x, cap):
+    """x = cap * tanh(x / cap) in place."""
+    xf = x.reshape(x.size)
+    c = np.float32(cap)
+    for i in range(xf.shape[0]):
+        xf[i] = c * np.tanh(xf[i] / c)
+
+
+@kernel
+def softmax_(x):
+    """Softmax over the last axis of x (M, n), in place, max-subtracted.
+
+    Rows whose entries are all -inf (fully masked) become zeros rather than NaN.
+    """
+    M, n = x.shape
+    for r in range(M):
+        m = np.float32(-np.inf)
+        for i in range(n):
+            m = max(m, x[r, i])
+        if m == -np.inf:
+            for i in range(n):
+                x[r, i] = 0.0
+            continue
+        tot = 0.0
+        for i in range(n):
+            e = np.exp(x[r, i] - m)
+            x[r, i] = e
+            tot += e
+        inv = np.float32(1.0 / tot)
+        for i in range(n):
+            x[r, i] *= inv

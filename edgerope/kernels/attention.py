@@ -1,0 +1,221 @@
+"""Causal multi-head attention of a chunk of queries over a position-tagged KV cache plus the
+chunk's own keys / values, with grouped-query heads, sliding windows and logit soft-capping.
+
+Keys carry explicit positions (cache slot s holds position cache_pos[s], -1 = empty; new key j
+holds q_pos[j]), so ring buffers, shifted caches and arbitrary chunk positions need no special
+cases: a key at kp is visible to a query at qp iff 0 <= kp <= qp and
+(window <= 0 or qp - kp < window).
+
+Keys are consumed in blocks of _KEY_BLOCK with an online (rescaled) softmax, and the query
+heads sharing a kv head (up to _RUN of them) walk the blocks together, so each K / V block is
+read from memory once per run instead of once per head. Each head's arithmetic does not depend
+on which heads share its run or chunk, hence results do not depend on the thread count.
+"""
+import numpy as np
+
+from .jit import kernel, prange
+
+_KEY_BLOCK = 128  # keys per block: K and V blocks (128 x D floats each) stay in L2
+_RUN = 8          # max query heads walking the key blocks together
+
+
+@kernel
+def _visible(kp, qp, window):
+    return kp >= 0 and kp <= qp and (window <= 0 or qp - kp < window)
+
+
+@kernel
+def _logit(a, scale, softcap):
+    a *= scale
+    if softcap > 0:
+        a = softcap * np.tanh(a / softcap)
+    return a
+
+
+@kernel
+def _scores(sc, q, t, h, kk, kvh, kpos, b0, b1, qp, scale, window, softcap):
+    """sc[j - b0] = logit of key j in [b0, b1) for query (t, h), -inf if not visible; returns
+    the max. Four keys per pass share each q load."""
+    D = q.shape[2]
+    neg = np.float32(-np.inf)
+    mb = neg
+    j = b0
+    while j < b1:
+        if j + 4 <= b1:
+            v0 = _visible(kpos[j], qp, window)
+            v1 = _visible(kpos[j + 1], qp, window)
+            v2 = _visible(kpos[j + 2], qp, window)
+            v3 = _visible(kpos[j + 3], qp, window)
+            if v0 or v1 or v2 or v3:
+                a0 = a1 = a2 = a3 = np.float32(0.0)
+                for d in range(D):
+                    qd = q[t, h, d]
+                    a0 += qd * kk[j, kvh, d]
+                    a1 += qd * kk[j + 1, kvh, d]
+                    a2 += qd * kk[j + 2, kvh, d]
+                    a3 += qd * kk[j + 3, kvh, d]
+                a0 = _logit(a0, scale, softcap) if v0 else neg
+                a1 = _logit(a1, scale, softcap) if v1 else neg
+                a2 = _logit(a2, scale, softcap) if v2 else neg
+                a3 = _logit(a3, scale, softcap) if v3 else neg
+                sc[j - b0] = a0
+                sc[j - b0 + 1] = a1
+                sc[j - b0 + 2] = a2
+                sc[j - b0 + 3] = a3
+                mb = max(mb, max(max(a0, a1), max(a2, a3)))
+            else:
+                for i in range(4):
+                    sc[j - b0 + i] = neg
+            j += 4
+        else:
+            if _visible(kpos[j], qp, window):
+                a = np.float32(0.0)
+                for d in range(D):
+                    a += q[t, h, d] * kk[j, kvh, d]
+                a = _logit(a, scale, softcap)
+                sc[j - b0] = a
+                mb = max(mb, a)
+            else:
+                sc[j - b0] = neg
+            j += 1
+    return mb
+
+
+@kernel
+def _fold(out, t, h, vv, kvh, sc, b0, b1, m):
+    """out[t, h] += sum_j exp(sc[j - b0] - m) v[j] over visible keys; returns the weight sum.
+    Masked keys are skipped, never multiplied by 0: empty slots may hold garbage."""
+    Dv = out.shape[2]
+    neg = np.float32(-np.inf)
+    tot = np.float32(0.0)
+    j = b0
+    while j < b1:
+        i = j - b0
+        if j + 4 <= b1 and sc[i] != neg and sc[i + 1] != neg and sc[i + 2] != neg \
+                and sc[i + 3] != neg:
+            p0 = np.exp(sc[i] - m)
+            p1 = np.exp(sc[i + 1] - m)
+            p2 = np.exp(sc[i + 2] - m)
+            p3 = np.exp(sc[i + 3] - m)
+            tot += (p0 + p1) + (p2 + p3)
+            for d in range(Dv):
+                out[t, h, d] += (p0 * vv[j, kvh, d] + p1 * vv[j + 1, kvh, d]) \
+                    + (p2 * vv[j + 2, kvh, d] + p3 * vv[j + 3, kvh, d])
+            j += 4
+        else:
+            if sc[i] != neg:
+                p = np.exp(sc[i] - m)
+                tot += p
+                for d in range(Dv):
+                    out[t, h, d] += p * vv[j, kvh, d]
+            j += 1
+    return tot
+
+
+@kernel
+def _head_block(out, q, t, h, kk, vv, kpos, kvh, b0, b1, qp, scale, window, softcap, sc, m, l):
+    """Fold keys [b0, b1) of one source into head h's running max m and weight sum l."""
+    mb = _scores(sc, q, t, h, kk, kvh, kpos, b0, b1, qp, scale, window, softcap)
+    if mb == -np.inf:
+        return m, l
+    if mb > m:
+        if m != -np.inf:
+            f = np.exp(m - mb)
+            l *= f
+            for d in range(out.shape[2]):
+                out[t, h, d] *= f
+        m = mb
+    return m, l + _fold(out, t, h, vv, kvh, sc, b0, b1, m)
+
+
+@kernel
+def _run_sources(out, q, t, h, k_cache, v_cache, cache_pos, k_new, v_new, q_pos, kvh, qp,
+                 scale, window, softcap, sc, m, l):
+    """All key blocks of the cache, then of the new chunk, for head h."""
+    bk = sc.shape[0]
+    S = k_cache.shape[0]
+    T = k_new.shape[0]
+    for b0 in range(0, S, bk):
+        m, l = _head_block(out, q, t, h, k_cache, v_cache, cache_pos, kvh, b0, min(S, b0 + bk),
+                           qp, scale, window, softcap, sc, m, l)
+    for b0 in range(0, T, bk):
+        m, l = _head_block(out, q, t, h, k_new, v_new, q_pos, kvh, b0, min(T, b0 + bk),
+                           qp, scale, window, softcap, sc, m, l)
+    return m, l
+
+
+@kernel
+def _finish(out, t, h, l):
+    if l > 0:
+        inv = np.float32(1.0) / l
+        for d in range(out.shape[2]):
+            out[t, h, d] *= inv
+
+
+@kernel(parallel=True)
+def attention(out, q, k_cache, v_cache, cache_pos, k_new, v_new, q_pos, scale, window, softcap,
+              scratch):
+    """out (T, Hq, Dv) = softmax(q k^T * scale [softcapped], masked) v.
+
+    q (T, Hq, D) already roped; k_cache (S, Hkv, D), v_cache (S, Hkv, Dv), cache_pos (S,) int64;
+    k_new (T, Hkv, D), v_new (T, Hkv, Dv) at positions q_pos (T,) int64. Query head h reads kv
+    head h // (Hq // Hkv). scratch is float32 (C, L) with L >= S + T: the work is split into at
+    most C chunks, chunk c keeping its scores (and the runs' softmax state) in scratch[c], so
+    nothing is allocated and chunks never share memory. The key block length depends on L and
+    the group size only, so results never depend on the thread count. A query that sees no
+    key gets zeros.
+    """
+    T, Hq, _ = q.shape
+    Hkv = k_new.shape[1]
+    Dv = out.shape[2]
+    group = Hq // Hkv
+    L = scratch.shape[1]
+    R = min(group, _RUN)
+    if L < 2 * R + 1:
+        R = 1
+    # a run of R > 1 heads keeps its running max / sum in the tail of the scratch row;
+    # a single head keeps them in registers
+    bk = min(_KEY_BLOCK, L - 2 * R) if R > 1 else min(_KEY_BLOCK, L)
+    runs_per_kv = (group + R - 1) // R
+    nrun = T * Hkv * runs_per_kv
+    C = min(scratch.shape[0], nrun)
+    sc_ = np.float32(scale)
+    cap = np.float32(softcap)
+    neg = np.float32(-np.inf)
+    for c in prange(C):
+        buf = scratch[c]
+        sc = buf[:bk]
+        for run in range(c * nrun // C, (c + 1) * nrun // C):
+            u = run // runs_per_kv
+            t = u // Hkv
+            kvh = u - t * Hkv
+            h0 = kvh * group + (run - u * runs_per_kv) * R
+            nh = min(R, (kvh + 1) * group - h0)
+            qp = q_pos[t]
+            for h in range(h0, h0 + nh):
+                for d in range(Dv):
+                    out[t, h, d] = 0.0
+            if R == 1:
+                m, l = _run_sources(out, q, t, h0, k_cache, v_cache, cache_pos, k_new, v_new,
+                                    q_pos, kvh, qp, sc_, window, cap, sc, neg, np.float32(0.0))
+                _finish(out, t, h0, l)
+                continue
+            mx = buf[bk:bk + R]
+            sm = buf[bk + R:bk + 2 * R]
+            for i in range(nh):
+                mx[i] = neg
+                sm[i] = 0.0
+            # blocks outer, heads inner: the block's K / V rows are reused by every head
+            S = k_cache.shape[0]
+            for b0 in range(0, S, bk):
+                for i in range(nh):
+                    mx[i], sm[i] = _head_block(out, q, t, h0 + i, k_cache, v_cache, cache_pos,
+                                               kvh, b0, min(S, b0 + bk), qp, sc_, window, cap,
+                                               sc, mx[i], sm[i])
+            for b0 in range(0, T, bk):
+                for i in range(nh):
+                    mx[i], sm[i] = _head_block(out, q, t, h0 + i, k_new, v_new, q_pos, kvh, b0,
+                                               min(T, b0 + bk), qp, sc_, window, cap, sc, mx[i],
+                                               sm[i])
+            for i in range(nh):
+                _finish(out, t, h0 + i, sm[i])

@@ -1,0 +1,44 @@
+"""The one JIT policy of edgerope: every Numba kernel is compiled through `kernel()`.
+
+- cache=True, so compiled machine code survives between runs (NUMBA_CACHE_DIR may point at a
+  user-writable directory when the package is installed read-only).
+- fastmath without `nnan`/`ninf`: reassociation and contraction let LLVM vectorize reductions,
+  while -inf attention masks and NaN checks keep their IEEE meaning.
+- nogil, so independent sessions can run kernels from several Python threads.
+- error_model="numpy": no Python exception checks on division in inner loops.
+
+Only modules inside `edgerope.kernels` import numba.
+"""
+import os
+
+import numba
+
+FASTMATH = frozenset({"nsz", "arcp", "contract", "afn", "reassoc"})
+
+
+def kernel(fn=None, *, parallel=False):
+    """Decorator: compile `fn` with the project's JIT policy (`parallel=True` enables prange)."""
+    def wrap(f):
+        return numba.njit(cache=True, nogil=True, fastmath=set(FASTMATH),
+                          parallel=parallel, error_model="numpy")(f)
+    return wrap(fn) if fn is not None else wrap
+
+
+def max_threads():
+    """Upper bound for set_threads (numba's pool size, fixed at import)."""
+    return numba.config.NUMBA_NUM_THREADS
+
+
+def set_threads(n=None):
+    """Set the number of threads kernels use; None = all available. Returns the count used."""
+    n = max_threads() if n is None else int(n)
+    n = max(1, min(n, max_threads()))
+    numba.set_num_threads(n)
+    return n
+
+
+def get_threads():
+    return numba.get_num_threads()
+
+
+prange = numba.prange

@@ -1,0 +1,225 @@
+"""The forward pass: one function for every architecture, steered by `ModelConfig` data.
+
+A `Model` holds the read-only parts (config, weights, tokenizer, RoPE tables); a `Session` holds
+one conversation's mutable state (KV cache, position, preallocated buffers), so several sessions
+can share a model, even from different threads. Prompts are evaluated in batches of up to
+`n_batch` tokens (GEMM); decoding is the same code with T = 1 (GEMV) and allocates nothing:
+every buffer is created once per session.
+
+Layer shape (all variants):  h = norm(x); q,k,v = h·Wqkv; q/k norms; RoPE; attention over
+cache + chunk; o = attn·Wo (+ Gemma's post-norm); then either sequential
+(x += o; x += mlp(norm(x))) or parallel (x += o + mlp(h or norm2(x))) residuals.
+"""
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+
+from . import kernels as K
+from .cache import KVCache
+from .checkpoint import ModelWeights, Norm
+from .config import ModelConfig
+
+_ATT_CHUNKS = 16  # parallel work units of the attention kernel (each owns a scratch row)
+
+
+def apply_norm(n: Norm, out: np.ndarray, x: np.ndarray) -> None:
+    """out = norm(x) over the last axis of 2-D x."""
+    if n.kind == "layer":
+        K.layer_norm(out, x, n.weight, n.bias, n.eps)
+    else:
+        K.rms_norm(out, x, n.weight, n.eps, n.kind == "rms1p")
+
+
+class Model:
+    """A loaded model: config, weights (int8 blocks or float32), tokenizer."""
+
+    def __init__(self, config: ModelConfig, weights: ModelWeights, tokenizer=None,
+                 dtype: str = "int8", path: str | None = None):
+        self.config, self.weights, self.tokenizer = config, weights, tokenizer
+        self.dtype, self.path = dtype, path
+        self._act = K.ACT_KINDS.get(config.hidden_act)
+        if self._act is None:
+            from .errors import ConfigError
+            raise ConfigError(f"unsupported hidden_act {config.hidden_act!r} "
+                              f"(supported: {', '.join(sorted(K.ACT_KINDS))})")
+        self._tables: dict = {}
+        self._lock = threading.Lock()
+
+    # -- RoPE tables, shared by sessions ---------------------------------------------------
+    def rope_table(self, layer_type: str, n_pos: int):
+        """(cos, sin, ia, ib) for positions [0, n_pos) of one layer type (float64-computed)."""
+        key = (layer_type, n_pos)
+        with self._lock:
+            if key not in self._tables:
+                spec = self.config.rope[layer_type]
+                cos, sin = spec.table(n_pos)
+                ia, ib = spec.pairs()
+                self._tables[key] = (cos, sin, ia.astype(np.int64), ib.astype(np.int64))
+            return self._tables[key]
+
+    def new_session(self, n_ctx: int | None = None, n_batch: int = 512) -> "Session":
+        return Session(self, n_ctx or min(self.config.max_position_embeddings, 4096), n_batch)
+
+    def logits(self, ids) -> np.ndarray:
+        """Logits (len(ids), vocab) of a fresh causal forward at positions 0..n-1."""
+        ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+        n = max(len(ids), 1)
+        return self.new_session(n_ctx=n, n_batch=n).eval(ids, all_logits=True)
+
+    def generate(self, prompt, **kwargs):
+        """Stream generated text pieces; see `edgerope.generate.generate`."""
+        from .generate import generate
+        return generate(self, prompt, **kwargs)
+
+
+class _Buffers:
+    """Every activation buffer of a session, for up to `B` tokens at once."""
+
+    def __init__(self, cfg: ModelConfig, B: int, att_len: int):
+        H, D = cfg.hidden_size, cfg.head_dim
+        inner = 2 * cfg.intermediate_size if cfg.mlp == "gated" else cfg.intermediate_size
+        f = np.float32
+        self.x, self.h, self.h2 = (np.zeros((B, H), f) for _ in range(3))
+        self.o, self.m = np.zeros((B, H), f), np.zeros((B, H), f)
+        self.qkv = np.zeros((B, cfg.q_dim + 2 * cfg.kv_dim), f)
+        self.q = np.zeros((B, cfg.num_attention_heads, D), f)
+        self.k = np.zeros((B, cfg.num_key_value_heads, D), f)
+        self.v = np.zeros((B, cfg.num_key_value_heads, D), f)
+        self.att = np.zeros((B, cfg.num_attention_heads, D), f)
+        self.inner = np.zeros((B, inner), f)
+        self.act = np.zeros((B, cfg.intermediate_size), f)
+        self.logits = np.zeros((1, cfg.vocab_size), f)
+        self.logits_view = self.logits[0].view()
+        self.logits_view.flags.writeable = False
+        self.ids = np.zeros(B, np.int64)
+        self.iota = np.arange(B, dtype=np.int64)
+        self.pos = np.zeros(B, np.int64)
+        self.scratch = np.zeros((_ATT_CHUNKS, att_len), f)
+
+
+class Session:
+    """One sequence being evaluated: KV cache, next position, token history, buffers."""
+
+    def __init__(self, model: Model, n_ctx: int, n_batch: int = 512):
+        if n_ctx <= 0 or n_batch <= 0:
+            raise ValueError("n_ctx and n_batch must be positive")
+        self.model, self.n_ctx, self.n_batch = model, n_ctx, min(n_batch, n_ctx)
+        cfg = model.config
+        self.cache = KVCache(cfg, n_ctx)
+        self.buf = _Buffers(cfg, self.n_batch, self.cache.max_capacity + self.n_batch)
+        self.tokens: list[int] = []
+        self._rope = {t: model.rope_table(t, n_ctx) for t in set(cfg.layer_types)}
+
+    @property
+    def pos(self) -> int:
+        return len(self.tokens)
+
+    def reset(self) -> None:
+        self.tokens.clear()
+        self.cache.clear()
+
+    def eval(self, ids, all_logits: bool = False) -> np.ndarray:
+        """Feed tokens; return logits of the last one (vocab,), or of all (len(ids), vocab).
+
+        The last-token logits are a read-only view of the session's buffer, valid until the
+        next eval() (as llama.cpp's llama_get_logits): decoding allocates nothing per token.
+        Copy them to keep them."""
+        ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+        if len(ids) == 0:
+            raise ValueError("eval() needs at least one token")
+        vocab = self.model.config.vocab_size
+        if ids.min() < 0 or ids.max() >= vocab:
+            raise ValueError(f"token id out of range [0, {vocab})")
+        self.cache.check_room(self.pos + len(ids))
+        out = np.empty((len(ids), vocab), np.float32) if all_logits else None
+        for s in range(0, len(ids), self.n_batch):
+            chunk = ids[s:s + self.n_batch]
+            last = self._forward(chunk, out[s:s + len(chunk)] if all_logits else None)
+        return out if all_logits else last
+
+    def _forward(self, ids: np.ndarray, logits_out: np.ndarray | None) -> np.ndarray:
+        m, cfg, W, b = self.model, self.model.config, self.model.weights, self.buf
+        T, p0 = len(ids), self.pos
+        Hq, Hkv, D = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
+        qd, kvd = cfg.q_dim, cfg.kv_dim
+        b.ids[:T] = ids
+        np.add(b.iota[:T], p0, out=b.pos[:T])
+        pos = b.pos[:T]
+        rope = self._rope_rows(pos)
+        x, h, o, mo = b.x[:T], b.h[:T], b.o[:T], b.m[:T]
+        q, k, v, att = b.q[:T], b.k[:T], b.v[:T], b.att[:T]
+        qkv, inner, act = b.qkv[:T], b.inner[:T], b.act[:T]
+        W.embed.embed(x, b.ids[:T], cfg.embed_scale)
+        parallel = cfg.residual == "parallel"
+        for li, lw in enumerate(W.layers):
+            apply_norm(lw.attn_norm, h, x)
+            lw.wqkv(qkv, h)
+            q.reshape(T, qd)[:] = qkv[:, :qd]
+            k.reshape(T, kvd)[:] = qkv[:, qd:qd + kvd]
+            v.reshape(T, kvd)[:] = qkv[:, qd + kvd:]
+            if lw.q_norm is not None:
+                qf, kf = q.reshape(T * Hq, D), k.reshape(T * Hkv, D)
+                apply_norm(lw.q_norm, qf, qf)
+                apply_norm(lw.k_norm, kf, kf)
+            cos, sin, ia, ib, rows = rope[cfg.layer_types[li]]
+            K.rope_apply(q, rows, cos, sin, ia, ib)
+            K.rope_apply(k, rows, cos, sin, ia, ib)
+            c = self.cache.layers[li]
+            K.attention(att, q, c.k, c.v, c.pos, k, v, pos, cfg.attn_scale, c.window or 0,
+                        cfg.attn_softcap or 0.0, b.scratch)
+            c.store(k, v, p0)
+            lw.wo(o, att.reshape(T, qd))
+            if lw.post_attn_norm is not None:
+                apply_norm(lw.post_attn_norm, o, o)
+            if parallel:
+                if lw.ffn_norm is not None:
+                    apply_norm(lw.ffn_norm, h, x)
+                self._mlp(lw, mo, h, inner, act)
+                K.add(x, x, o)
+            else:
+                K.add(x, x, o)
+                apply_norm(lw.ffn_norm, h, x)
+                self._mlp(lw, mo, h, inner, act)
+                if lw.post_ffn_norm is not None:
+                    apply_norm(lw.post_ffn_norm, mo, mo)
+            K.add(x, x, mo)
+        self.tokens.extend(ids.tolist())
+        if logits_out is not None:
+            apply_norm(W.out_norm, h, x)
+            W.lm_head(logits_out, h)
+            last = logits_out[-1]
+            if cfg.final_softcap:
+                K.softcap_(logits_out, cfg.final_softcap)
+        else:
+            apply_norm(W.out_norm, h[:1], x[T - 1:T])
+            W.lm_head(b.logits, h[:1])
+            if cfg.final_softcap:
+                K.softcap_(b.logits, cfg.final_softcap)
+            last = b.logits_view
+        return last
+
+    def _rope_rows(self, pos: np.ndarray) -> dict:
+        """Per layer type: (cos, sin, ia, ib, rows) where rows index the cos/sin tables.
+
+        Most RoPE types have fixed frequencies: one table for the whole context, indexed by
+        position. `dynamic` and `longrope` frequencies depend on the sequence length seen so far
+        (as in transformers, keys already cached keep the rotation they got)."""
+        out = {}
+        for t, (cos, sin, ia, ib) in self._rope.items():
+            spec = self.model.config.rope[t]
+            if spec.rope_type in ("dynamic", "longrope"):
+                cos, sin = spec.cos_sin(pos, seq_len=int(pos[-1]) + 1)
+                out[t] = (cos, sin, ia, ib, self.buf.iota[:len(pos)])
+            else:
+                out[t] = (cos, sin, ia, ib, pos)
+        return out
+
+    def _mlp(self, lw, out, h, inner, act) -> None:
+        lw.w_in(inner, h)
+        if self.model.config.mlp == "gated":
+            K.act_mul(act, inner, self.model._act)
+        else:
+            K.act(act, inner, self.model._act)
+        lw.w_down(out, act)

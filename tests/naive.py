@@ -1,0 +1,170 @@
+"""Slow, obvious numpy twins of every kernel in edgerope.kernels (float64 math where it helps).
+
+Each twin takes the kernel's inputs (without the output array) and returns a new array, so a
+test reads `kernel(out, *args); assert_allclose(out, naive.kernel(*args))`.
+"""
+import math
+
+import numpy as np
+
+QK = 32
+
+
+# ----------------------------------------------------------------------------- int8 weights
+
+def quantize_q8(w):
+    """(wq, ws): d = max|block| / 127, q = round-half-away-from-zero(w * (1 / d))."""
+    w = np.asarray(w, np.float32)
+    n, k = w.shape
+    nb = -(-k // QK)
+    wq = np.zeros((n, k), np.int8)
+    ws = np.zeros((n, nb), np.float32)
+    for b in range(nb):
+        blk = w[:, QK * b:QK * (b + 1)]
+        d = np.abs(blk).max(axis=1) / np.float32(127)
+        inv = np.where(d > 0, np.float32(1) / np.where(d > 0, d, 1), 0).astype(np.float32)
+        v = (blk * inv[:, None]).astype(np.float64)
+        q = np.minimum(np.floor(np.abs(v) + 0.5), 127) * np.sign(v)
+        wq[:, QK * b:QK * (b + 1)] = q.astype(np.int8)
+        ws[:, b] = d
+    return wq, ws
+
+
+def dequantize_q8(wq, ws):
+    k = wq.shape[1]
+    return (wq.astype(np.float64) * np.repeat(ws.astype(np.float64), QK, axis=1)[:, :k])
+
+
+def q8_gemv(x, wq, ws):
+    return dequantize_q8(wq, ws) @ x.astype(np.float64)
+
+
+def q8_gemm(x, wq, ws):
+    return x.astype(np.float64) @ dequantize_q8(wq, ws).T
+
+
+def f32_gemv(x, w):
+    return w.astype(np.float64) @ x.astype(np.float64)
+
+
+def f32_gemm(x, w):
+    return x.astype(np.float64) @ w.astype(np.float64).T
+
+
+def q8_embed(ids, wq, ws, scale):
+    rows = (wq[ids].astype(np.float32)
+            * np.repeat(ws[ids], QK, axis=1)[:, :wq.shape[1]] * np.float32(scale))
+    return rows
+
+
+def f32_embed(ids, w, scale):
+    return w[ids] * np.float32(scale)
+
+
+# ----------------------------------------------------------------------------- norms
+
+def rms_norm(x, w, eps, add_one):
+    x64 = x.astype(np.float64)
+    g = w[np.arange(x.shape[0]) % w.shape[0]].astype(np.float64)
+    y = x64 / np.sqrt((x64 ** 2).mean(axis=1, keepdims=True) + eps)
+    return y * (1.0 + g if add_one else g)
+
+
+def layer_norm(x, w, b, eps):
+    x64 = x.astype(np.float64)
+    rows = np.arange(x.shape[0]) % w.shape[0]
+    mean = x64.mean(axis=1, keepdims=True)
+    var = ((x64 - mean) ** 2).mean(axis=1, keepdims=True)
+    return (x64 - mean) / np.sqrt(var + eps) * w[rows] + b[rows]
+
+
+# ----------------------------------------------------------------------------- rope
+
+def rope_apply(x, pos, cos, sin, ia, ib):
+    y = x.astype(np.float64).copy()
+    c = cos[pos].astype(np.float64)[:, None, :]   # (T, 1, npairs)
+    s = sin[pos].astype(np.float64)[:, None, :]
+    a, b = y[:, :, ia], y[:, :, ib]
+    y[:, :, ia] = a * c - b * s
+    y[:, :, ib] = b * c + a * s
+    return y
+
+
+def rope_shift(x, cos, sin, ia, ib):
+    return rope_apply(x, np.zeros(x.shape[0], np.int64), cos[None], sin[None], ia, ib)
+
+
+# ----------------------------------------------------------------------------- attention
+
+def attention(q, k_cache, v_cache, cache_pos, k_new, v_new, q_pos, scale, window, softcap):
+    T, Hq, _ = q.shape
+    Hkv = k_new.shape[1]
+    Dv = v_new.shape[2]
+    keys = np.concatenate([k_cache, k_new]).astype(np.float64)
+    vals = np.concatenate([v_cache, v_new]).astype(np.float64)
+    kpos = np.concatenate([cache_pos, q_pos])
+    out = np.zeros((T, Hq, Dv))
+    for t in range(T):
+        qp = q_pos[t]
+        vis = (kpos >= 0) & (kpos <= qp)
+        if window > 0:
+            vis &= qp - kpos < window
+        if not vis.any():
+            continue
+        for h in range(Hq):
+            kvh = h // (Hq // Hkv)
+            sc = keys[vis, kvh] @ q[t, h].astype(np.float64) * scale
+            if softcap > 0:
+                sc = softcap * np.tanh(sc / softcap)
+            p = np.exp(sc - sc.max())
+            out[t, h] = (p / p.sum()) @ vals[vis, kvh]
+    return out
+
+
+# ----------------------------------------------------------------------------- elementwise
+
+def act(x, kind):
+    x = x.astype(np.float64)
+    if kind == 0:
+        return x / (1.0 + np.exp(-x))
+    if kind == 1:
+        return 0.5 * x * (1.0 + np.vectorize(math.erf)(x / math.sqrt(2.0)))
+    if kind == 2:
+        return 0.5 * x * (1.0 + np.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x ** 3)))
+    if kind == 3:
+        return np.maximum(x, 0.0) ** 2
+    if kind == 4:
+        return np.maximum(x, 0.0)
+    raise ValueError(kind)
+
+
+def act_mul(gu, kind):
+    n = gu.shape[1] // 2
+    return act(gu[:, :n], kind) * gu[:, n:].astype(np.float64)
+
+
+def add(a, b):
+    return a.astype(np.float64) + b
+
+
+def add_bias(x, b):
+    return x.astype(np.float64) + b[None, :]
+
+
+def scale_(x, s):
+    return x.astype(np.float64) * s
+
+
+def softcap_(x, cap):
+    return cap * np.tanh(x.astype(np.float64) / cap)
+
+
+def softmax_(x):
+    x = x.astype(np.float64)
+    out = np.zeros_like(x)
+    for r in range(x.shape[0]):
+        if np.all(x[r] == -np.inf):
+            continue
+        e = np.exp(x[r] - x[r].max())
+        out[r] = e / e.sum()
+    return out

@@ -1,0 +1,403 @@
+"""Every kernel of edgerope.kernels against its numpy twin in tests/naive.py."""
+import math
+
+import numpy as np
+import pytest
+
+import edgerope.kernels as K
+
+import naive
+
+ODD_K = [1, 31, 33, 64, 100, 257]
+
+
+def rng(seed=0):
+    return np.random.default_rng(seed)
+
+
+def randn(r, *shape, scale=1.0):
+    return (r.standard_normal(shape) * scale).astype(np.float32)
+
+
+def q8_weights(r, n, k):
+    wq, ws = naive.quantize_q8(randn(r, n, k))
+    return wq, ws
+
+
+def assert_dot_close(out, ref, mag):
+    """float32 accumulation vs a float64 reference: relative error scaled by sum |terms|."""
+    np.testing.assert_allclose(out, ref, rtol=1e-5, atol=2e-6 * float(np.max(mag, initial=1.0)))
+
+
+# ----------------------------------------------------------------------------- quantization
+
+@pytest.mark.parametrize("k", ODD_K)
+@pytest.mark.parametrize("n", [1, 5])
+def test_quantize_matches_twin_and_round_trips(n, k):
+    w = randn(rng(k), n, k, scale=3.0)
+    w[0, :min(k, 32)] = 0.0  # an all-zero block
+    nb = K.q8_blocks(k)
+    wq = np.empty((n, k), np.int8)
+    ws = np.empty((n, nb), np.float32)
+    K.quantize_q8(wq, ws, w)
+    tq, ts = naive.quantize_q8(w)
+    np.testing.assert_array_equal(ws, ts)
+    np.testing.assert_array_equal(wq, tq)
+    assert np.all(wq[0, :min(k, 32)] == 0) and ws[0, 0] == 0
+    assert np.abs(wq.astype(np.int32)).max() <= 127
+    deq = np.empty((n, k), np.float32)
+    K.dequantize_q8(deq, wq, ws)
+    np.testing.assert_array_equal(deq, naive.dequantize_q8(wq, ws).astype(np.float32))
+    half = np.repeat(ws, 32, axis=1)[:, :k] / 2
+    assert np.all(np.abs(deq.astype(np.float64) - w) <= half * (1 + 1e-6) + 1e-30)
+
+
+def test_quantize_ties_round_away_from_zero():
+    row = [127.0, 0.5, 1.5, -2.5, 2.5, -0.5, 0.49999997] + [0.0] * 25 + [-254.0, 1.0]
+    w = np.array([row] * 5, np.float32)  # 5 rows: the 4-row path and the 1-row tail
+    wq = np.empty(w.shape, np.int8)
+    ws = np.empty((5, 2), np.float32)
+    K.quantize_q8(wq, ws, w)
+    assert np.all(ws == [1.0, 2.0])
+    assert np.all(wq[:, :7] == [127, 1, 2, -3, 3, -1, 0]) and np.all(wq[:, 32:] == [-127, 1])
+
+
+# ----------------------------------------------------------------------------- matmul
+
+@pytest.mark.parametrize("k", ODD_K)
+@pytest.mark.parametrize("n", [1, 3, 4, 5, 17, 37])
+def test_q8_gemv(n, k):
+    r = rng(n * 1000 + k)
+    wq, ws = q8_weights(r, n, k)
+    x = randn(r, k)
+    out = np.empty(n, np.float32)
+    K.q8_gemv(out, x, wq, ws)
+    mag = np.abs(naive.dequantize_q8(wq, ws)) @ np.abs(x)
+    assert_dot_close(out, naive.q8_gemv(x, wq, ws), mag)
+
+
+@pytest.mark.parametrize("k", ODD_K)
+@pytest.mark.parametrize("n", [1, 5, 17, 36])
+def test_f32_gemv(n, k):
+    r = rng(n * 1000 + k + 1)
+    w, x = randn(r, n, k), randn(r, k)
+    out = np.empty(n, np.float32)
+    K.f32_gemv(out, x, w)
+    assert_dot_close(out, naive.f32_gemv(x, w), np.abs(w) @ np.abs(x))
+
+
+@pytest.mark.parametrize("k", ODD_K)
+@pytest.mark.parametrize("t,n", [(1, 5), (2, 17), (3, 4), (5, 33), (17, 21), (36, 16)])
+def test_q8_gemm(t, n, k):
+    r = rng(t * 100 + n * 1000 + k)
+    wq, ws = q8_weights(r, n, k)
+    x = randn(r, t, k)
+    out = np.empty((t, n), np.float32)
+    K.q8_gemm(out, x, wq, ws)
+    mag = np.abs(x) @ np.abs(naive.dequantize_q8(wq, ws)).T
+    assert_dot_close(out, naive.q8_gemm(x, wq, ws), mag)
+
+
+@pytest.mark.parametrize("k", ODD_K)
+@pytest.mark.parametrize("t,n", [(1, 5), (4, 17), (7, 3), (19, 36)])
+def test_f32_gemm(t, n, k):
+    r = rng(t * 100 + n * 1000 + k + 7)
+    w, x = randn(r, n, k), randn(r, t, k)
+    out = np.empty((t, n), np.float32)
+    K.f32_gemm(out, x, w)
+    assert_dot_close(out, naive.f32_gemm(x, w), np.abs(x) @ np.abs(w).T)
+
+
+def test_gemm_row_equals_gemv_row():
+    """A single-row GEMM and the GEMV agree to float32 rounding (not bitwise: different tiling)."""
+    r = rng(3)
+    wq, ws = q8_weights(r, 40, 100)
+    x = randn(r, 1, 100)
+    a, b = np.empty((1, 40), np.float32), np.empty(40, np.float32)
+    K.q8_gemm(a, x, wq, ws)
+    K.q8_gemv(b, x[0], wq, ws)
+    np.testing.assert_allclose(a[0], b, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("k", [31, 64, 257])
+def test_embed(k):
+    r = rng(k)
+    w = randn(r, 11, k)
+    wq, ws = naive.quantize_q8(w)
+    ids = np.array([3, 0, 10, 3], np.int64)
+    out = np.empty((4, k), np.float32)
+    K.q8_embed(out, ids, wq, ws, 1.0)
+    np.testing.assert_array_equal(out, naive.q8_embed(ids, wq, ws, 1.0))
+    K.q8_embed(out, ids, wq, ws, math.sqrt(k))
+    np.testing.assert_allclose(out, naive.q8_embed(ids, wq, ws, math.sqrt(k)), rtol=1e-6)
+    K.f32_embed(out, ids, w, 2.5)
+    np.testing.assert_array_equal(out, naive.f32_embed(ids, w, 2.5))
+
+
+def test_thread_count_does_not_change_results():
+    if K.max_threads() < 2:
+        pytest.skip("needs 2 threads")
+    r = rng(11)
+    wq, ws = q8_weights(r, 67, 257)
+    w = naive.dequantize_q8(wq, ws).astype(np.float32)
+    x1, xt = randn(r, 257), randn(r, 9, 257)
+    q, kc, vc = randn(r, 5, 4, 24), randn(r, 6, 2, 24), randn(r, 6, 2, 24)
+    kn, vn = randn(r, 5, 2, 24), randn(r, 5, 2, 24)
+    cpos, qpos = np.arange(6, dtype=np.int64), np.arange(6, 11, dtype=np.int64)
+
+    def run():
+        outs = [np.empty(67, np.float32), np.empty((9, 67), np.float32),
+                np.empty(67, np.float32), np.empty((9, 67), np.float32),
+                np.empty((5, 4, 24), np.float32)]
+        K.q8_gemv(outs[0], x1, wq, ws)
+        K.q8_gemm(outs[1], xt, wq, ws)
+        K.f32_gemv(outs[2], x1, w)
+        K.f32_gemm(outs[3], xt, w)
+        K.attention(outs[4], q, kc, vc, cpos, kn, vn, qpos, 0.2, 0, 0.0,
+                    np.zeros((3, 11), np.float32))
+        return outs
+
+    before = K.get_threads()
+    try:
+        K.set_threads(1)
+        one = run()
+        K.set_threads(2)
+        two = run()
+    finally:
+        K.set_threads(before)
+    for a, b in zip(one, two):
+        np.testing.assert_array_equal(a, b)
+
+
+# ----------------------------------------------------------------------------- norms
+
+@pytest.mark.parametrize("n", ODD_K)
+@pytest.mark.parametrize("groups", [1, 3])
+@pytest.mark.parametrize("add_one", [False, True])
+def test_rms_norm(n, groups, add_one):
+    r = rng(n + groups)
+    x = randn(r, 6, n, scale=2.0) + 0.5
+    w = randn(r, groups, n)
+    out = np.empty_like(x)
+    K.rms_norm(out, x, w, 1e-6, add_one)
+    ref = naive.rms_norm(x, w, 1e-6, add_one)
+    np.testing.assert_allclose(out, ref, rtol=2e-6, atol=1e-6)
+    K.rms_norm(x, x, w, 1e-6, add_one)  # in place
+    np.testing.assert_array_equal(x, out)
+
+
+@pytest.mark.parametrize("n", ODD_K)
+@pytest.mark.parametrize("groups", [1, 2])
+def test_layer_norm(n, groups):
+    r = rng(n + 10 * groups)
+    x = randn(r, 4, n, scale=3.0) + 1.0
+    w, b = randn(r, groups, n), randn(r, groups, n)
+    out = np.empty_like(x)
+    K.layer_norm(out, x, w, b, 1e-5)
+    np.testing.assert_allclose(out, naive.layer_norm(x, w, b, 1e-5), rtol=2e-6, atol=2e-6)
+    K.layer_norm(x, x, w, b, 1e-5)
+    np.testing.assert_array_equal(x, out)
+
+
+# ----------------------------------------------------------------------------- rope
+
+def rope_tables(npairs, n_pos, base=10000.0):
+    inv = base ** (-np.arange(npairs) / npairs)
+    ang = np.arange(n_pos)[:, None] * inv[None, :]
+    return np.cos(ang).astype(np.float32), np.sin(ang).astype(np.float32), inv
+
+
+def pairings(d):
+    half = np.arange(d // 2)
+    rot = (d // 2) // 2 * 2  # partial rotary: first `rot` channels, half-split
+    return {
+        "half": (half, half + d // 2),
+        "interleaved": (np.arange(0, d - 1, 2), np.arange(1, d, 2)),
+        "partial": (np.arange(rot // 2), np.arange(rot // 2) + rot // 2),
+        "sparse": (np.array([1, d // 2]), np.array([3, d - 1])),
+    }
+
+
+@pytest.mark.parametrize("d", [8, 24, 80])
+@pytest.mark.parametrize("kind", ["half", "interleaved", "partial", "sparse"])
+def test_rope_apply(d, kind):
+    ia, ib = (a.astype(np.int64) for a in pairings(d)[kind])
+    cos, sin, _ = rope_tables(len(ia), 64)
+    r = rng(d)
+    x = randn(r, 5, 3, d)
+    pos = np.array([0, 7, 3, 63, 12], np.int64)
+    y = x.copy()
+    K.rope_apply(y, pos, cos, sin, ia, ib)
+    np.testing.assert_allclose(y, naive.rope_apply(x, pos, cos, sin, ia, ib), rtol=1e-6,
+                               atol=1e-6)
+    untouched = np.setdiff1d(np.arange(d), np.concatenate([ia, ib]))
+    assert np.array_equal(y[..., untouched], x[..., untouched])
+
+
+@pytest.mark.parametrize("kind", ["half", "interleaved", "partial"])
+def test_rope_shift_composes(kind):
+    d = 24
+    ia, ib = (a.astype(np.int64) for a in pairings(d)[kind])
+    cos, sin, inv = rope_tables(len(ia), 128)
+    r = rng(5)
+    x = randn(r, 6, 2, d)
+    pos = np.array([0, 1, 5, 9, 30, 60], np.int64)
+    delta = 17
+    y = x.copy()
+    K.rope_apply(y, pos, cos, sin, ia, ib)
+    K.rope_shift(y, np.cos(delta * inv).astype(np.float32),
+                 np.sin(delta * inv).astype(np.float32), ia, ib)
+    z = x.copy()
+    K.rope_apply(z, pos + delta, cos, sin, ia, ib)
+    np.testing.assert_allclose(y, z, rtol=1e-5, atol=2e-6)
+    s = x.copy()
+    K.rope_shift(s, cos[delta], sin[delta], ia, ib)
+    np.testing.assert_allclose(s, naive.rope_shift(x, cos[delta], sin[delta], ia, ib),
+                               rtol=1e-6, atol=1e-6)
+
+
+# ----------------------------------------------------------------------------- attention
+
+def attention_case(seed, T, S, Hq, Hkv, D, Dv, empty=0, p0=None):
+    """Random chunk of T queries after a cache of S slots holding shuffled positions < p0."""
+    r = rng(seed)
+    p0 = S if p0 is None else p0
+    cache_pos = r.permutation(p0)[:S].astype(np.int64)
+    cache_pos[r.permutation(S)[:empty]] = -1
+    q_pos = np.arange(p0, p0 + T, dtype=np.int64)
+    return (randn(r, T, Hq, D), randn(r, S, Hkv, D), randn(r, S, Hkv, Dv), cache_pos,
+            randn(r, T, Hkv, D), randn(r, T, Hkv, Dv), q_pos)
+
+
+def check_attention(args, scale, window, softcap, chunks=3):
+    q, v_new = args[0], args[5]
+    T, Hq, _ = q.shape
+    S = args[1].shape[0]
+    out = np.full((T, Hq, v_new.shape[2]), np.nan, np.float32)
+    scratch = np.zeros((chunks, S + T), np.float32)
+    K.attention(out, *args, scale, window, softcap, scratch)
+    ref = naive.attention(*args, scale, window, softcap)
+    np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5)
+    return out
+
+
+@pytest.mark.parametrize("hq,hkv", [(4, 4), (4, 2), (8, 2), (8, 1)])
+@pytest.mark.parametrize("d", [24, 80])
+@pytest.mark.parametrize("window", [0, 3])
+@pytest.mark.parametrize("softcap", [0.0, 5.0])
+def test_attention_gqa_window_softcap(hq, hkv, d, window, softcap):
+    args = attention_case(hq * 10 + hkv + d, T=4, S=9, Hq=hq, Hkv=hkv, D=d, Dv=d, empty=2,
+                          p0=12)
+    check_attention(args, 1 / math.sqrt(d), window, softcap)
+
+
+@pytest.mark.parametrize("t", [1, 5])
+def test_attention_empty_cache(t):
+    args = attention_case(t, T=t, S=0, Hq=4, Hkv=2, D=16, Dv=16)
+    assert args[1].shape == (0, 2, 16)
+    check_attention(args, 0.25, 0, 0.0, chunks=2)
+
+
+def test_attention_all_slots_empty_and_dv_differs():
+    args = attention_case(2, T=3, S=5, Hq=4, Hkv=1, D=24, Dv=12, empty=5, p0=5)
+    check_attention(args, 0.3, 2, 0.0, chunks=7)  # more chunks than tasks is fine
+
+
+def test_attention_query_without_visible_key_gets_zeros():
+    q, kc, vc, cpos, kn, vn, _ = attention_case(4, T=2, S=3, Hq=2, Hkv=2, D=8, Dv=8)
+    qpos = np.array([-1, 3], np.int64)   # a padding query sees nothing, not even itself
+    out = check_attention((q, kc, vc, cpos, kn, vn, qpos), 0.5, 0, 0.0)
+    assert np.all(out[0] == 0)
+
+
+@pytest.mark.parametrize("width", [0, 100])
+@pytest.mark.parametrize("hq,hkv", [(8, 2), (4, 4), (16, 1)])
+def test_attention_long_cache_in_blocks(width, hq, hkv):
+    """Several key blocks, a ring-buffer-like cache with holes, exact or wider scratch rows."""
+    args = attention_case(width + hq, T=5, S=300, Hq=hq, Hkv=hkv, D=16, Dv=16, empty=40,
+                          p0=400)
+    T, S = 5, 300
+    for window, softcap in [(0, 0.0), (150, 20.0)]:
+        ref = naive.attention(*args, 0.25, window, softcap)
+        out = np.empty((T, hq, 16), np.float32)
+        K.attention(out, *args, 0.25, window, softcap, np.zeros((4, S + T + width), np.float32))
+        np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_attention_decode_matches_prefill():
+    """Attending to new keys or to the same keys already in the cache gives the same result."""
+    T, H, D = 6, 2, 16
+    q, _, _, _, kn, vn, qpos = attention_case(8, T=T, S=0, Hq=H, Hkv=H, D=D, Dv=D)
+    full = np.empty((T, H, D), np.float32)
+    K.attention(full, q, kn[:0], vn[:0], qpos[:0], kn, vn, qpos, 0.3, 4, 0.0,
+                np.zeros((2, T), np.float32))
+    last = np.empty((1, H, D), np.float32)
+    K.attention(last, q[-1:], kn[:-1], vn[:-1], qpos[:-1], kn[-1:], vn[-1:], qpos[-1:], 0.3,
+                4, 0.0, np.zeros((1, T), np.float32))
+    np.testing.assert_allclose(last[0], full[-1], rtol=1e-6, atol=1e-6)
+
+
+# ----------------------------------------------------------------------------- activations
+
+KINDS = [K.ACT_SILU, K.ACT_GELU, K.ACT_GELU_TANH, K.ACT_RELU2, K.ACT_RELU]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("n", [1, 31, 100])
+def test_act_mul_and_act(kind, n):
+    r = rng(n + kind)
+    gu = randn(r, 3, 2 * n, scale=3.0)
+    out = np.empty((3, n), np.float32)
+    K.act_mul(out, gu, kind)
+    np.testing.assert_allclose(out, naive.act_mul(gu, kind), rtol=1e-5, atol=1e-6)
+    x = randn(r, 2, 3, n, scale=4.0)
+    ref = naive.act(x, kind)
+    K.act(x, x, kind)
+    np.testing.assert_allclose(x, ref, rtol=1e-5, atol=1e-6)
+
+
+def test_act_kinds_match_transformers():
+    torch = pytest.importorskip("torch")
+    acts = pytest.importorskip("transformers.activations")
+    x = np.linspace(-6, 6, 241, dtype=np.float32)
+    for name, kind in K.ACT_KINDS.items():
+        ref = acts.ACT2FN[name](torch.from_numpy(x)).numpy()
+        out = np.empty_like(x)
+        K.act(out, x, kind)
+        np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-6, err_msg=name)
+
+
+def test_add_bias_scale_softcap():
+    r = rng(1)
+    a, b, bias = randn(r, 3, 33), randn(r, 3, 33), randn(r, 33)
+    out = np.empty_like(a)
+    K.add(out, a, b)
+    np.testing.assert_array_equal(out, naive.add(a, b).astype(np.float32))
+    ref = naive.add(a, b).astype(np.float32)
+    K.add(a, a, b)  # in place
+    np.testing.assert_array_equal(a, ref)
+    x = randn(r, 4, 33)
+    ref = naive.add_bias(x, bias).astype(np.float32)
+    K.add_bias(x, bias)
+    np.testing.assert_array_equal(x, ref)
+    ref = naive.scale_(x, 0.125).astype(np.float32)
+    K.scale_(x, 0.125)
+    np.testing.assert_array_equal(x, ref)
+    y = randn(r, 2, 5, 7, scale=40.0)
+    ref = naive.softcap_(y, 30.0)
+    K.softcap_(y, 30.0)
+    np.testing.assert_allclose(y, ref, rtol=1e-6, atol=1e-5)
+    assert np.abs(y).max() <= 30.0
+
+
+def test_softmax():
+    r = rng(2)
+    x = randn(r, 4, 257, scale=5.0)
+    x[1, ::3] = -np.inf
+    x[2, :] = -np.inf
+    x[3, :] = 0.0
+    ref = naive.softmax_(x)
+    K.softmax_(x)
+    np.testing.assert_allclose(x, ref, rtol=1e-5, atol=1e-7)
+    assert np.all(x[2] == 0) and np.all(x[1, ::3] == 0)
+    np.testing.assert_allclose(x[[0, 1, 3]].sum(axis=1), 1.0, rtol=1e-5)

@@ -1,0 +1,100 @@
+"""Tiny random transformers models (the oracle of rope.md §5), saved as HF directories.
+
+Every parameter gets a non-trivial random value (norm weights around 1 but not 1, biases
+non-zero), so a skipped norm, bias or scale shows up in the logits.
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+BASE = dict(vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+            num_attention_heads=4, max_position_embeddings=256)
+
+# name -> (model_type, config kwargs). Sequences in the tests are longer than every window.
+CASES: dict[str, tuple[str, dict]] = {
+    "llama": ("llama", dict(num_key_value_heads=2, attention_bias=True, mlp_bias=True)),
+    "llama-gqa4": ("llama", dict(num_key_value_heads=1, tie_word_embeddings=True)),
+    "mistral": ("mistral", dict(num_key_value_heads=2, sliding_window=8)),
+    "qwen2": ("qwen2", dict(num_key_value_heads=2, use_sliding_window=True, sliding_window=8,
+                            max_window_layers=1)),
+    "qwen3": ("qwen3", dict(num_key_value_heads=2, head_dim=24)),
+    "gemma3": ("gemma3_text", dict(num_key_value_heads=2, head_dim=16, sliding_window=8,
+                                   sliding_window_pattern=2, query_pre_attn_scalar=24,
+                                   final_logit_softcapping=30.0, attn_logit_softcapping=50.0,
+                                   rope_parameters={
+                                       "sliding_attention": {"rope_type": "default",
+                                                             "rope_theta": 10000.0},
+                                       "full_attention": {"rope_type": "linear", "factor": 2.0,
+                                                          "rope_theta": 1000000.0}})),
+    "gpt_neox": ("gpt_neox", dict(rotary_pct=0.25, use_parallel_residual=True)),
+    "gpt_neox-seq": ("gpt_neox", dict(rotary_pct=0.5, use_parallel_residual=False)),
+    "phi": ("phi", dict(hidden_size=80, partial_rotary_factor=0.4, qk_layernorm=True,
+                        num_key_value_heads=2)),
+    "stablelm": ("stablelm", dict(num_key_value_heads=2, use_qkv_bias=True, qk_layernorm=True,
+                                  partial_rotary_factor=0.25)),
+    "stablelm-parallel": ("stablelm", dict(num_key_value_heads=4, use_parallel_residual=True)),
+    "persimmon": ("persimmon", dict(qk_layernorm=True, partial_rotary_factor=0.5)),
+    "gptj": ("gptj", dict(rotary_dim=8, n_inner=96)),
+    "glm": ("glm", dict(num_key_value_heads=2, head_dim=16, partial_rotary_factor=0.5,
+                        pad_token_id=0)),
+}
+
+_LLAMA_ROPE = {
+    "linear": {"rope_type": "linear", "factor": 2.0},
+    "dynamic": {"rope_type": "dynamic", "factor": 2.0},
+    "yarn": {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 16},
+    "llama3": {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+               "high_freq_factor": 4.0, "original_max_position_embeddings": 16},
+    "longrope": {"rope_type": "longrope", "original_max_position_embeddings": 16},
+}
+for _name, _rp in _LLAMA_ROPE.items():
+    for _arch in ("llama", "phi"):
+        kw = dict(CASES[_arch][1]) if _arch == "phi" else dict(num_key_value_heads=2)
+        rp = dict(_rp, rope_theta=10000.0)
+        if _arch == "phi":
+            rp["partial_rotary_factor"] = kw.pop("partial_rotary_factor")
+        if _name == "longrope":
+            n = (kw.get("hidden_size", 64) // 4) * rp.get("partial_rotary_factor", 1.0) // 2
+            rng = np.random.default_rng(0)
+            rp["short_factor"] = [float(x) for x in 1 + rng.random(int(n))]
+            rp["long_factor"] = [float(x) for x in 2 + 3 * rng.random(int(n))]
+        if _name == "dynamic":
+            kw["max_position_embeddings"] = 16   # sequences in the tests go past it
+        kw["rope_parameters"] = rp
+        CASES[f"{_arch}-{_name}"] = (CASES[_arch][0], kw)
+
+
+def build(name: str, out_dir: str, seed: int = 0):
+    """Create, randomise and save tiny model `name`; returns the transformers model (eval)."""
+    import torch
+    import transformers
+
+    model_type, kw = CASES[name]
+    cfg_kw = dict(BASE, **kw)
+    cfg = transformers.AutoConfig.for_model(model_type, **cfg_kw)
+    cfg._attn_implementation = "eager"
+    torch.manual_seed(seed)
+    model = transformers.AutoModelForCausalLM.from_config(cfg, attn_implementation="eager")
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for pname, p in model.named_parameters():
+            if p.ndim == 1 and pname.endswith("bias"):
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.1)
+            elif p.ndim == 1:
+                # norm weights in [0.5, 1.5]; Gemma stores w for a (1 + w) multiplier
+                p.copy_(0.5 + torch.rand(p.shape, generator=gen) - float(model_type == "gemma3_text"))
+            else:
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.1)
+    model.eval()
+    os.makedirs(out_dir, exist_ok=True)
+    model.save_pretrained(out_dir)
+    return model
+
+
+def reference_logits(model, ids) -> np.ndarray:
+    import torch
+    with torch.no_grad():
+        out = model(torch.tensor([list(ids)], dtype=torch.long))
+    return out.logits[0].float().numpy()
