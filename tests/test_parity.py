@@ -84,3 +84,30 @@ def test_sliding_window_ring_is_lossless(built):
     ids = _ids(n=30, seed=3)
     steps = np.stack([s.eval([t]).copy() for t in ids])
     assert rel_err(steps, reference_logits(ref_model, ids)) <= 1e-5
+
+
+def test_decode_allocates_no_buffers(tmp_path):
+    """After warm-up, a decode step allocates nothing the size of an activation buffer."""
+    import tracemalloc
+
+    import tiny_models
+    tiny_models.CASES["alloc-probe"] = ("llama", dict(hidden_size=2048, intermediate_size=1024,
+                                                      num_attention_heads=8, vocab_size=4096,
+                                                      num_key_value_heads=2))
+    build("alloc-probe", str(tmp_path))
+    m = edgerope.load(str(tmp_path), dtype="int8")
+    s = m.new_session(n_ctx=64)
+    s.eval(_ids(n=8, vocab=4096))
+    s.eval([5])
+    tracemalloc.start()
+    try:
+        base = tracemalloc.get_traced_memory()[0]
+        tracemalloc.reset_peak()
+        for t in range(6, 16):
+            s.eval([t])
+        peak = tracemalloc.get_traced_memory()[1] - base
+    finally:
+        tracemalloc.stop()
+    # Small Python objects (array views) come and go; the smallest per-token buffer (the
+    # hidden state) is 8 KiB and the logits 16 KiB, so any of them would show up here.
+    assert peak < 6 * 1024, f"decode allocated {peak} bytes"

@@ -16,7 +16,7 @@ import numpy as np
 from .jit import kernel, prange
 
 QK = 32            # quantization block length (columns per scale); kernels spell it as a literal
-_GEMV_ROWS = 16    # rows per parallel chunk in gemv (multiple of 4)
+_GEMV_ROWS = 32    # rows per parallel chunk in gemv (multiple of 4; one small alloc each)
 _GEMM_ROWS = 16    # rows per dequantized panel in gemm (multiple of 4)
 _GEMM_TOKENS = 16  # tokens per cache tile in gemm (multiple of 4)
 _GEMV_MAX_T = 3    # q8_gemm runs up to this many tokens as separate GEMVs (measured crossover)
