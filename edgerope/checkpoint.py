@@ -107,40 +107,59 @@ class ModelWeights:
             yield from (lw.wqkv, lw.wo, lw.w_in, lw.w_down)
 
 
-class _Reader:
-    """Finds checkpoint tensors by internal name and checks their shapes."""
+class SafetensorsSource:
+    """Tensors of a Hugging Face checkpoint, read from memory maps one at a time."""
 
-    def __init__(self, ckpt: Checkpoint, names: dict[str, str]):
-        self.ckpt, self.names = ckpt, names
-        self.prefix = next((p for p in _PREFIXES if p + names["embed"] + ".weight" in ckpt), None)
+    def __init__(self, ckpt: Checkpoint):
+        self.ckpt, self.where = ckpt, ckpt.dir
+
+    def __contains__(self, name):
+        return name in self.ckpt
+
+    def shape(self, name):
+        return tuple(self.ckpt.shape(name))
+
+    def float32(self, name) -> np.ndarray:
+        return np.array(self.ckpt.float32(name), dtype=np.float32, copy=True)
+
+    def linear(self, name, dtype, bias) -> Linear:
+        sd = self.ckpt.dtype(name)
+        return Linear.from_float(self.ckpt.raw(name), dtype, bias,
+                                 convert=lambda a: to_float32(a, sd))
+
+
+class _Reader:
+    """Finds tensors by internal name in a source (safetensors, GGUF) and checks shapes."""
+
+    def __init__(self, src, names: dict[str, str], prefixes=_PREFIXES):
+        self.src, self.names = src, names
+        self.prefix = next((p for p in prefixes if p + names["embed"] + ".weight" in src), None)
         if self.prefix is None:
-            raise WeightsError(f"{ckpt.dir}: tensor '{names['embed']}.weight' not found "
+            raise WeightsError(f"{src.where}: tensor '{names['embed']}.weight' not found "
                                f"(is this a checkpoint of the configured architecture?)")
 
     def name(self, key, i=None, h=None, suffix="weight"):
         return self.prefix + self.names[key].format(i=i, h=h) + "." + suffix
 
     def has(self, key, i=None, suffix="weight", h=0):
-        return key in self.names and self.name(key, i, h, suffix) in self.ckpt
+        return key in self.names and self.name(key, i, h, suffix) in self.src
 
     def _check(self, name, shape):
-        if name not in self.ckpt:
-            raise WeightsError(f"{self.ckpt.dir}: tensor '{name}' is missing")
-        found = self.ckpt.shape(name)
+        if name not in self.src:
+            raise WeightsError(f"{self.src.where}: tensor '{name}' is missing")
+        found = self.src.shape(name)
         if shape is not None and tuple(found) != tuple(shape):
-            raise WeightsError(f"{self.ckpt.dir}: tensor '{name}' has shape {list(found)}, "
+            raise WeightsError(f"{self.src.where}: tensor '{name}' has shape {list(found)}, "
                                f"expected {list(shape)}")
         return name
 
     def array(self, key, shape, i=None, h=None, suffix="weight") -> np.ndarray:
-        name = self._check(self.name(key, i, h, suffix), shape)
-        return np.array(self.ckpt.float32(name), dtype=np.float32, copy=True)
+        return self.src.float32(self._check(self.name(key, i, h, suffix), shape))
 
     def linear(self, key, shape, dtype, i=None, bias=False) -> Linear:
         name = self._check(self.name(key, i), shape)
         b = self.array(key, (shape[0],), i, suffix="bias") if bias else None
-        sd = self.ckpt.dtype(name)
-        return Linear.from_float(self.ckpt.raw(name), dtype, b, convert=lambda a: to_float32(a, sd))
+        return self.src.linear(name, dtype, b)
 
 
 def _per_head_to_blocks(lin: Linear, n_heads: int, head_dim: int) -> Linear:
@@ -154,14 +173,21 @@ def _per_head_to_blocks(lin: Linear, n_heads: int, head_dim: int) -> Linear:
     return Linear(wq=reorder(lin.wq), ws=reorder(lin.ws), bias=bias)
 
 
-def load_weights(ckpt: Checkpoint, cfg: ModelConfig, dtype: str) -> ModelWeights:
-    """Read every tensor the configured architecture needs from `ckpt`."""
-    r = _Reader(ckpt, HF_NAMES[cfg.model_type])
+def load_weights(src, cfg: ModelConfig, dtype: str, names: dict[str, str] | None = None,
+                 norm_plus_one_stored: bool = False) -> ModelWeights:
+    """Read every tensor the configured architecture needs from `src` (a Checkpoint or a
+    source with the SafetensorsSource interface). `norm_plus_one_stored`: the file holds
+    Gemma's norm weights as 1 + w already (llama.cpp's GGUF conversion does that)."""
+    if isinstance(src, Checkpoint):
+        src = SafetensorsSource(src)
+    r = _Reader(src, names or HF_NAMES[cfg.model_type], _PREFIXES if names is None else ("",))
     H, I, V, D = cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size, cfg.head_dim
     Hq, Hkv = cfg.num_attention_heads, cfg.num_key_value_heads
 
     def norm(key, n, i=None, kind=None, groups=1, per_head=False):
         kind = kind or cfg.norm
+        if norm_plus_one_stored and kind == "rms1p":
+            kind = "rms"
         if per_head:
             w = np.stack([r.array(key, (n,), i, h) for h in range(groups)])
             b = np.zeros_like(w)

@@ -101,14 +101,33 @@ def generate(model, prompt, max_tokens: int = 128, temperature: float = 0.8, top
     if max_tokens == 0:
         stats.stop_reason = "length"
         return
-    eos = set(tok.eos_ids) if tok is not None else set(model.config.eos_token_ids)
     sampler = Sampler(params)
-    stream = tok.stream(prefix=ids) if tok is not None else None  # keeps the joining space
+    logits = sess.eval(ids)
+    stats.prompt_seconds = time.perf_counter() - t_start
+    yield from sample_tokens(model, sess, logits, sampler, max_tokens=max_tokens, stop=stop,
+                             stats=stats, t_start=t_start, shown=ids)
+
+
+def sample_tokens(model, session, logits, sampler: Sampler, max_tokens: int | None = None,
+                  stop=None, stats: GenerationStats | None = None, t_start: float | None = None,
+                  shown=()):
+    """The per-token loop of `generate`, for a session that has already evaluated its prompt.
+
+    `logits` are what `session.eval()` last returned (the last token's). Samples a token,
+    yields its text, evaluates it, and so on until `max_tokens` (None = no limit), an
+    end-of-sequence token, a stop string (not emitted) or a full context; the last sampled
+    token is not evaluated. `shown` = ids whose text is already on screen (stream context, so
+    that a leading "▁word" streams as " word"). Fills `stats` from n_generated on; times count
+    from `t_start` (default: now).
+    """
+    t_start = time.perf_counter() if t_start is None else t_start
+    stats = stats if stats is not None else GenerationStats()
+    sess, tok = session, model.tokenizer
+    eos = set(tok.eos_ids) if tok is not None else set(model.config.eos_token_ids)
+    stream = tok.stream(prefix=shown) if tok is not None else None  # keeps the joining space
     stopper = _StopMatcher(stop)
 
-    logits = sess.eval(ids)
     t_prompt = time.perf_counter()
-    stats.prompt_seconds = t_prompt - t_start
     history = list(sess.tokens)
     while True:
         token = sampler(logits, history)
@@ -126,7 +145,7 @@ def generate(model, prompt, max_tokens: int = 128, temperature: float = 0.8, top
             if stopped:
                 stats.stop_reason = "stop"
                 break
-        if stats.n_generated >= max_tokens:
+        if max_tokens is not None and stats.n_generated >= max_tokens:
             stats.stop_reason = "length"
             break
         if sess.pos >= sess.n_ctx:

@@ -16,14 +16,16 @@ from .safetensors_mmap import Checkpoint
 
 
 def load(path: str, dtype: str = "int8", tokenizer: bool = True) -> Model:
-    """Load a Hugging Face model directory. dtype: "int8" (Q8_0-style blocks) or "float32"."""
+    """Load a Hugging Face model directory or a GGUF file.
+
+    dtype: "int8" (Q8_0-style blocks) or "float32"."""
     if dtype not in DTYPES:
         raise EdgeropeError(f"unsupported dtype {dtype!r} (supported: {', '.join(DTYPES)})")
     path = os.fspath(path)
     if not os.path.exists(path):
         raise WeightsError(f"{path}: no such file or directory")
-    if not os.path.isdir(path):
-        raise WeightsError(f"{path}: expected a model directory (config.json + *.safetensors)")
+    if os.path.isfile(path):
+        return _load_gguf(path, dtype, tokenizer)
     cfg = load_config(path)
     weights = load_weights(Checkpoint(path), cfg, dtype)
     tok = None
@@ -32,4 +34,17 @@ def load(path: str, dtype: str = "int8", tokenizer: bool = True) -> Model:
     if tokenizer and os.path.exists(os.path.join(path, "tokenizer.model")):
         from .tokenizer import load_tokenizer
         tok = load_tokenizer(path)
+    return Model(cfg, weights, tok, dtype=dtype, path=path)
+
+
+def _load_gguf(path: str, dtype: str, tokenizer: bool) -> Model:
+    from .gguf_loader import load_gguf
+    with open(path, "rb") as f:
+        if f.read(4) != b"GGUF":
+            raise WeightsError(f"{path}: not a GGUF file and not a model directory")
+    cfg, weights, g = load_gguf(path, dtype)
+    tok = None
+    if tokenizer:
+        from .tokenizer import tokenizer_from_gguf
+        tok = tokenizer_from_gguf(g)
     return Model(cfg, weights, tok, dtype=dtype, path=path)

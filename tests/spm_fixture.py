@@ -65,8 +65,8 @@ MIN_VOCAB_SIZE = 256 + 3 + len(set(CORPUS.replace("\n", ""))) + 1  # bytes, cont
 _cache: dict = {}
 
 
-def _train(vocab_size: int, model_type: str) -> bytes:
-    key = (vocab_size, model_type)
+def _train(vocab_size: int, model_type: str, user_defined_symbols: tuple = ()) -> bytes:
+    key = (vocab_size, model_type, user_defined_symbols)
     if key not in _cache:
         out = io.BytesIO()
         spm.SentencePieceTrainer.train(
@@ -83,6 +83,7 @@ def _train(vocab_size: int, model_type: str) -> bytes:
             split_digits=True,
             hard_vocab_limit=model_type != "unigram",  # unigram on a few KB cannot fill large vocabs
             unk_id=0, bos_id=1, eos_id=2, pad_id=-1,
+            user_defined_symbols=list(user_defined_symbols),  # ids 3, 4, ... in this order
             num_threads=1,  # multi-threaded training is not reproducible
             minloglevel=2,
         )
@@ -90,12 +91,16 @@ def _train(vocab_size: int, model_type: str) -> bytes:
     return _cache[key]
 
 
-def train_tiny_spm(dirpath, vocab_size: int = 384, model_type: str = "bpe") -> str:
-    """Train (or reuse) the tiny model and write it to `dirpath/tokenizer.model`; returns that path."""
+def train_tiny_spm(dirpath, vocab_size: int = 384, model_type: str = "bpe",
+                   user_defined_symbols=()) -> str:
+    """Train (or reuse) the tiny model and write it to `dirpath/tokenizer.model`; returns that path.
+
+    `user_defined_symbols` (e.g. "<|im_start|>") become single pieces with ids 3, 4, ... that
+    plain-text encoding always keeps whole, like a chat model's turn markers."""
     if vocab_size < MIN_VOCAB_SIZE:
         raise ValueError(f"vocab_size must be >= {MIN_VOCAB_SIZE} with byte fallback, got {vocab_size}")
     os.makedirs(dirpath, exist_ok=True)
     path = os.path.join(os.fspath(dirpath), "tokenizer.model")
     with open(path, "wb") as f:
-        f.write(_train(vocab_size, model_type))
+        f.write(_train(vocab_size, model_type, tuple(user_defined_symbols)))
     return path
