@@ -4,7 +4,6 @@ traceback); Ctrl-C stops cleanly with exit code 130."""
 from __future__ import annotations
 
 import functools
-import os
 import sys
 
 import click
@@ -43,8 +42,9 @@ def _threads(n):
 
 
 @main.command()
-@click.option("-m", "--model", "model_path", required=True, type=click.Path(),
-              help="Model directory (Hugging Face layout).")
+@click.option("-m", "--model", "model_path", default=None,
+              help="Model: a GGUF file, a Hugging Face or edgerope directory, or a registry "
+                   "name (default: the registry's default model).")
 @click.option("-p", "--prompt", default=None, help="Prompt text.")
 @click.option("-f", "--file", "prompt_file", type=click.Path(), default=None,
               help="Read the prompt from a file.")
@@ -73,14 +73,13 @@ def generate(model_path, prompt, prompt_file, n_predict, threads, ctx_size, batc
              top_k, top_p, min_p, repeat_penalty, repeat_last_n, seed, stop, dtype, debug):
     """Generate text from a prompt, streaming to stdout; timings on stderr."""
     from .generate import GenerationStats, generate as gen
-    from .loading import load
 
     if prompt_file is not None:
         with open(prompt_file, encoding="utf-8", errors="replace") as f:
             prompt = f.read()
     prompt = prompt or ""
     n_threads = _threads(threads)
-    model = load(model_path, dtype=dtype)
+    model = _load(model_path, dtype)
     if model.tokenizer is None:
         raise EdgeropeError(f"{model_path}: no tokenizer found (expected tokenizer.model)")
     stats = GenerationStats()
@@ -101,6 +100,84 @@ def generate(model_path, prompt, prompt_file, n_predict, threads, ctx_size, batc
     out.write("\n")
     out.flush()
     _print_timings(stats, n_threads)
+
+
+def _load(spec, dtype):
+    from .registry import load_any
+    return load_any(spec, dtype=dtype)
+
+
+@main.command()
+@click.argument("model_path", required=False)
+@click.option("-c", "--ctx-size", default=4096, show_default=True, type=int,
+              help="Context size for the memory estimate.")
+@click.option("--dtype", type=click.Choice(["int8", "float32"]), default="int8",
+              show_default=True)
+@click.option("--debug", is_flag=True, help="Show tracebacks.")
+@handle_errors
+def info(model_path, ctx_size, dtype, debug):
+    """Architecture, parameters, RoPE, quantization, file size and RAM of a model."""
+    from .info import describe
+    if ctx_size <= 0:
+        raise EdgeropeError(f"--ctx-size must be positive, got {ctx_size}")
+    model = _load(model_path, dtype)
+    rows = describe(model, n_ctx=ctx_size)
+    width = max(len(k) for k, _ in rows)
+    for k, v in rows:
+        click.echo(f"{k:<{width}}  {v}")
+
+
+@main.command()
+@click.argument("src")
+@click.argument("dst", required=False)
+@click.option("--dtype", type=click.Choice(["int8", "float32"]), default="int8",
+              show_default=True)
+@click.option("--overwrite", is_flag=True, help="Replace DST if it exists.")
+@click.option("--debug", is_flag=True, help="Show tracebacks.")
+@handle_errors
+def convert(src, dst, dtype, overwrite, debug):
+    """Convert a GGUF file or Hugging Face directory into edgerope's format (loads faster).
+
+    DST defaults to weights/<name>-<dtype>."""
+    import os
+    import time
+
+    from .native import save_native
+    from .registry import weights_dir
+    t0 = time.perf_counter()
+    model = _load(src, dtype)
+    if dst is None:
+        base = os.path.basename(os.path.normpath(src)) if src else "model"
+        dst = os.path.join(weights_dir(), f"{os.path.splitext(base)[0]}-{dtype}")
+    out = save_native(model, dst, overwrite=overwrite)
+    click.echo(f"wrote {out} ({model.weights.nbytes / 2**20:.1f} MiB of {dtype} weights) "
+               f"in {time.perf_counter() - t0:.1f} s")
+
+
+@main.command()
+@click.option("-m", "--model", "model_path", default=None, help="Model (as for generate).")
+@click.option("-f", "--file", "text_file", required=True, type=click.Path(),
+              help="Text file to score.")
+@click.option("-c", "--ctx-size", default=512, show_default=True, type=int,
+              help="Window size in tokens.")
+@click.option("-b", "--batch-size", default=512, show_default=True, type=int)
+@click.option("--chunks", default=None, type=int, help="Score at most this many windows.")
+@click.option("-t", "--threads", default=None, type=int)
+@click.option("--dtype", type=click.Choice(["int8", "float32"]), default="int8",
+              show_default=True)
+@click.option("--debug", is_flag=True, help="Show tracebacks.")
+@handle_errors
+def perplexity(model_path, text_file, ctx_size, batch_size, chunks, threads, dtype, debug):
+    """llama-perplexity-style windowed perplexity of a text file."""
+    from .perplexity import perplexity as ppl
+    _threads(threads)
+    with open(text_file, encoding="utf-8", errors="replace") as f:
+        text = f.read()
+    model = _load(model_path, dtype)
+    r = ppl(model, text, n_ctx=ctx_size, n_batch=batch_size, max_chunks=chunks)
+    click.echo(f"{r.n_chunks} chunks of {ctx_size} tokens, {r.n_scored} scored, "
+               f"{r.seconds:.1f} s", err=True)
+    click.echo(f"Final estimate: PPL = {r.ppl:.4f} +/- {r.ppl_stderr:.5f}")
 
 
 def _print_timings(stats, n_threads):

@@ -155,8 +155,8 @@ class ModelConfig:
         return load_config(path)
 
 
-def load_config(path: str) -> ModelConfig:
-    """Read `config.json` (or the directory holding it)."""
+def read_config_dict(path: str) -> dict:
+    """The raw config.json dict (path: the file or the directory holding it)."""
     if os.path.isdir(path):
         path = os.path.join(path, "config.json")
     try:
@@ -168,10 +168,17 @@ def load_config(path: str) -> ModelConfig:
         raise ConfigError(f"{path}: not valid JSON ({e})") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a JSON object")
+    return raw
+
+
+def load_config(path: str) -> ModelConfig:
+    """Read and parse `config.json` (or the directory holding it)."""
+    raw = read_config_dict(path)
     try:
         return parse_config(raw)
     except ConfigError as e:
-        raise ConfigError(f"{path}: {e}") from None
+        where = os.path.join(path, "config.json") if os.path.isdir(path) else path
+        raise ConfigError(f"{where}: {e}") from None
 
 
 def _get(cfg: dict, key: str, default=None):

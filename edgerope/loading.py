@@ -8,10 +8,11 @@ from __future__ import annotations
 import os
 
 from .checkpoint import load_weights
-from .config import load_config
+from .config import ConfigError, parse_config, read_config_dict
 from .errors import EdgeropeError, WeightsError
 from .linear import DTYPES
 from .model import Model
+from .native import is_native, load_native
 from .safetensors_mmap import Checkpoint
 
 
@@ -26,19 +27,26 @@ def load(path: str, dtype: str = "int8", tokenizer: bool = True) -> Model:
         raise WeightsError(f"{path}: no such file or directory")
     if os.path.isfile(path):
         return _load_gguf(path, dtype, tokenizer)
-    cfg = load_config(path)
-    weights = load_weights(Checkpoint(path), cfg, dtype)
+    raw = read_config_dict(path)
+    try:
+        cfg = parse_config(raw)
+    except ConfigError as e:
+        raise ConfigError(f"{os.path.join(path, 'config.json')}: {e}") from None
+    if is_native(path):
+        weights = load_native(path, cfg, dtype)
+    else:
+        weights = load_weights(Checkpoint(path), cfg, dtype)
     tok = None
     # Without a tokenizer file, logits() still works and generate() reports the absence; a
     # tokenizer file that is present but broken is an error.
     if tokenizer and os.path.exists(os.path.join(path, "tokenizer.model")):
         from .tokenizer import load_tokenizer
         tok = load_tokenizer(path)
-    return Model(cfg, weights, tok, dtype=dtype, path=path)
+    return Model(cfg, weights, tok, dtype=dtype, path=path, config_dict=raw)
 
 
 def _load_gguf(path: str, dtype: str, tokenizer: bool) -> Model:
-    from .gguf_loader import load_gguf
+    from .gguf_loader import gguf_config_dict, load_gguf
     with open(path, "rb") as f:
         if f.read(4) != b"GGUF":
             raise WeightsError(f"{path}: not a GGUF file and not a model directory")
@@ -47,4 +55,4 @@ def _load_gguf(path: str, dtype: str, tokenizer: bool) -> Model:
     if tokenizer:
         from .tokenizer import tokenizer_from_gguf
         tok = tokenizer_from_gguf(g)
-    return Model(cfg, weights, tok, dtype=dtype, path=path)
+    return Model(cfg, weights, tok, dtype=dtype, path=path, config_dict=gguf_config_dict(g))

@@ -36,9 +36,10 @@ class Model:
     """A loaded model: config, weights (int8 blocks or float32), tokenizer."""
 
     def __init__(self, config: ModelConfig, weights: ModelWeights, tokenizer=None,
-                 dtype: str = "int8", path: str | None = None):
+                 dtype: str = "int8", path: str | None = None, config_dict: dict | None = None):
         self.config, self.weights, self.tokenizer = config, weights, tokenizer
         self.dtype, self.path = dtype, path
+        self.config_dict = config_dict or {}  # the config.json form, written by convert
         self._act = K.ACT_KINDS.get(config.hidden_act)
         if self._act is None:
             from .errors import ConfigError

@@ -1,0 +1,161 @@
+"""edgerope's own on-disk format: a directory that loads with no conversion work.
+
+    config.json             Hugging Face-style config (what edgerope.config parses)
+    model.safetensors       tensors by internal name; metadata["edgerope"] = JSON below
+    tokenizer.model | tokenizer.json, tokenizer_config.json (chat template, bos/eos)
+
+Matmul weights are stored in the in-memory int8 block layout (`<name>.wq` int8 (N, K),
+`<name>.ws` float32 (N, ceil(K/32))) or as float32 `<name>.w`, so loading is a memory map:
+no dequantization, no requantization, resident memory only for the pages touched. Norms keep
+their kind (Gemma GGUF norms are stored as 1 + w), biases and norm weights are float32.
+
+Writing is atomic: everything goes to a temporary sibling directory that is renamed into
+place at the end, so an interrupted conversion never leaves a directory that loads.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+
+import numpy as np
+
+from .checkpoint import LayerWeights, ModelWeights, Norm
+from .errors import WeightsError
+from .linear import Linear
+from .safetensors_mmap import Checkpoint
+
+FORMAT = "edgerope"
+VERSION = 1
+_LAYER_LINEARS = ("wqkv", "wo", "w_in", "w_down")
+_LAYER_NORMS = ("attn_norm", "ffn_norm", "q_norm", "k_norm", "post_attn_norm", "post_ffn_norm")
+
+
+def is_native(path: str) -> bool:
+    st = os.path.join(path, "model.safetensors")
+    if not os.path.isfile(st):
+        return False
+    try:
+        return FORMAT in Checkpoint(path).metadata
+    except WeightsError:
+        return False
+
+
+def _put_linear(out: dict, name: str, lin: Linear) -> None:
+    if lin.w is not None:
+        out[name + ".w"] = np.ascontiguousarray(lin.w)
+    else:
+        out[name + ".wq"] = np.ascontiguousarray(lin.wq)
+        out[name + ".ws"] = np.ascontiguousarray(lin.ws)
+    if lin.bias is not None:
+        out[name + ".bias"] = lin.bias
+
+
+def _put_norm(out: dict, kinds: dict, name: str, n: Norm | None) -> None:
+    if n is None:
+        return
+    out[name + ".weight"] = np.ascontiguousarray(n.weight, dtype=np.float32)
+    out[name + ".bias"] = np.ascontiguousarray(n.bias, dtype=np.float32)
+    kinds[name] = [n.kind, n.eps]
+
+
+def save_native(model, dst: str, overwrite: bool = False) -> str:
+    """Write `model` (any loaded Model) as an edgerope directory at `dst`, atomically."""
+    from safetensors.numpy import save_file
+
+    dst = os.path.abspath(dst)
+    if os.path.exists(dst) and not overwrite:
+        raise WeightsError(f"{dst}: already exists (use --overwrite to replace it)")
+    parent = os.path.dirname(dst)
+    os.makedirs(parent, exist_ok=True)
+    W: ModelWeights = model.weights
+    tensors, kinds = {}, {}
+    _put_linear(tensors, "embed", W.embed)
+    tied = W.lm_head is W.embed
+    if not tied:
+        _put_linear(tensors, "lm_head", W.lm_head)
+    _put_norm(tensors, kinds, "out_norm", W.out_norm)
+    for i, lw in enumerate(W.layers):
+        for key in _LAYER_LINEARS:
+            _put_linear(tensors, f"layers.{i}.{key}", getattr(lw, key))
+        for key in _LAYER_NORMS:
+            _put_norm(tensors, kinds, f"layers.{i}.{key}", getattr(lw, key))
+    meta = {FORMAT: json.dumps({"version": VERSION, "dtype": model.dtype, "tied": tied,
+                                "norms": kinds})}
+    tmp = tempfile.mkdtemp(prefix=".tmp-" + os.path.basename(dst) + "-", dir=parent)
+    try:
+        save_file(tensors, os.path.join(tmp, "model.safetensors"), metadata=meta)
+        with open(os.path.join(tmp, "config.json"), "w", encoding="utf-8") as f:
+            json.dump(model.config_dict, f, indent=2)
+        if model.tokenizer is not None:
+            model.tokenizer.save(tmp)
+        if os.path.exists(dst):
+            shutil.rmtree(dst)
+        os.replace(tmp, dst)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return dst
+
+
+def load_native(path: str, cfg, dtype: str) -> ModelWeights:
+    """Weights of an edgerope directory, memory-mapped (zero-copy). float32 weights can be
+    quantized to int8 at load; int8 weights cannot become float32."""
+    ck = Checkpoint(path)
+    try:
+        meta = json.loads(ck.metadata[FORMAT])
+        if meta.get("version") != VERSION:
+            raise WeightsError(f"{path}: edgerope format version {meta.get('version')} is not "
+                               f"supported (expected {VERSION})")
+        kinds = meta["norms"]
+    except (KeyError, ValueError, TypeError):
+        raise WeightsError(f"{path}: malformed edgerope metadata") from None
+    stored = meta.get("dtype")
+    if dtype == "float32" and stored != "float32":
+        raise WeightsError(f"{path}: holds {stored} weights, not float32 "
+                           f"(convert the original model again with --dtype float32)")
+
+    def lin(name) -> Linear:
+        bias = ck.raw(name + ".bias") if name + ".bias" in ck else None
+        if name + ".wq" in ck:
+            return Linear(wq=ck.raw(name + ".wq"), ws=ck.raw(name + ".ws"), bias=bias)
+        if name + ".w" in ck:
+            if dtype == "int8":
+                return Linear.from_float(ck.raw(name + ".w"), "int8", bias)
+            return Linear(w=ck.raw(name + ".w"), bias=bias)
+        raise WeightsError(f"{path}: tensor '{name}' is missing")
+
+    def norm(name) -> Norm | None:
+        if name not in kinds:
+            return None
+        kind, eps = kinds[name]
+        return Norm(kind, ck.raw(name + ".weight"), ck.raw(name + ".bias"), float(eps))
+
+    embed = lin("embed")
+    layers = []
+    for i in range(cfg.num_hidden_layers):
+        p = f"layers.{i}."
+        layers.append(LayerWeights(
+            attn_norm=norm(p + "attn_norm"), **{k: lin(p + k) for k in _LAYER_LINEARS},
+            **{k: norm(p + k) for k in _LAYER_NORMS if k != "attn_norm"}))
+    W = ModelWeights(embed=embed, layers=layers, out_norm=norm("out_norm"),
+                     lm_head=embed if meta.get("tied") else lin("lm_head"))
+    _check_shapes(W, cfg, path)
+    return W
+
+
+def _check_shapes(W: ModelWeights, cfg, path: str) -> None:
+    H, V = cfg.hidden_size, cfg.vocab_size
+    inner = cfg.intermediate_size * (2 if cfg.mlp == "gated" else 1)
+    want = {"embed": (W.embed, (V, H)), "lm_head": (W.lm_head, (V, H))}
+    for i, lw in enumerate(W.layers):
+        want[f"layers.{i}.wqkv"] = (lw.wqkv, (cfg.q_dim + 2 * cfg.kv_dim, H))
+        want[f"layers.{i}.wo"] = (lw.wo, (H, cfg.q_dim))
+        want[f"layers.{i}.w_in"] = (lw.w_in, (inner, H))
+        want[f"layers.{i}.w_down"] = (lw.w_down, (H, cfg.intermediate_size))
+    for name, (lin, shape) in want.items():
+        got = (lin.out_features, lin.in_features)
+        if got != shape:
+            raise WeightsError(f"{path}: tensor '{name}' has shape {list(got)}, expected "
+                               f"{list(shape)}")
