@@ -224,7 +224,7 @@ def _piece(tok, i) -> str:
     """The text of token `i` as a template writes it ("<bos>", "<s>"), or "" if unknown."""
     if i is None:
         return ""
-    for name in ("id_to_piece", "token_to_piece"):
+    for name in ("token_text", "id_to_piece", "token_to_piece"):
         f = getattr(tok, name, None)
         if callable(f):
             try:
@@ -255,6 +255,15 @@ def _common_prefix(a, b) -> int:
     return int(diff[0]) if len(diff) else n
 
 
+def _has_stale_keys(session) -> bool:
+    """True if the KV cache holds keys at or beyond session.pos, as an eval() interrupted in the
+    middle of its layers leaves them (later evals would attend to them)."""
+    try:
+        return any(bool((c.pos >= session.pos).any()) for c in session.cache.layers)
+    except AttributeError:  # a cache without per-slot positions: assume the worst
+        return True
+
+
 _SAMPLING = {f for f in SamplingParams.__dataclass_fields__}
 _SHOWN = 32  # prompt tokens given to the stream decoder as context (for the joining space)
 
@@ -269,7 +278,8 @@ class Chat:
             print(piece, end="", flush=True)
 
     `template`: Jinja source, a built-in name ("gemma", "chatml", "llama3"), or None for
-    `pick_template(model)`. `**sampling`: temperature, top_k, top_p, min_p, repeat_penalty,
+    `pick_template(model)`; `template_kwargs` are extra template variables (e.g.
+    {"enable_thinking": False}). `n_ctx`, `n_batch` size the session. `**sampling`: temperature, top_k, top_p, min_p, repeat_penalty,
     repeat_last_n, seed (as `generate`), `stop` (strings ending a reply, not shown) and
     `max_tokens` (per reply; None = until end of turn or a full context). One sampler (one
     random stream) serves the whole conversation, so a seed makes a whole chat reproducible.
@@ -281,7 +291,8 @@ class Chat:
     """
 
     def __init__(self, model, system: str | None = None, n_ctx: int | None = None,
-                 template: str | None = None, *, n_batch: int = 512, **sampling):
+                 template: str | None = None, *, n_batch: int = 512,
+                 template_kwargs: dict | None = None, **sampling):
         tok = model.tokenizer
         if tok is None:
             raise EdgeropeError("this model has no tokenizer: chat needs one")
@@ -290,6 +301,7 @@ class Chat:
             raise TypeError(f"Chat() got unexpected keyword argument(s): {', '.join(sorted(unknown))}")
         self.model, self.tokenizer, self.system = model, tok, system
         self.template = _source(template) if template is not None else pick_template(model)
+        self.template_kwargs = dict(template_kwargs or {})
         self._params = SamplingParams(**{k: v for k, v in sampling.items() if k in _SAMPLING})
         self._params.validate()
         self._stop = list(sampling.get("stop") or [])
@@ -304,7 +316,9 @@ class Chat:
         self.messages: list[dict] = []
         self.stats = GenerationStats()
         self.reprefills = 0
-        self._dirty = False
+        self._dirty = False  # the cache may hold keys the history does not: start over next turn
+        self._busy = False
+        self._reused = 0
         self.reset()
         # fail now, not at the first reply, on a template that cannot render a conversation
         self.render(self.messages + [{"role": "user", "content": "Hello"}])
@@ -323,7 +337,8 @@ class Chat:
         """The conversation (default: `messages`) as the template writes it."""
         return render_chat(self.template, self.messages if messages is None else messages,
                            add_generation_prompt=add_generation_prompt,
-                           bos_token=self._bos_text, eos_token=self._eos_text)
+                           bos_token=self._bos_text, eos_token=self._eos_text,
+                           **self.template_kwargs)
 
     def encode(self, text: str) -> list[int]:
         """Token ids of rendered text: special tokens parsed, one BOS in front when the template
@@ -371,6 +386,10 @@ class Chat:
         return self._turn(str(user_text), sampler, max_tokens, stop)
 
     def _turn(self, user_text, sampler, max_tokens, stop):
+        if self._busy:
+            raise RuntimeError("Chat.send: the previous reply is still streaming; "
+                               "exhaust or close() it first")
+        self._busy = True
         t_start = time.perf_counter()
         n_before = len(self.messages)
         self.messages.append({"role": "user", "content": user_text})
@@ -393,10 +412,9 @@ class Chat:
                 self.messages.append({"role": "assistant", "content": "".join(pieces)})
             else:
                 del self.messages[n_before:]
-                # an eval interrupted mid-way leaves keys in the cache beyond session.pos
-                sess = self.session
-                if any(bool((c.pos >= sess.pos).any()) for c in sess.cache.layers):
+                if _has_stale_keys(self.session):
                     self._dirty = True
+            self._busy = False
 
     def _prefill(self, ids) -> np.ndarray:
         """Bring the session to `ids`, evaluating only what is not cached; last-token logits."""
@@ -439,6 +457,11 @@ def run_chat(model, system: str | None = None, input=None, output=None, err=None
             interactive = False
     # the real terminal: builtins.input gives line editing (when readline is loaded)
     use_builtin = interactive and input is sys.stdin and output is sys.stdout
+    if use_builtin:
+        try:
+            import readline  # noqa: F401 - line editing and history for builtins.input
+        except ImportError:
+            pass
     chat = Chat(model, system=system, **sampling)
 
     def say(stream, text):

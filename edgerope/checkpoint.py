@@ -8,6 +8,8 @@ in float32. Tensors are read from memory maps one at a time.
 """
 from __future__ import annotations
 
+import os
+import sys
 from dataclasses import dataclass
 
 import numpy as np
@@ -173,6 +175,13 @@ def _per_head_to_blocks(lin: Linear, n_heads: int, head_dim: int) -> Linear:
     return Linear(wq=reorder(lin.wq), ws=reorder(lin.ws), bias=bias)
 
 
+def _progress(n: int, desc: str):
+    """range(n) with a progress bar on a terminal, shown only if it takes over a second."""
+    from tqdm import tqdm
+    return tqdm(range(n), desc=desc, unit="layer", delay=1.0, leave=False, file=sys.stderr,
+                disable=None)
+
+
 def load_weights(src, cfg: ModelConfig, dtype: str, names: dict[str, str] | None = None,
                  norm_plus_one_stored: bool = False) -> ModelWeights:
     """Read every tensor the configured architecture needs from `src` (a Checkpoint or a
@@ -199,7 +208,7 @@ def load_weights(src, cfg: ModelConfig, dtype: str, names: dict[str, str] | None
 
     embed = r.linear("embed", (V, H), dtype)
     layers = []
-    for i in range(cfg.num_hidden_layers):
+    for i in _progress(cfg.num_hidden_layers, f"loading {os.path.basename(str(src.where))}"):
         if cfg.fused_qkv == "per_head":
             wqkv = _per_head_to_blocks(r.linear("wqkv", (3 * Hq * D, H), dtype, i, cfg.qkv_bias),
                                        Hq, D)

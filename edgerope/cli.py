@@ -81,7 +81,7 @@ def generate(model_path, prompt, prompt_file, n_predict, threads, ctx_size, batc
     n_threads = _threads(threads)
     model = _load(model_path, dtype)
     if model.tokenizer is None:
-        raise EdgeropeError(f"{model_path}: no tokenizer found (expected tokenizer.model)")
+        raise EdgeropeError(f"{model_path}: no tokenizer found (expected tokenizer.model or tokenizer.json)")
     stats = GenerationStats()
     session = model.new_session(n_ctx=ctx_size, n_batch=batch_size)
     out = sys.stdout
@@ -100,6 +100,48 @@ def generate(model_path, prompt, prompt_file, n_predict, threads, ctx_size, batc
     out.write("\n")
     out.flush()
     _print_timings(stats, n_threads)
+
+
+@main.command()
+@click.option("-m", "--model", "model_path", default=None, help="Model (as for generate).")
+@click.option("--system", "-sys", "system", default=None, help="System prompt.")
+@click.option("--chat-template", default=None,
+              help="Jinja template source or a built-in name (gemma, chatml, llama3); "
+                   "default: the model's own.")
+@click.option("-n", "--n-predict", default=-1, show_default=True, type=int,
+              help="Max tokens per reply (-1 = until end of turn).")
+@click.option("-t", "--threads", default=None, type=int)
+@click.option("-c", "--ctx-size", default=None, type=int)
+@click.option("-b", "--batch-size", default=512, show_default=True, type=int)
+@click.option("--temp", default=0.8, show_default=True, type=float)
+@click.option("--top-k", default=40, show_default=True, type=int)
+@click.option("--top-p", default=0.95, show_default=True, type=float)
+@click.option("--min-p", default=0.05, show_default=True, type=float)
+@click.option("--repeat-penalty", default=1.0, show_default=True, type=float)
+@click.option("--repeat-last-n", default=64, show_default=True, type=int)
+@click.option("-s", "--seed", default=None, type=int)
+@click.option("-r", "--reverse-prompt", "stop", multiple=True)
+@click.option("--dtype", type=click.Choice(["int8", "float32"]), default="int8",
+              show_default=True)
+@click.option("--debug", is_flag=True, help="Show tracebacks.")
+@handle_errors
+def chat(model_path, system, chat_template, n_predict, threads, ctx_size, batch_size, temp,
+         top_k, top_p, min_p, repeat_penalty, repeat_last_n, seed, stop, dtype, debug):
+    """Interactive chat with the model's chat template; /reset clears, /exit or Ctrl-D ends.
+    Reads one user turn per line when stdin is not a terminal."""
+    from .chat import run_chat
+    _threads(threads)
+    try:
+        model = _load(model_path, dtype)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    if model.tokenizer is None:
+        raise EdgeropeError("this model has no tokenizer")
+    sys.exit(run_chat(model, system=system, n_ctx=ctx_size, n_batch=batch_size,
+                      template=chat_template, max_tokens=None if n_predict < 0 else n_predict,
+                      temperature=temp, top_k=top_k, top_p=top_p, min_p=min_p,
+                      repeat_penalty=repeat_penalty, repeat_last_n=repeat_last_n, seed=seed,
+                      stop=list(stop)))
 
 
 def _load(spec, dtype):

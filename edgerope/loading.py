@@ -39,7 +39,8 @@ def load(path: str, dtype: str = "int8", tokenizer: bool = True) -> Model:
     tok = None
     # Without a tokenizer file, logits() still works and generate() reports the absence; a
     # tokenizer file that is present but broken is an error.
-    if tokenizer and os.path.exists(os.path.join(path, "tokenizer.model")):
+    if tokenizer and any(os.path.exists(os.path.join(path, f))
+                         for f in ("tokenizer.model", "tokenizer.json")):
         from .tokenizer import load_tokenizer
         tok = load_tokenizer(path)
     return Model(cfg, weights, tok, dtype=dtype, path=path, config_dict=raw)

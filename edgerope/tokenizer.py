@@ -1,11 +1,19 @@
-"""Text <-> token ids: the `Tokenizer` interface, its SentencePiece implementation, incremental
-(streaming) detokenization, and `load_tokenizer` for Hugging Face-style model directories.
+"""Text <-> token ids: the `Tokenizer` interface, its SentencePiece and byte-level BPE
+implementations, incremental (streaming) detokenization, `load_tokenizer` for Hugging Face-style
+model directories and `tokenizer_from_gguf` for GGUF files (builders in edgerope.tokenizer_gguf).
 
 Owns: which token ids begin (`bos_id`) and end (`eos_ids`) a sequence, which ids are "special"
-(never produced by `encode` of plain text, silently dropped by `decode` and by streams), and the
-guarantee that streamed text is final (never half a UTF-8 character, never a wrong leading space).
+(never produced by `encode` of plain text, silently dropped by `decode` and by streams), how
+special-token text in a prompt is treated (`encode(..., special=...)`), and the guarantee that
+streamed text is final (never half a UTF-8 character, never a wrong leading space).
 
-Does not own: chat templates, or deciding when to stop generating (callers check `eos_ids`).
+Special-token text follows llama.cpp (`tokenizer_st_partition`): user-defined tokens (Gemma's
+whitespace runs, "<start_of_image>") are always split out of the text; control and unknown tokens
+("<start_of_turn>", "<|im_end|>") only with `special=True`, as chat templates need. Longer token
+texts are split out first; the pieces in between are encoded normally.
+
+Does not own: rendering chat templates (it only carries `chat_template`), or deciding when to stop
+generating (callers check `eos_ids`).
 """
 from __future__ import annotations
 
@@ -15,17 +23,53 @@ from typing import Iterable
 
 import sentencepiece as spm
 
-__all__ = ["Tokenizer", "SentencePieceTokenizer", "StreamDecoder", "load_tokenizer"]
+__all__ = ["Tokenizer", "SentencePieceTokenizer", "BPETokenizer", "StreamDecoder",
+           "load_tokenizer", "tokenizer_from_gguf", "EOG_TEXTS"]
 
 _FROM_MODEL = object()  # sentinel: "take this id from the tokenizer model itself"
 
+# Control-token texts that end generation (llama.cpp's EOG list, src/llama-vocab.cpp).
+EOG_TEXTS = frozenset({"<|eot_id|>", "<|im_end|>", "<end_of_turn>", "<|end|>", "<|endoftext|>",
+                       "<|end_of_text|>", "<EOT>", "<|return|>", "<|eom_id|>"})
+
+
+def _eog_ids_by_text(text_to_id) -> list[int]:
+    return [int(i) for t, i in text_to_id.items() if t in EOG_TEXTS and i is not None]
+
+
+def _sorted_specials(pairs) -> list[tuple[str, int]]:
+    """(text, id) pairs in llama.cpp's partition order: longest UTF-8 text first."""
+    return sorted({(t, int(i)) for t, i in pairs if t}, key=lambda p: (-len(p[0].encode()), p[1]))
+
+
+def _split_special(text: str, specials: list[tuple[str, int]]) -> list:
+    """Split `text` into raw str pieces and special-token ids (ints), like llama.cpp: for each
+    special token, longest first, every occurrence in every still-raw piece becomes its id."""
+    frags: list = [text]
+    for tok_text, tid in specials:
+        if tok_text not in text:
+            continue
+        out: list = []
+        for f in frags:
+            if isinstance(f, int) or tok_text not in f:
+                out.append(f)
+                continue
+            for k, part in enumerate(f.split(tok_text)):
+                if k:
+                    out.append(tid)
+                if part:
+                    out.append(part)
+        frags = out
+    return frags
+
 
 class Tokenizer:
-    """Interface every tokenizer implements (SentencePiece now; GGUF vocab, tokenizer.json later).
+    """Interface every tokenizer implements (SentencePiece, byte-level BPE).
 
-    Subclasses set `vocab_size`, `bos_id`, `eos_ids`, `special_ids`, `add_bos_default` and
-    implement `encode`, `decode`; `stream` works for any subclass whose `decode` is
-    prefix-stable (decoding more tokens only appends text once the tail is complete).
+    Subclasses set `vocab_size`, `bos_id`, `eos_ids`, `special_ids`, `add_bos_default`,
+    `chat_template` and implement `encode`, `decode`, `token_text`, `save`; `stream` works for any
+    subclass whose `decode` is prefix-stable (decoding more tokens only appends text once the
+    tail is complete).
     """
 
     vocab_size: int
@@ -33,11 +77,22 @@ class Tokenizer:
     eos_ids: frozenset[int]
     special_ids: frozenset[int]  # dropped by decode/stream (bos, eos, pad, control tokens)
     add_bos_default: bool = True
+    chat_template: str | None = None
 
-    def encode(self, text: str, add_bos: bool | None = None) -> list[int]:
+    def encode(self, text: str, add_bos: bool | None = None, special: bool = False) -> list[int]:
+        """Token ids of `text`. special=False: control-token text ("<|im_start|>") is plain
+        text; special=True: it becomes the control token (for rendered chat templates)."""
         raise NotImplementedError
 
     def decode(self, ids: Iterable[int]) -> str:
+        raise NotImplementedError
+
+    def token_text(self, token_id: int) -> str:
+        """The vocabulary entry of `token_id` as stored ("▁Paris", "ĠParis", "<|im_end|>")."""
+        raise NotImplementedError
+
+    def save(self, directory) -> None:
+        """Write the tokenizer files so that `load_tokenizer(directory)` rebuilds it."""
         raise NotImplementedError
 
     def stream(self, prefix: Iterable[int] = ()) -> "StreamDecoder":
@@ -50,33 +105,104 @@ class Tokenizer:
         multi-byte character at the end). Subclasses with exact byte knowledge override this."""
         return self.decode(ids).endswith("\ufffd")
 
+    @property
+    def eos_id(self) -> int | None:
+        """The primary end-of-sequence id (GGUF eos_token_id / tokenizer_config "eos_token");
+        generation should stop on any of `eos_ids`."""
+        return getattr(self, "_eos_primary", None)
+
+    @property
+    def bos_token(self) -> str | None:
+        """Text of `bos_id` ("<bos>", "<s>"), for chat templates."""
+        return None if self.bos_id is None else self.token_text(self.bos_id)
+
+    @property
+    def eos_token(self) -> str | None:
+        """Text of `eos_id`, for chat templates."""
+        return None if self.eos_id is None else self.token_text(self.eos_id)
+
+    def _add_bos(self, ids: list[int], add_bos: bool | None) -> list[int]:
+        if add_bos is None:
+            add_bos = self.add_bos_default
+        if add_bos and self.bos_id is not None:
+            ids.insert(0, self.bos_id)
+        return ids
+
+    def _config(self) -> dict:
+        """tokenizer_config.json contents written by `save`."""
+        primary = self.eos_id
+        return {
+            "add_bos_token": bool(self.add_bos_default),
+            "bos_token": self.bos_token,
+            "eos_token": self.eos_token,
+            "chat_template": self.chat_template,
+            # every end-of-generation id, primary first (tokenizer_config has no standard key)
+            "edgerope_eos_token_ids": ([primary] if primary is not None else [])
+            + sorted(self.eos_ids - {primary}),
+        }
+
 
 class SentencePieceTokenizer(Tokenizer):
-    """A `tokenizer.model` (SentencePiece protobuf) loaded with the sentencepiece library.
+    """A SentencePiece model (a `tokenizer.model` file, or serialized ModelProto bytes built from
+    a GGUF vocabulary) run by the sentencepiece library.
 
-    `encode(text)` is exactly `sp.encode(text)` (plus `bos_id` in front when asked); `decode`
+    Raw text between special-token matches is exactly `sp.encode(piece)`, so plain text without
+    special-token text encodes as `sp.encode(text)` (plus `bos_id` in front when asked); `decode`
     is `sp.decode` after dropping special ids.
     """
 
-    def __init__(self, path, eos_ids=None, add_bos_default: bool = True, bos_id=_FROM_MODEL):
-        path = os.fspath(path)
-        self.path = path
+    def __init__(self, path=None, eos_ids=None, add_bos_default: bool = True, bos_id=_FROM_MODEL,
+                 *, model_proto: bytes | None = None, chat_template: str | None = None,
+                 piece_types: dict[int, int] | None = None):
         self.sp = spm.SentencePieceProcessor()
-        try:
-            self.sp.Load(path)
-        except (OSError, RuntimeError) as e:  # sentencepiece reports I/O and parse errors alike
-            raise ValueError(f"cannot load SentencePiece model {path}: {e}") from None
+        if model_proto is not None:
+            self.path = None
+            try:
+                self.sp.LoadFromSerializedProto(bytes(model_proto))
+            except (OSError, RuntimeError) as e:
+                raise ValueError(f"cannot load SentencePiece model proto: {e}") from None
+        else:
+            if path is None:
+                raise ValueError("SentencePieceTokenizer needs a path or model_proto")
+            path = os.fspath(path)
+            self.path = path
+            try:
+                self.sp.Load(path)
+            except (OSError, RuntimeError) as e:  # sentencepiece reports I/O and parse errors alike
+                raise ValueError(f"cannot load SentencePiece model {path}: {e}") from None
         sp = self.sp
         self.vocab_size = sp.get_piece_size()
         self.add_bos_default = bool(add_bos_default)
-        self._control = frozenset(i for i in range(self.vocab_size) if sp.IsControl(i))
+        self.chat_template = chat_template
+        # piece_types ({id: type} of the non-NORMAL pieces) spares parsing the proto again
+        if piece_types is None:
+            from .tokenizer_gguf import _proto_piece_types
+            piece_types = _proto_piece_types(sp.serialized_model_proto())
+        types = piece_types
+        self._control = frozenset(i for i, t in types.items() if t in (2, 3))  # unknown, control
+        # User-defined pieces are matched in the raw text (a "▁" in them stands for a space:
+        # Hugging Face files store Gemma's "▁▁", GGUF files "  ").
+        self._user = [(sp.id_to_piece(i).replace("\u2581", " "), i)
+                      for i, t in types.items() if t == 4]
+        self._user_sorted = _sorted_specials(self._user)
+        self._extra_control: list[tuple[str, int]] = []
+        self._all_sorted = self._sort_all()
         # byte-fallback pieces "<0xNN>" -> NN, for exact incomplete-UTF-8 detection in streams
-        self._byte_of: dict[int, int] = {}
-        for b in range(256):
-            i = sp.piece_to_id(f"<0x{b:02X}>")
-            if sp.IsByte(i):
-                self._byte_of[i] = b
+        self._byte_of: dict[int, int] = {i: int(sp.id_to_piece(i)[3:5], 16)
+                                         for i, t in types.items() if t == 6}
         self._set_special(bos_id, eos_ids)
+
+    def _sort_all(self):
+        control = [(self.sp.id_to_piece(i), i) for i in self._control]
+        return _sorted_specials(self._user + control + self._extra_control)
+
+    def _add_control(self, token_id: int):
+        """Treat an existing piece as a control token (tokenizer_config.json "special": true)."""
+        if token_id not in self._control:
+            self._extra_control.append((self.sp.id_to_piece(token_id), int(token_id)))
+            self._control = self._control | {int(token_id)}
+            self._all_sorted = self._sort_all()
+            self.special_ids = self.special_ids | {int(token_id)}
 
     def _set_special(self, bos_id=_FROM_MODEL, eos_ids=None):
         sp = self.sp
@@ -87,23 +213,30 @@ class SentencePieceTokenizer(Tokenizer):
             eos_ids = [sp.eos_id()] if sp.eos_id() >= 0 else []
         elif isinstance(eos_ids, int):
             eos_ids = [eos_ids]
-        self.eos_ids = frozenset(int(i) for i in eos_ids)
+        eos_ids = [int(i) for i in eos_ids]
+        self._eos_primary = eos_ids[0] if eos_ids else None
+        self.eos_ids = frozenset(eos_ids)
         special = set(self._control) | self.eos_ids
         if self.bos_id is not None:
             special.add(self.bos_id)
         self.special_ids = frozenset(special)
 
     def __repr__(self):
-        return (f"SentencePieceTokenizer({self.path!r}, vocab_size={self.vocab_size}, "
+        src = self.path if self.path is not None else "<model_proto>"
+        return (f"SentencePieceTokenizer({src!r}, vocab_size={self.vocab_size}, "
                 f"bos_id={self.bos_id}, eos_ids={sorted(self.eos_ids)})")
 
-    def encode(self, text: str, add_bos: bool | None = None) -> list[int]:
-        ids = self.sp.encode(text)
-        if add_bos is None:
-            add_bos = self.add_bos_default
-        if add_bos and self.bos_id is not None:
-            ids.insert(0, self.bos_id)
-        return ids
+    def encode(self, text: str, add_bos: bool | None = None, special: bool = False) -> list[int]:
+        specials = self._all_sorted if special else self._user_sorted
+        if not specials:
+            return self._add_bos(self.sp.encode(text), add_bos)
+        ids: list[int] = []
+        for frag in _split_special(text, specials):
+            if isinstance(frag, int):
+                ids.append(frag)
+            else:  # every raw piece starts the text or follows a token: llama.cpp gives each
+                ids += self.sp.encode(frag)  # its own space prefix, as sp's dummy prefix does
+        return self._add_bos(ids, add_bos)
 
     def decode(self, ids: Iterable[int]) -> str:
         special = self.special_ids
@@ -112,6 +245,19 @@ class SentencePieceTokenizer(Tokenizer):
         n = self.vocab_size
         keep = [i for i in map(int, ids) if 0 <= i < n and i not in special]
         return self.sp.decode(keep)
+
+    def token_text(self, token_id: int) -> str:
+        return self.sp.id_to_piece(int(token_id))
+
+    def save(self, directory) -> None:
+        directory = os.fspath(directory)
+        os.makedirs(directory, exist_ok=True)
+        with open(os.path.join(directory, "tokenizer.model"), "wb") as f:
+            f.write(self.sp.serialized_model_proto())
+        cfg = self._config()
+        cfg["added_tokens_decoder"] = {str(i): {"content": t, "special": True}
+                                       for t, i in self._extra_control}
+        _write_json(os.path.join(directory, "tokenizer_config.json"), cfg)
 
     def is_incomplete(self, ids: list[int]) -> bool:
         # Look at the trailing run of byte pieces only: a normal piece always ends a complete
@@ -203,6 +349,12 @@ def _read_json(path):
     return data if isinstance(data, dict) else {}
 
 
+def _write_json(path, data):
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(data, f, ensure_ascii=False, indent=2)
+        f.write("\n")
+
+
 def _ids_from(value) -> list[int]:
     if value is None:
         return []
@@ -222,19 +374,46 @@ def _token_text(value):
     return value if isinstance(value, str) else None
 
 
+def _chat_template(model_dir, tcfg):
+    """tokenizer_config.json "chat_template" (a string, or a list of named templates: "default"),
+    else a chat_template.jinja file (newer transformers save it separately), else None."""
+    ct = tcfg.get("chat_template")
+    if isinstance(ct, list):
+        named = {d.get("name"): d.get("template") for d in ct if isinstance(d, dict)}
+        ct = named.get("default", next(iter(named.values()), None))
+    if isinstance(ct, str):
+        return ct
+    try:
+        with open(os.path.join(model_dir, "chat_template.jinja"), encoding="utf-8") as f:
+            return f.read()
+    except OSError:
+        return None
+
+
 def load_tokenizer(model_dir) -> Tokenizer:
-    """Tokenizer for a Hugging Face-style model directory (or a path to a tokenizer.model).
+    """Tokenizer for a Hugging Face-style model directory (or a path to a tokenizer.model or
+    tokenizer.json file): tokenizer.model -> SentencePieceTokenizer, else tokenizer.json ->
+    BPETokenizer.
 
     bos/eos come from generation_config.json, then config.json (also its "text_config"), then
-    tokenizer_config.json ("bos_token"/"eos_token" strings), else from the tokenizer model.
-    eos ids from generation_config.json and config.json are merged: generation stops on any.
-    tokenizer_config.json's "add_bos_token" sets `add_bos_default`.
+    tokenizer_config.json ("edgerope_eos_token_ids", written by `save`, then "bos_token"/
+    "eos_token" strings), else from the tokenizer model. eos ids from generation_config.json and
+    config.json are merged, and tokens with an end-of-generation text (EOG_TEXTS) are added:
+    generation stops on any. tokenizer_config.json's "add_bos_token" sets `add_bos_default`
+    (for tokenizer.json without it: whether its post-processor adds the bos token), its
+    "chat_template" (or chat_template.jinja) sets `chat_template`, and its
+    "added_tokens_decoder" entries marked "special" become control tokens.
     """
     model_dir = os.fspath(model_dir)
     if os.path.isfile(model_dir) and model_dir.endswith(".model"):
         return SentencePieceTokenizer(model_dir)
+    if os.path.isfile(model_dir) and model_dir.endswith(".json"):
+        from .tokenizer_gguf import BPETokenizer
+        return BPETokenizer.from_file(model_dir)
     sp_path = os.path.join(model_dir, "tokenizer.model")
-    if not os.path.isfile(sp_path):
+    json_path = os.path.join(model_dir, "tokenizer.json")
+    use_sp = os.path.isfile(sp_path)
+    if not use_sp and not os.path.isfile(json_path):
         raise ValueError(f"no tokenizer found in {model_dir} (expected tokenizer.model)")
 
     gen = _read_json(os.path.join(model_dir, "generation_config.json"))
@@ -248,17 +427,94 @@ def load_tokenizer(model_dir) -> Tokenizer:
         eos += [i for i in _ids_from(src.get("eos_token_id")) if i not in eos]
         if bos is None and _ids_from(src.get("bos_token_id")):
             bos = _ids_from(src.get("bos_token_id"))[0]
+    if not eos:
+        eos = _ids_from(tcfg.get("edgerope_eos_token_ids"))
+    add_bos = tcfg.get("add_bos_token")
+    add_bos = add_bos if isinstance(add_bos, bool) else None
+    chat_template = _chat_template(model_dir, tcfg)
+    added = tcfg.get("added_tokens_decoder")
+    added = added if isinstance(added, dict) else {}
 
-    add_bos = tcfg.get("add_bos_token", True)
-    tok = SentencePieceTokenizer(sp_path, add_bos_default=add_bos if isinstance(add_bos, bool) else True)
-    sp = tok.sp
+    if use_sp:
+        tok = SentencePieceTokenizer(sp_path, add_bos_default=True if add_bos is None else add_bos,
+                                     chat_template=chat_template)
+        sp = tok.sp
+
+        def lookup(name):
+            i = sp.piece_to_id(name)
+            return i if sp.id_to_piece(i) == name else None
+
+        for key, spec in added.items():
+            name = _token_text(spec)
+            if isinstance(spec, dict) and spec.get("special") and str(key).isdigit() \
+                    and name is not None and lookup(name) == int(key):
+                tok._add_control(int(key))
+        model_eos = [sp.eos_id()] if sp.eos_id() >= 0 else []
+        model_bos = sp.bos_id() if sp.bos_id() >= 0 else None
+    else:
+        from tokenizers import AddedToken
+        from tokenizers import Tokenizer as HFTokenizer
+
+        from .tokenizer_gguf import BPETokenizer
+        try:
+            hf = HFTokenizer.from_file(json_path)
+        except Exception as e:  # tokenizers raises a bare Exception for parse errors
+            raise ValueError(f"cannot load tokenizer {json_path}: {e}") from None
+        known = hf.get_added_tokens_decoder()
+        for key, spec in added.items():  # entries tokenizer.json lacks as added tokens
+            name = _token_text(spec)
+            if not str(key).isdigit() or name is None or int(key) in known:
+                continue
+            if hf.token_to_id(name) == int(key) or hf.get_vocab_size(True) == int(key):
+                special = bool(spec.get("special")) if isinstance(spec, dict) else False
+                (hf.add_special_tokens if special else hf.add_tokens)(
+                    [AddedToken(name, special=special, normalized=False)])
+
+        def lookup(name):
+            return hf.token_to_id(name)
+
+        model_eos, model_bos = [], None
     if not eos:
         name = _token_text(tcfg.get("eos_token"))
-        if name is not None and sp.piece_to_id(name) != sp.unk_id():
-            eos = [sp.piece_to_id(name)]
+        i = None if name is None else lookup(name)
+        eos = [i] if i is not None else model_eos
     if bos is None:
         name = _token_text(tcfg.get("bos_token"))
-        if name is not None and sp.piece_to_id(name) != sp.unk_id():
-            bos = sp.piece_to_id(name)
-    tok._set_special(bos_id=_FROM_MODEL if bos is None else bos, eos_ids=eos or None)
-    return tok
+        bos = None if name is None else lookup(name)
+        if bos is None:
+            bos = model_bos
+    for name in sorted(EOG_TEXTS):
+        i = lookup(name)
+        if i is not None and i not in eos:
+            eos.append(i)
+
+    if use_sp:
+        tok._set_special(bos_id=bos, eos_ids=eos)
+        return tok
+    if add_bos is None:  # e.g. Llama 3: the post-processor template adds <|begin_of_text|>
+        with_special = hf.encode("a", add_special_tokens=True).ids
+        add_bos = bos is not None and with_special[:1] == [bos] \
+            and hf.encode("a", add_special_tokens=False).ids[:1] != [bos]
+    return BPETokenizer(hf, bos_id=bos, eos_ids=eos, add_bos_default=add_bos,
+                        chat_template=chat_template, path=json_path)
+
+
+def __getattr__(name):  # BPETokenizer lives in tokenizer_gguf (which imports this module)
+    if name == "BPETokenizer":
+        from .tokenizer_gguf import BPETokenizer
+        return BPETokenizer
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def tokenizer_from_gguf(reader) -> Tokenizer:
+    """Tokenizer for a GGUF file's vocabulary: `reader` is a `gguf.GGUFReader`, an
+    `edgerope.gguf_reader.GGUFFile`, or a path. See edgerope.tokenizer_gguf."""
+    from .tokenizer_gguf import tokenizer_from_gguf as build
+    if isinstance(reader, (str, os.PathLike)):
+        try:
+            from .gguf_reader import GGUFFile
+            reader = GGUFFile(os.fspath(reader))
+        except ImportError:
+            import gguf
+            reader = gguf.GGUFReader(os.fspath(reader))
+    return build(reader)
