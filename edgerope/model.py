@@ -121,8 +121,10 @@ class Session:
         self.tokens.clear()
         self.cache.clear()
 
-    def eval(self, ids, all_logits: bool = False) -> np.ndarray:
-        """Feed tokens; return logits of the last one (vocab,), or of all (len(ids), vocab).
+    def eval(self, ids, all_logits: bool = False, logits_from: int | None = None) -> np.ndarray:
+        """Feed tokens; return logits of the last one (vocab,), or of all (len(ids), vocab),
+        or with `logits_from=k` of ids[k:] only ((len(ids) - k, vocab); the output head is
+        then computed for those rows only).
 
         The last-token logits are a read-only view of the session's buffer, valid until the
         next eval() (as llama.cpp's llama_get_logits): decoding allocates nothing per token.
@@ -134,13 +136,25 @@ class Session:
         if ids.min() < 0 or ids.max() >= vocab:
             raise ValueError(f"token id out of range [0, {vocab})")
         self.cache.check_room(self.pos + len(ids))
-        out = np.empty((len(ids), vocab), np.float32) if all_logits else None
+        if all_logits:
+            logits_from = 0
+        if logits_from is None:
+            for s in range(0, len(ids), self.n_batch):
+                last = self._forward(ids[s:s + self.n_batch], None, 0)
+            return last
+        if not 0 <= logits_from < len(ids):
+            raise ValueError(f"logits_from must be in [0, {len(ids)}), got {logits_from}")
+        out = np.empty((len(ids) - logits_from, vocab), np.float32)
         for s in range(0, len(ids), self.n_batch):
             chunk = ids[s:s + self.n_batch]
-            last = self._forward(chunk, out[s:s + len(chunk)] if all_logits else None)
-        return out if all_logits else last
+            r0 = max(0, logits_from - s)  # first row of this chunk whose logits are wanted
+            dst = out[s + r0 - logits_from:s + len(chunk) - logits_from]
+            self._forward(chunk, dst if r0 < len(chunk) else None, r0)
+        return out
 
-    def _forward(self, ids: np.ndarray, logits_out: np.ndarray | None) -> np.ndarray:
+    def _forward(self, ids: np.ndarray, logits_out: np.ndarray | None, r0: int):
+        """Run one chunk. logits_out None: last-token logits into the session buffer (returned);
+        otherwise logits of rows r0.. of the chunk into logits_out."""
         m, cfg, W, b = self.model, self.model.config, self.model.weights, self.buf
         T, p0 = len(ids), self.pos
         Hq, Hkv, D = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
@@ -188,17 +202,19 @@ class Session:
             K.add(x, x, mo)
         self.tokens.extend(ids.tolist())
         if logits_out is not None:
-            apply_norm(W.out_norm, h, x)
-            W.lm_head(logits_out, h)
+            apply_norm(W.out_norm, h[r0:], x[r0:])
+            W.lm_head(logits_out, h[r0:])
             last = logits_out[-1]
             if cfg.final_softcap:
                 K.softcap_(logits_out, cfg.final_softcap)
-        else:
+        elif r0 == 0:
             apply_norm(W.out_norm, h[:1], x[T - 1:T])
             W.lm_head(b.logits, h[:1])
             if cfg.final_softcap:
                 K.softcap_(b.logits, cfg.final_softcap)
             last = b.logits_view
+        else:
+            last = None  # a chunk before the requested logits
         return last
 
     def _rope_rows(self, pos: np.ndarray) -> dict:

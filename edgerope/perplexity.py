@@ -27,11 +27,15 @@ class PerplexityResult:
     seconds: float
 
 
-def _log_softmax_at(logits: np.ndarray, targets: np.ndarray) -> np.ndarray:
-    x = logits.astype(np.float64)
-    m = x.max(axis=1, keepdims=True)
-    lse = m[:, 0] + np.log(np.exp(x - m).sum(axis=1))
-    return x[np.arange(len(targets)), targets] - lse
+def _log_softmax_at(logits: np.ndarray, targets: np.ndarray, rows: int = 16) -> np.ndarray:
+    """log p(target) per row; float64 sums, a few rows at a time (vocabularies are large)."""
+    out = np.empty(len(targets))
+    for r in range(0, len(targets), rows):
+        x = logits[r:r + rows].astype(np.float64)
+        m = x.max(axis=1, keepdims=True)
+        lse = m[:, 0] + np.log(np.exp(x - m).sum(axis=1))
+        out[r:r + rows] = x[np.arange(len(x)), targets[r:r + rows]] - lse
+    return out
 
 
 def perplexity(model, text_or_ids, n_ctx: int = 512, n_batch: int = 512,
@@ -67,8 +71,8 @@ def perplexity(model, text_or_ids, n_ctx: int = 512, n_batch: int = 512,
             if bos is not None:
                 window[0] = bos
             sess.reset()
-            logits = sess.eval(window, all_logits=True)
-            nll.append(-_log_softmax_at(logits[first:-1], window[first + 1:]))
+            logits = sess.eval(window, logits_from=first)  # only the scored half
+            nll.append(-_log_softmax_at(logits[:-1], window[first + 1:]))
             if bar is not None:
                 run = np.concatenate(nll)
                 bar.set_postfix(ppl=f"{math.exp(run.mean()):.4f}")

@@ -111,3 +111,17 @@ def test_decode_allocates_no_buffers(tmp_path):
     # Small Python objects (array views) come and go; the smallest per-token buffer (the
     # hidden state) is 8 KiB and the logits 16 KiB, so any of them would show up here.
     assert peak < 6 * 1024, f"decode allocated {peak} bytes"
+
+
+def test_logits_from_returns_the_tail_rows(built):
+    path, _ = built("llama")
+    m = edgerope.load(path, dtype="float32")
+    ids = _ids()
+    full = m.logits(ids)
+    for k, n_batch in ((0, 64), (7, 5), (23, 4), (12, 12)):
+        s = m.new_session(n_ctx=64, n_batch=n_batch)
+        tail = s.eval(ids, logits_from=k)
+        assert tail.shape == (len(ids) - k, full.shape[1])
+        assert rel_err(tail, full[k:]) <= 1e-6
+    with pytest.raises(ValueError, match="logits_from"):
+        m.new_session(n_ctx=64).eval(ids, logits_from=len(ids))
