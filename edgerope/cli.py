@@ -67,10 +67,12 @@ def _threads(n):
               help="Stop when this text is generated (repeatable).")
 @click.option("--dtype", type=click.Choice(["int8", "float32"]), default="int8",
               show_default=True, help="Weight format in memory.")
+@click.option("--profile", is_flag=True, help="Print time per operation per generated token.")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 @handle_errors
 def generate(model_path, prompt, prompt_file, n_predict, threads, ctx_size, batch_size, temp,
-             top_k, top_p, min_p, repeat_penalty, repeat_last_n, seed, stop, dtype, debug):
+             top_k, top_p, min_p, repeat_penalty, repeat_last_n, seed, stop, dtype, profile,
+             debug):
     """Generate text from a prompt, streaming to stdout; timings on stderr."""
     from .generate import GenerationStats, generate as gen
 
@@ -84,6 +86,10 @@ def generate(model_path, prompt, prompt_file, n_predict, threads, ctx_size, batc
         raise EdgeropeError(f"{model_path}: no tokenizer found (expected tokenizer.model or tokenizer.json)")
     stats = GenerationStats()
     session = model.new_session(n_ctx=ctx_size, n_batch=batch_size)
+    prof = None
+    if profile:
+        from .profile import Profiler
+        prof = Profiler()
     out = sys.stdout
     try:
         for piece in gen(model, prompt, max_tokens=n_predict, temperature=temp, top_k=top_k,
@@ -92,6 +98,8 @@ def generate(model_path, prompt, prompt_file, n_predict, threads, ctx_size, batc
                          session=session, stats=stats):
             out.write(piece)
             out.flush()
+            if prof is not None and session.profiler is None and stats.n_generated >= 1:
+                session.profiler = prof  # decode only: the prompt pass is not per-token work
     except KeyboardInterrupt:
         out.write("\n")
         out.flush()
@@ -100,6 +108,11 @@ def generate(model_path, prompt, prompt_file, n_predict, threads, ctx_size, batc
     out.write("\n")
     out.flush()
     _print_timings(stats, n_threads)
+    if prof is not None and prof.calls:
+        prof.tokens = prof.calls.get("matmul.lm_head", 0)
+        # decode wall time over the profiled tokens (gen_seconds spans n_generated - 1 evals)
+        prof.wall = stats.gen_seconds * prof.tokens / max(stats.n_generated - 1, 1)
+        click.echo(prof.table(), err=True)
 
 
 @main.command()
@@ -142,6 +155,56 @@ def chat(model_path, system, chat_template, n_predict, threads, ctx_size, batch_
                       temperature=temp, top_k=top_k, top_p=top_p, min_p=min_p,
                       repeat_penalty=repeat_penalty, repeat_last_n=repeat_last_n, seed=seed,
                       stop=list(stop)))
+
+
+def _int_list(ctx, param, value):
+    if value is None:
+        return None
+    try:
+        out = [int(v) for v in str(value).split(",") if v.strip()]
+    except ValueError:
+        raise click.BadParameter(f"expected a comma-separated list of integers, got {value!r}")
+    if any(v < 0 for v in out):
+        raise click.BadParameter("values must be >= 0")
+    return out
+
+
+@main.command()
+@click.option("-m", "--model", "model_path", default=None, help="Model (as for generate).")
+@click.option("-p", "--n-prompt", default="512", callback=_int_list, show_default=True,
+              help="Prompt sizes (comma list): ppN tests.")
+@click.option("-n", "--n-gen", default="128", callback=_int_list, show_default=True,
+              help="Generation lengths (comma list): tgN tests.")
+@click.option("-t", "--threads", default=None, callback=_int_list,
+              help="Thread counts (comma list; default: all cores).")
+@click.option("-b", "--batch-size", default=512, show_default=True, type=int)
+@click.option("-r", "--repetitions", default=5, show_default=True, type=int)
+@click.option("-o", "--output", type=click.Choice(["md", "json"]), default="md",
+              show_default=True)
+@click.option("--profile", is_flag=True, help="Also print time per operation for each test.")
+@click.option("--dtype", type=click.Choice(["int8", "float32"]), default="int8",
+              show_default=True)
+@click.option("--debug", is_flag=True, help="Show tracebacks.")
+@handle_errors
+def bench(model_path, n_prompt, n_gen, threads, batch_size, repetitions, output, profile,
+          dtype, debug):
+    """llama-bench-style ppN / tgN throughput (mean ± stddev over -r runs)."""
+    import json
+
+    from .bench import markdown, run_bench
+    if repetitions < 1:
+        raise EdgeropeError(f"--repetitions must be >= 1, got {repetitions}")
+    model = _load(model_path, dtype)
+    records, profiles = run_bench(model, n_prompt, n_gen, threads or [None], repetitions,
+                                  batch_size, profile)
+    if output == "json":
+        click.echo(json.dumps(records, indent=2))
+    else:
+        click.echo(markdown(records))
+        click.echo(f"\nJIT warm-up (compile or cache load): {records[0]['jit_s']:.1f} s"
+                   if records else "", err=True)
+    for (th, test), prof in profiles.items():
+        click.echo(f"\nprofile {test}, {th} threads:\n{prof.table()}", err=output == "json")
 
 
 def _load(spec, dtype):

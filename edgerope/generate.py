@@ -130,7 +130,12 @@ def sample_tokens(model, session, logits, sampler: Sampler, max_tokens: int | No
     t_prompt = time.perf_counter()
     history = list(sess.tokens)
     while True:
-        token = sampler(logits, history)
+        if session.profiler is not None:
+            t_s = time.perf_counter()
+            token = sampler(logits, history)
+            session.profiler.add("sampling", time.perf_counter() - t_s)
+        else:
+            token = sampler(logits, history)
         if stats.n_generated == 0:
             stats.first_token_seconds = time.perf_counter() - t_start
         if token in eos:

@@ -20,6 +20,7 @@ from . import kernels as K
 from .cache import KVCache
 from .checkpoint import ModelWeights, Norm
 from .config import ModelConfig
+from .profile import direct
 
 _ATT_CHUNKS = 16  # parallel work units of the attention kernel (each owns a scratch row)
 
@@ -112,6 +113,10 @@ class Session:
         self.buf = _Buffers(cfg, self.n_batch, self.cache.max_capacity + self.n_batch)
         self.tokens: list[int] = []
         self._rope = {t: model.rope_table(t, n_ctx) for t in set(cfg.layer_types)}
+        self.profiler = None  # an edgerope.profile.Profiler times every kernel call
+
+    def _run(self):
+        return self.profiler or direct
 
     @property
     def pos(self) -> int:
@@ -166,52 +171,53 @@ class Session:
         x, h, o, mo = b.x[:T], b.h[:T], b.o[:T], b.m[:T]
         q, k, v, att = b.q[:T], b.k[:T], b.v[:T], b.att[:T]
         qkv, inner, act = b.qkv[:T], b.inner[:T], b.act[:T]
-        W.embed.embed(x, b.ids[:T], cfg.embed_scale)
+        op = self._run()
+        op("embed", W.embed.embed, x, b.ids[:T], cfg.embed_scale)
         parallel = cfg.residual == "parallel"
         for li, lw in enumerate(W.layers):
-            apply_norm(lw.attn_norm, h, x)
-            lw.wqkv(qkv, h)
+            op("norm", apply_norm, lw.attn_norm, h, x)
+            op("matmul.qkv", lw.wqkv, qkv, h)
             q.reshape(T, qd)[:] = qkv[:, :qd]
             k.reshape(T, kvd)[:] = qkv[:, qd:qd + kvd]
             v.reshape(T, kvd)[:] = qkv[:, qd + kvd:]
             if lw.q_norm is not None:
                 qf, kf = q.reshape(T * Hq, D), k.reshape(T * Hkv, D)
-                apply_norm(lw.q_norm, qf, qf)
-                apply_norm(lw.k_norm, kf, kf)
+                op("norm", apply_norm, lw.q_norm, qf, qf)
+                op("norm", apply_norm, lw.k_norm, kf, kf)
             cos, sin, ia, ib, rows = rope[cfg.layer_types[li]]
-            K.rope_apply(q, rows, cos, sin, ia, ib)
-            K.rope_apply(k, rows, cos, sin, ia, ib)
+            op("rope", K.rope_apply, q, rows, cos, sin, ia, ib)
+            op("rope", K.rope_apply, k, rows, cos, sin, ia, ib)
             c = self.cache.layers[li]
-            K.attention(att, q, c.k, c.v, c.pos, k, v, pos, cfg.attn_scale, c.window or 0,
-                        cfg.attn_softcap or 0.0, b.scratch)
-            c.store(k, v, p0)
-            lw.wo(o, att.reshape(T, qd))
+            op("attention", K.attention, att, q, c.k, c.v, c.pos, k, v, pos, cfg.attn_scale,
+               c.window or 0, cfg.attn_softcap or 0.0, b.scratch)
+            op("kv store", c.store, k, v, p0)
+            op("matmul.o", lw.wo, o, att.reshape(T, qd))
             if lw.post_attn_norm is not None:
-                apply_norm(lw.post_attn_norm, o, o)
+                op("norm", apply_norm, lw.post_attn_norm, o, o)
             if parallel:
                 if lw.ffn_norm is not None:
-                    apply_norm(lw.ffn_norm, h, x)
-                self._mlp(lw, mo, h, inner, act)
-                K.add(x, x, o)
+                    op("norm", apply_norm, lw.ffn_norm, h, x)
+                self._mlp(op, lw, mo, h, inner, act)
+                op("add", K.add, x, x, o)
             else:
-                K.add(x, x, o)
-                apply_norm(lw.ffn_norm, h, x)
-                self._mlp(lw, mo, h, inner, act)
+                op("add", K.add, x, x, o)
+                op("norm", apply_norm, lw.ffn_norm, h, x)
+                self._mlp(op, lw, mo, h, inner, act)
                 if lw.post_ffn_norm is not None:
-                    apply_norm(lw.post_ffn_norm, mo, mo)
-            K.add(x, x, mo)
+                    op("norm", apply_norm, lw.post_ffn_norm, mo, mo)
+            op("add", K.add, x, x, mo)
         self.tokens.extend(ids.tolist())
         if logits_out is not None:
-            apply_norm(W.out_norm, h[r0:], x[r0:])
-            W.lm_head(logits_out, h[r0:])
+            op("norm", apply_norm, W.out_norm, h[r0:], x[r0:])
+            op("matmul.lm_head", W.lm_head, logits_out, h[r0:])
             last = logits_out[-1]
             if cfg.final_softcap:
-                K.softcap_(logits_out, cfg.final_softcap)
+                op("softcap", K.softcap_, logits_out, cfg.final_softcap)
         elif r0 == 0:
-            apply_norm(W.out_norm, h[:1], x[T - 1:T])
-            W.lm_head(b.logits, h[:1])
+            op("norm", apply_norm, W.out_norm, h[:1], x[T - 1:T])
+            op("matmul.lm_head", W.lm_head, b.logits, h[:1])
             if cfg.final_softcap:
-                K.softcap_(b.logits, cfg.final_softcap)
+                op("softcap", K.softcap_, b.logits, cfg.final_softcap)
             last = b.logits_view
         else:
             last = None  # a chunk before the requested logits
@@ -233,10 +239,10 @@ class Session:
                 out[t] = (cos, sin, ia, ib, pos)
         return out
 
-    def _mlp(self, lw, out, h, inner, act) -> None:
-        lw.w_in(inner, h)
+    def _mlp(self, op, lw, out, h, inner, act) -> None:
+        op("matmul.ffn_in", lw.w_in, inner, h)
         if self.model.config.mlp == "gated":
-            K.act_mul(act, inner, self.model._act)
+            op("activation", K.act_mul, act, inner, self.model._act)
         else:
-            K.act(act, inner, self.model._act)
-        lw.w_down(out, act)
+            op("activation", K.act, act, inner, self.model._act)
+        op("matmul.ffn_down", lw.w_down, out, act)

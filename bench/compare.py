@@ -1,0 +1,158 @@
+"""Side-by-side throughput: edgerope vs llama.cpp (llama-cpp-python) vs transformers.
+
+Same model bits where possible: the registry's Gemma 3 270M Q4_K_M is requantized once by
+llama.cpp to Q8_0 (ftype 7), and edgerope imports that Q8_0 file bit for bit. transformers
+runs the same GGUF dequantized to float32. Engines alternate round by round so drift on a
+shared machine hits all of them alike; the table reports medians and ratios to llama.cpp.
+
+    python bench/compare.py [-m gemma3-270m] [-p 512] [-n 128] [-t 2] [-r 3] [--no-hf]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+
+import numpy as np
+
+
+def q8_0_copy(src: str) -> str:
+    """llama.cpp's own Q8_0 requantization of `src`, cached beside the converted models."""
+    from edgerope.registry import weights_dir
+    dst = os.path.join(weights_dir(), os.path.basename(src).replace(".gguf", "") + ".q8_0.gguf")
+    if not os.path.exists(dst):
+        import llama_cpp
+        params = llama_cpp.llama_model_quantize_default_params()
+        params.ftype = 7  # LLAMA_FTYPE_MOSTLY_Q8_0
+        params.allow_requantize = True
+        os.makedirs(os.path.dirname(dst), exist_ok=True)
+        rc = llama_cpp.llama_model_quantize(src.encode(), (dst + ".tmp").encode(), params)
+        if rc != 0:
+            raise SystemExit(f"llama_model_quantize failed ({rc})")
+        os.replace(dst + ".tmp", dst)
+    return dst
+
+
+class Edgerope:
+    name = "edgerope int8"
+
+    def __init__(self, path, threads):
+        import edgerope
+        edgerope.set_threads(threads)
+        self.m = edgerope.load(path, dtype="int8")
+        self.vocab = self.m.config.vocab_size
+        self.pp(16), self.tg(2)  # JIT warm-up
+
+    def pp(self, n):
+        ids = np.random.default_rng(n).integers(0, self.vocab, n)
+        s = self.m.new_session(n_ctx=n + 1)
+        t = time.perf_counter()
+        s.eval(ids)
+        return n / (time.perf_counter() - t)
+
+    def tg(self, n):
+        s = self.m.new_session(n_ctx=n + 2)
+        lg = s.eval([2])
+        t = time.perf_counter()
+        for _ in range(n):
+            lg = s.eval([int(np.argmax(lg))])
+        return n / (time.perf_counter() - t)
+
+
+class LlamaCpp:
+    name = "llama.cpp Q8_0"
+
+    def __init__(self, path, threads):
+        from llama_cpp import Llama
+        self.m = Llama(model_path=path, n_threads=threads, n_threads_batch=threads, n_ctx=2048,
+                       n_batch=512, verbose=False)
+        self.vocab = self.m.n_vocab()
+
+    def pp(self, n):
+        ids = np.random.default_rng(n).integers(0, self.vocab, n).tolist()
+        self.m.reset()
+        t = time.perf_counter()
+        self.m.eval(ids)
+        return n / (time.perf_counter() - t)
+
+    def tg(self, n):
+        self.m.reset()
+        self.m.eval([2])
+        t = time.perf_counter()
+        tok = 2
+        for _ in range(n):
+            self.m.eval([tok])
+            tok = int(np.argmax(self.m.scores[self.m.n_tokens - 1]))
+        return n / (time.perf_counter() - t)
+
+
+class Transformers:
+    name = "transformers fp32"
+
+    def __init__(self, path, threads):
+        import torch
+        import transformers
+        torch.set_num_threads(threads)
+        self.torch = torch
+        d, f = os.path.split(path)
+        self.m = transformers.AutoModelForCausalLM.from_pretrained(
+            d, gguf_file=f, dtype=torch.float32).eval()
+        self.vocab = self.m.config.vocab_size
+
+    def pp(self, n):
+        ids = self.torch.tensor([np.random.default_rng(n).integers(0, self.vocab, n).tolist()])
+        with self.torch.no_grad():
+            t = time.perf_counter()
+            self.m(ids, logits_to_keep=1)
+            return n / (time.perf_counter() - t)
+
+    def tg(self, n):
+        torch = self.torch
+        with torch.no_grad():
+            out = self.m(torch.tensor([[2]]), use_cache=True)
+            t = time.perf_counter()
+            for _ in range(n):
+                nxt = out.logits[:, -1].argmax(-1, keepdim=True)
+                out = self.m(nxt, past_key_values=out.past_key_values, use_cache=True)
+            return n / (time.perf_counter() - t)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("-m", "--model", default="gemma3-270m")
+    ap.add_argument("-p", "--n-prompt", type=int, default=512)
+    ap.add_argument("-n", "--n-gen", type=int, default=128)
+    ap.add_argument("-t", "--threads", type=int, default=2)
+    ap.add_argument("-r", "--repetitions", type=int, default=3)
+    ap.add_argument("--no-hf", action="store_true", help="skip transformers")
+    a = ap.parse_args()
+    from edgerope.registry import is_registered, locate
+    src = locate(a.model) if is_registered(a.model) else a.model
+    q8 = q8_0_copy(src)
+    engines = [Edgerope(q8, a.threads)]
+    try:
+        engines.append(LlamaCpp(q8, a.threads))
+    except ImportError:
+        print("llama-cpp-python not installed: skipping llama.cpp", file=sys.stderr)
+    if not a.no_hf:
+        engines.append(Transformers(q8, a.threads))
+    res = {(e.name, k): [] for e in engines for k in ("pp", "tg")}
+    for _ in range(a.repetitions):
+        for e in engines:  # alternate engines round by round
+            res[(e.name, "pp")].append(e.pp(a.n_prompt))
+            res[(e.name, "tg")].append(e.tg(a.n_gen))
+    ref = "llama.cpp Q8_0"
+    print(f"model {os.path.basename(q8)}, {a.threads} threads, median of {a.repetitions}\n")
+    print(f"| engine | pp{a.n_prompt} t/s | tg{a.n_gen} t/s | pp vs llama.cpp | "
+          f"tg vs llama.cpp |\n|---|---:|---:|---:|---:|")
+    for e in engines:
+        pp, tg = (statistics.median(res[(e.name, k)]) for k in ("pp", "tg"))
+        r = [statistics.median(res[(ref, k)]) if (ref, k) in res else float("nan")
+             for k in ("pp", "tg")]
+        print(f"| {e.name} | {pp:.1f} | {tg:.1f} | {pp / r[0]:.2f}x | {tg / r[1]:.2f}x |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,46 @@
+"""`edgerope bench` records and `--profile` tables on a tiny model."""
+import json
+
+import pytest
+
+pytest.importorskip("torch")
+
+from click.testing import CliRunner  # noqa: E402
+from edgerope.cli import main  # noqa: E402
+from tiny_models import build  # noqa: E402
+
+FIELDS = {"test", "avg_ts", "stddev_ts", "n_threads", "n_prompt", "n_gen", "model_size",
+          "model_n_params", "samples_ts"}
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    d = tmp_path_factory.mktemp("bench-llama")
+    build("llama", str(d))
+    return str(d)
+
+
+def test_bench_json_sweeps_like_llama_bench(tiny):
+    r = CliRunner().invoke(main, ["bench", "-m", tiny, "-p", "16,32", "-n", "4", "-t", "1,2",
+                                  "-r", "2", "-o", "json"])
+    assert r.exit_code == 0, r.output
+    recs = json.loads(r.stdout)
+    assert [(x["test"], x["n_threads"]) for x in recs] == [
+        ("pp16", 1), ("pp32", 1), ("tg4", 1), ("pp16", 2), ("pp32", 2), ("tg4", 2)]
+    for x in recs:
+        assert FIELDS <= set(x) and len(x["samples_ts"]) == 2 and x["avg_ts"] > 0
+        assert (x["n_prompt"], x["n_gen"]) in ((16, 0), (32, 0), (0, 4))
+
+
+def test_bench_markdown_and_profile(tiny):
+    r = CliRunner().invoke(main, ["bench", "-m", tiny, "-p", "8", "-n", "3", "-r", "1",
+                                  "--profile"])
+    assert r.exit_code == 0, r.output
+    assert "| model | size | params | dtype | threads | test | t/s |" in r.stdout
+    assert "profile tg3" in r.stdout and "| matmul.lm_head |" in r.stdout
+    assert "| attention |" in r.stdout and "| python overhead |" in r.stdout
+
+
+def test_bench_rejects_bad_lists(tiny):
+    r = CliRunner().invoke(main, ["bench", "-m", tiny, "-p", "12,x"])
+    assert r.exit_code == 2 and "comma-separated" in r.output
