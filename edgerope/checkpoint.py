@@ -124,10 +124,13 @@ class SafetensorsSource:
     def float32(self, name) -> np.ndarray:
         return np.array(self.ckpt.float32(name), dtype=np.float32, copy=True)
 
-    def linear(self, name, dtype, bias) -> Linear:
+    def linear(self, name, dtype, bias, perm=None) -> Linear:
+        """`perm`: output-row order to apply (row i of the result = stored row perm[i])."""
         sd = self.ckpt.dtype(name)
-        return Linear.from_float(self.ckpt.raw(name), dtype, bias,
-                                 convert=lambda a: to_float32(a, sd))
+        raw = self.ckpt.raw(name)
+        if perm is not None:
+            raw, bias = raw[perm], (None if bias is None else bias[perm])
+        return Linear.from_float(raw, dtype, bias, convert=lambda a: to_float32(a, sd))
 
 
 class _Reader:
@@ -158,21 +161,15 @@ class _Reader:
     def array(self, key, shape, i=None, h=None, suffix="weight") -> np.ndarray:
         return self.src.float32(self._check(self.name(key, i, h, suffix), shape))
 
-    def linear(self, key, shape, dtype, i=None, bias=False) -> Linear:
+    def linear(self, key, shape, dtype, i=None, bias=False, perm=None) -> Linear:
         name = self._check(self.name(key, i), shape)
         b = self.array(key, (shape[0],), i, suffix="bias") if bias else None
-        return self.src.linear(name, dtype, b)
+        return self.src.linear(name, dtype, b, perm)
 
 
-def _per_head_to_blocks(lin: Linear, n_heads: int, head_dim: int) -> Linear:
-    """Reorder a fused qkv matrix laid out per head as [h][q|k|v][D] into [q | k | v]."""
-    def reorder(a):
-        return np.ascontiguousarray(a.reshape(n_heads, 3, head_dim, *a.shape[1:]).swapaxes(0, 1)
-                                    .reshape(a.shape))
-    bias = None if lin.bias is None else reorder(lin.bias)
-    if lin.w is not None:
-        return Linear(w=reorder(lin.w), bias=bias)
-    return Linear(wq=reorder(lin.wq), ws=reorder(lin.ws), bias=bias)
+def per_head_qkv_order(n_heads: int, head_dim: int) -> np.ndarray:
+    """Row order turning a fused qkv laid out per head as [h][q|k|v][D] into [q | k | v]."""
+    return np.arange(3 * n_heads * head_dim).reshape(n_heads, 3, head_dim).swapaxes(0, 1).ravel()
 
 
 def _progress(n: int, desc: str):
@@ -210,8 +207,8 @@ def load_weights(src, cfg: ModelConfig, dtype: str, names: dict[str, str] | None
     layers = []
     for i in _progress(cfg.num_hidden_layers, f"loading {os.path.basename(str(src.where))}"):
         if cfg.fused_qkv == "per_head":
-            wqkv = _per_head_to_blocks(r.linear("wqkv", (3 * Hq * D, H), dtype, i, cfg.qkv_bias),
-                                       Hq, D)
+            wqkv = r.linear("wqkv", (3 * Hq * D, H), dtype, i, cfg.qkv_bias,
+                            perm=per_head_qkv_order(Hq, D))
         else:
             wqkv = Linear.concat([r.linear("wq", (Hq * D, H), dtype, i, cfg.qkv_bias),
                                   r.linear("wk", (Hkv * D, H), dtype, i, cfg.qkv_bias),

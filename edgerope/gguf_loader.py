@@ -122,29 +122,26 @@ class GGUFSource:
                                f"be read ({e})") from None
         return np.ascontiguousarray(out, dtype=np.float32).reshape(t.shape)
 
-    def linear(self, name, dtype, bias) -> Linear:
+    def linear(self, name, dtype, bias, perm=None) -> Linear:
         t = self.g.tensors[name]
+        if self.unpermute_qk and (name.endswith("attn_q.weight") or name.endswith("attn_k.weight")):
+            perm = _unpermute_order(t.shape[0], self.cfg.head_dim)
+        if perm is not None and bias is not None:
+            bias = bias[perm]
         if t.ggml_type == _Q8_0 and dtype == "int8":
             blocks = t.raw().reshape(t.shape[0], -1, 34)
+            if perm is not None:
+                blocks = blocks[perm]
             ws = blocks[:, :, :2].copy().view(np.float16)[:, :, 0].astype(np.float32)
             wq = np.ascontiguousarray(blocks[:, :, 2:].view(np.int8)).reshape(t.shape)
-            lin = Linear(wq=wq, ws=ws, bias=bias)
-        else:
-            lin = Linear.from_float(self.float32(name), dtype, bias)
-        if self.unpermute_qk and (name.endswith("attn_q.weight") or name.endswith("attn_k.weight")):
-            lin = _unpermute(lin, self.cfg.head_dim)
-        return lin
+            return Linear(wq=wq, ws=ws, bias=bias)
+        w = self.float32(name)
+        return Linear.from_float(w if perm is None else w[perm], dtype, bias)
 
 
-def _unpermute(lin: Linear, head_dim: int) -> Linear:
-    """Undo llama.cpp's Q/K row permutation: per head, rows (D/2, 2) -> (2, D/2)."""
-    def rows(a):
-        n = a.shape[0] // head_dim
-        return np.ascontiguousarray(a.reshape(n, head_dim // 2, 2, *a.shape[1:]).swapaxes(1, 2)
-                                    .reshape(a.shape))
-    if lin.w is not None:
-        return Linear(w=rows(lin.w), bias=lin.bias)
-    return Linear(wq=rows(lin.wq), ws=rows(lin.ws), bias=lin.bias)
+def _unpermute_order(n_rows: int, head_dim: int) -> np.ndarray:
+    """Undo llama.cpp's Q/K row permutation: per head, rows stored as (D/2, 2) -> (2, D/2)."""
+    return np.arange(n_rows).reshape(-1, head_dim // 2, 2).swapaxes(1, 2).ravel()
 
 
 def load_gguf(path: str, dtype: str = "int8"):

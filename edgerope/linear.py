@@ -3,10 +3,13 @@
 A weight W (N outputs, K inputs) is held in one of two formats:
 
 - ``float32``: ``w`` (N, K) float32 — the exactness path.
-- ``int8``: the Q8_0 block layout. ``wq`` (N, K) int8 and ``ws`` (N, ceil(K/32)) float32;
-  block b of row n covers columns [32b, min(32b+32, K)) and W[n, c] = wq[n, c] * ws[n, c // 32].
-  Symmetric, one scale per 32 inputs, so a GGUF Q8_0 tensor maps onto it without loss
-  (its float16 scales are exact in float32).
+- ``int8``: the Q8_0 block layout. Logically ``wq`` (N, K) int8 and ``ws`` (N, ceil(K/32))
+  float32; block b of row n covers columns [32b, min(32b+32, K)) and
+  W[n, c] = wq[n, c] * ws[n, c // 32]. Symmetric, one scale per 32 inputs, so a GGUF Q8_0
+  tensor maps onto it without loss (its float16 scales are exact in float32). In memory it is
+  held packed for integer dot products (``wp``, ``wsp``: 16 rows interleaved per 32-column
+  block, see edgerope.kernels.q8dot), and activations are quantized to int8 blocks once per
+  matmul input (`Activations`), as llama.cpp does for Q8_0.
 
 Quantization reads the source in row chunks, so a float32 copy of a large tensor (or of the
 whole model) never exists at once. Owns: the formats, quantize/concatenate/dequantize, matmul
@@ -23,15 +26,37 @@ DTYPES = ("int8", "float32")
 _CHUNK_ROWS = 4096
 
 
+class Activations:
+    """Quantized-activation buffers (xq, xs, xsum) for up to `rows` tokens, one set per input
+    width, created on first use and reused: a session owns one, so decoding allocates none."""
+
+    def __init__(self, rows: int):
+        self.rows, self._by_k = rows, {}
+
+    def get(self, k: int, t: int):
+        bufs = self._by_k.get(k)
+        if bufs is None or t > self.rows:
+            bufs = K.act_buffers(max(t, self.rows), k)
+            if t <= self.rows:
+                self._by_k[k] = bufs
+        return tuple(a[:t] for a in bufs)
+
+
 class Linear:
     """A weight matrix in float32 or int8 blocks, with an optional float32 bias."""
 
-    __slots__ = ("w", "wq", "ws", "bias", "out_features", "in_features")
+    __slots__ = ("w", "wp", "wsp", "bias", "out_features", "in_features")
 
-    def __init__(self, *, w=None, wq=None, ws=None, bias=None):
-        self.w, self.wq, self.ws = w, wq, ws
-        ref = w if w is not None else wq
-        self.out_features, self.in_features = ref.shape
+    def __init__(self, *, w=None, wq=None, ws=None, wp=None, wsp=None, shape=None, bias=None):
+        """float32 `w`; or int8 as (wq, ws), packed here; or already packed (wp, wsp, shape)."""
+        self.w, self.wp, self.wsp = w, wp, wsp
+        if w is not None:
+            self.out_features, self.in_features = w.shape
+        elif wq is not None:
+            self.out_features, self.in_features = wq.shape
+            self.wp, self.wsp = K.pack_q8(wq, ws)
+        else:
+            self.out_features, self.in_features = shape
         self.bias = None if bias is None else np.ascontiguousarray(bias, dtype=np.float32)
 
     @property
@@ -40,8 +65,12 @@ class Linear:
 
     @property
     def nbytes(self) -> int:
-        arrays = (self.w,) if self.w is not None else (self.wq, self.ws)
+        arrays = (self.w,) if self.w is not None else (self.wp, self.wsp)
         return sum(a.nbytes for a in arrays) + (0 if self.bias is None else self.bias.nbytes)
+
+    def q8(self):
+        """(wq, ws) of an int8 matrix, unpacked (for conversion and tests)."""
+        return K.unpack_q8(self.wp, self.wsp, self.out_features, self.in_features)
 
     @classmethod
     def from_float(cls, src, dtype: str, bias=None, convert=None) -> "Linear":
@@ -64,7 +93,7 @@ class Linear:
         for r in range(0, n, _CHUNK_ROWS):
             rows = np.ascontiguousarray(convert(src[r:r + _CHUNK_ROWS]), dtype=np.float32)
             K.quantize_q8(wq[r:r + _CHUNK_ROWS], ws[r:r + _CHUNK_ROWS], rows)
-        return cls(wq=wq, ws=ws, bias=bias)
+        return cls(wq=wq, ws=ws, bias=bias)  # packed by the constructor
 
     @classmethod
     def concat(cls, parts: list["Linear"]) -> "Linear":
@@ -76,27 +105,34 @@ class Linear:
                                    np.zeros(p.out_features, np.float32) for p in parts])
         if parts[0].w is not None:
             return cls(w=np.concatenate([p.w for p in parts]), bias=bias)
-        return cls(wq=np.concatenate([p.wq for p in parts]),
-                   ws=np.concatenate([p.ws for p in parts]), bias=bias)
+        q8 = [p.q8() for p in parts]
+        return cls(wq=np.concatenate([q for q, _ in q8]), ws=np.concatenate([s for _, s in q8]),
+                   bias=bias)
 
     def dequantize(self) -> np.ndarray:
         if self.w is not None:
             return np.asarray(self.w)
+        wq, ws = self.q8()
         out = np.empty((self.out_features, self.in_features), np.float32)
-        K.dequantize_q8(out, self.wq, self.ws)
+        K.dequantize_q8(out, wq, ws)
         return out
 
-    def __call__(self, out: np.ndarray, x: np.ndarray) -> None:
-        """out (T, N) = x (T, K) Wᵀ + b; GEMV when T == 1."""
-        if x.shape[0] == 1:
-            if self.w is not None:
+    def __call__(self, out: np.ndarray, x: np.ndarray, acts: Activations | None = None) -> None:
+        """out (T, N) = x (T, K) Wᵀ + b; GEMV when T == 1. `acts`: reusable buffers for the
+        quantized activations (int8 weights only)."""
+        T = x.shape[0]
+        if self.w is not None:
+            if T == 1:
                 K.f32_gemv(out[0], x[0], self.w)
             else:
-                K.q8_gemv(out[0], x[0], self.wq, self.ws)
-        elif self.w is not None:
-            K.f32_gemm(out, x, self.w)
+                K.f32_gemm(out, x, self.w)
         else:
-            K.q8_gemm(out, x, self.wq, self.ws)
+            xq, xs, xsum = (acts or Activations(T)).get(self.in_features, T)
+            K.quantize_act(xq, xs, xsum, x)
+            if T == 1:
+                K.q8p_gemv(out[0], xq, xs, xsum, self.wp, self.wsp, self.out_features)
+            else:
+                K.q8p_gemm(out, xq, xs, xsum, self.wp, self.wsp, self.out_features)
         if self.bias is not None:
             K.add_bias(out, self.bias)
 
@@ -105,4 +141,4 @@ class Linear:
         if self.w is not None:
             K.f32_embed(out, ids, self.w, scale)
         else:
-            K.q8_embed(out, ids, self.wq, self.ws, scale)
+            K.q8p_embed(out, ids, self.wp, self.wsp, scale)

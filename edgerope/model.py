@@ -20,6 +20,7 @@ from . import kernels as K
 from .cache import KVCache
 from .checkpoint import ModelWeights, Norm
 from .config import ModelConfig
+from .linear import Activations
 from .profile import direct
 
 _ATT_CHUNKS = 16  # parallel work units of the attention kernel (each owns a scratch row)
@@ -99,6 +100,7 @@ class _Buffers:
         self.iota = np.arange(B, dtype=np.int64)
         self.pos = np.zeros(B, np.int64)
         self.scratch = np.zeros((_ATT_CHUNKS, att_len), f)
+        self.acts = Activations(B)  # int8-quantized matmul inputs
 
 
 class Session:
@@ -176,7 +178,7 @@ class Session:
         parallel = cfg.residual == "parallel"
         for li, lw in enumerate(W.layers):
             op("norm", apply_norm, lw.attn_norm, h, x)
-            op("matmul.qkv", lw.wqkv, qkv, h)
+            op("matmul.qkv", lw.wqkv, qkv, h, b.acts)
             q.reshape(T, qd)[:] = qkv[:, :qd]
             k.reshape(T, kvd)[:] = qkv[:, qd:qd + kvd]
             v.reshape(T, kvd)[:] = qkv[:, qd + kvd:]
@@ -191,7 +193,7 @@ class Session:
             op("attention", K.attention, att, q, c.k, c.v, c.pos, k, v, pos, cfg.attn_scale,
                c.window or 0, cfg.attn_softcap or 0.0, b.scratch)
             op("kv store", c.store, k, v, p0)
-            op("matmul.o", lw.wo, o, att.reshape(T, qd))
+            op("matmul.o", lw.wo, o, att.reshape(T, qd), b.acts)
             if lw.post_attn_norm is not None:
                 op("norm", apply_norm, lw.post_attn_norm, o, o)
             if parallel:
@@ -209,13 +211,13 @@ class Session:
         self.tokens.extend(ids.tolist())
         if logits_out is not None:
             op("norm", apply_norm, W.out_norm, h[r0:], x[r0:])
-            op("matmul.lm_head", W.lm_head, logits_out, h[r0:])
+            op("matmul.lm_head", W.lm_head, logits_out, h[r0:], b.acts)
             last = logits_out[-1]
             if cfg.final_softcap:
                 op("softcap", K.softcap_, logits_out, cfg.final_softcap)
         elif r0 == 0:
             op("norm", apply_norm, W.out_norm, h[:1], x[T - 1:T])
-            op("matmul.lm_head", W.lm_head, b.logits, h[:1])
+            op("matmul.lm_head", W.lm_head, b.logits, h[:1], b.acts)
             if cfg.final_softcap:
                 op("softcap", K.softcap_, b.logits, cfg.final_softcap)
             last = b.logits_view
@@ -240,9 +242,9 @@ class Session:
         return out
 
     def _mlp(self, op, lw, out, h, inner, act) -> None:
-        op("matmul.ffn_in", lw.w_in, inner, h)
+        op("matmul.ffn_in", lw.w_in, inner, h, self.buf.acts)
         if self.model.config.mlp == "gated":
             op("activation", K.act_mul, act, inner, self.model._act)
         else:
             op("activation", K.act, act, inner, self.model._act)
-        op("matmul.ffn_down", lw.w_down, out, act)
+        op("matmul.ffn_down", lw.w_down, out, act, self.buf.acts)

@@ -4,9 +4,11 @@
     model.safetensors       tensors by internal name; metadata["edgerope"] = JSON below
     tokenizer.model | tokenizer.json, tokenizer_config.json (chat template, bos/eos)
 
-Matmul weights are stored in the in-memory int8 block layout (`<name>.wq` int8 (N, K),
-`<name>.ws` float32 (N, ceil(K/32))) or as float32 `<name>.w`, so loading is a memory map:
-no dequantization, no requantization, resident memory only for the pages touched. Norms keep
+Matmul weights are stored exactly as they are held in memory: int8 in the packed Q8 layout
+(`<name>.wp` uint8 (G, nb, 512) and `<name>.wsp` float32 (G, nb, 16), see
+edgerope.kernels.q8dot; logical shapes in the metadata) or float32 `<name>.w`, so loading is a
+memory map: no dequantization, no requantization, no repacking, resident memory only for the
+pages touched. Norms keep
 their kind (Gemma GGUF norms are stored as 1 + w), biases and norm weights are float32.
 
 Writing is atomic: everything goes to a temporary sibling directory that is renamed into
@@ -27,7 +29,7 @@ from .linear import Linear
 from .safetensors_mmap import Checkpoint
 
 FORMAT = "edgerope"
-VERSION = 1
+VERSION = 2
 _LAYER_LINEARS = ("wqkv", "wo", "w_in", "w_down")
 _LAYER_NORMS = ("attn_norm", "ffn_norm", "q_norm", "k_norm", "post_attn_norm", "post_ffn_norm")
 
@@ -42,12 +44,13 @@ def is_native(path: str) -> bool:
         return False
 
 
-def _put_linear(out: dict, name: str, lin: Linear) -> None:
+def _put_linear(out: dict, shapes: dict, name: str, lin: Linear) -> None:
+    shapes[name] = [lin.out_features, lin.in_features]
     if lin.w is not None:
         out[name + ".w"] = np.ascontiguousarray(lin.w)
     else:
-        out[name + ".wq"] = np.ascontiguousarray(lin.wq)
-        out[name + ".ws"] = np.ascontiguousarray(lin.ws)
+        out[name + ".wp"] = np.ascontiguousarray(lin.wp)
+        out[name + ".wsp"] = np.ascontiguousarray(lin.wsp)
     if lin.bias is not None:
         out[name + ".bias"] = lin.bias
 
@@ -70,19 +73,19 @@ def save_native(model, dst: str, overwrite: bool = False) -> str:
     parent = os.path.dirname(dst)
     os.makedirs(parent, exist_ok=True)
     W: ModelWeights = model.weights
-    tensors, kinds = {}, {}
-    _put_linear(tensors, "embed", W.embed)
+    tensors, kinds, shapes = {}, {}, {}
+    _put_linear(tensors, shapes, "embed", W.embed)
     tied = W.lm_head is W.embed
     if not tied:
-        _put_linear(tensors, "lm_head", W.lm_head)
+        _put_linear(tensors, shapes, "lm_head", W.lm_head)
     _put_norm(tensors, kinds, "out_norm", W.out_norm)
     for i, lw in enumerate(W.layers):
         for key in _LAYER_LINEARS:
-            _put_linear(tensors, f"layers.{i}.{key}", getattr(lw, key))
+            _put_linear(tensors, shapes, f"layers.{i}.{key}", getattr(lw, key))
         for key in _LAYER_NORMS:
             _put_norm(tensors, kinds, f"layers.{i}.{key}", getattr(lw, key))
     meta = {FORMAT: json.dumps({"version": VERSION, "dtype": model.dtype, "tied": tied,
-                                "norms": kinds})}
+                                "norms": kinds, "shapes": shapes})}
     tmp = tempfile.mkdtemp(prefix=".tmp-" + os.path.basename(dst) + "-", dir=parent)
     try:
         save_file(tensors, os.path.join(tmp, "model.safetensors"), metadata=meta)
@@ -108,7 +111,7 @@ def load_native(path: str, cfg, dtype: str) -> ModelWeights:
         if meta.get("version") != VERSION:
             raise WeightsError(f"{path}: edgerope format version {meta.get('version')} is not "
                                f"supported (expected {VERSION})")
-        kinds = meta["norms"]
+        kinds, shapes = meta["norms"], meta["shapes"]
     except (KeyError, ValueError, TypeError):
         raise WeightsError(f"{path}: malformed edgerope metadata") from None
     stored = meta.get("dtype")
@@ -118,8 +121,11 @@ def load_native(path: str, cfg, dtype: str) -> ModelWeights:
 
     def lin(name) -> Linear:
         bias = ck.raw(name + ".bias") if name + ".bias" in ck else None
-        if name + ".wq" in ck:
-            return Linear(wq=ck.raw(name + ".wq"), ws=ck.raw(name + ".ws"), bias=bias)
+        if name + ".wp" in ck:
+            if name not in shapes:
+                raise WeightsError(f"{path}: no shape recorded for tensor '{name}'")
+            return Linear(wp=ck.raw(name + ".wp"), wsp=ck.raw(name + ".wsp"),
+                          shape=tuple(shapes[name]), bias=bias)
         if name + ".w" in ck:
             if dtype == "int8":
                 return Linear.from_float(ck.raw(name + ".w"), "int8", bias)

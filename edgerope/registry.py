@@ -117,9 +117,13 @@ def load_named(name: str, dtype: str = "int8"):
     """Load a registry model through its converted copy, converting on first use."""
     from .loading import load
     from .native import is_native, save_native
+    from .errors import WeightsError
     cached = os.path.join(weights_dir(), f"{name}-{dtype}")
     if is_native(cached):
-        return load(cached, dtype=dtype)
+        try:
+            return load(cached, dtype=dtype)
+        except WeightsError:
+            pass  # written by another edgerope version: convert again
     model = load(locate(name), dtype=dtype)
     try:
         save_native(model, cached, overwrite=True)

@@ -168,3 +168,43 @@ def softmax_(x):
         e = np.exp(x[r] - x[r].max())
         out[r] = e / e.sum()
     return out
+
+
+# ----------------------------------------------------------------------------- packed int8 (q8dot)
+
+def pack_q8(wq, ws):
+    """(wp, wsp): rows in groups of 16, 512-byte blocks [k4 step][row][4 columns], bytes w+128."""
+    n, k = wq.shape
+    g, nb = -(-n // 16), -(-k // QK)
+    w = np.zeros((g * 16, nb * QK), np.int16)
+    w[:n, :k] = wq
+    wp = (w + 128).astype(np.uint8).reshape(g, 16, nb, 8, 4).transpose(0, 2, 3, 1, 4)
+    s = np.zeros((g * 16, nb), np.float32)
+    s[:n] = ws
+    return wp.reshape(g, nb, 512), s.reshape(g, 16, nb).transpose(0, 2, 1)
+
+
+def quantize_act(x):
+    """(xq zero padded to whole blocks, xs, xsum = block sums of xq), rounding as quantize_q8."""
+    t, k = x.shape
+    nb = -(-k // QK)
+    q, xs = quantize_q8(x)
+    xq = np.zeros((t, nb * QK), np.int8)
+    xq[:, :k] = q
+    return xq, xs, xq.reshape(t, nb, QK).astype(np.int32).sum(axis=2)
+
+
+def q8p_block_dots(xq, wq):
+    """idot (T, N, nb) int64: exact dot of each activation block with each weight row block."""
+    n, k = wq.shape
+    t, kp = xq.shape
+    w = np.zeros((n, kp), np.int64)
+    w[:, :k] = wq
+    return np.einsum("tbc,nbc->tnb", xq.astype(np.int64).reshape(t, -1, QK),
+                     w.reshape(n, -1, QK))
+
+
+def q8p_gemm(xq, xs, wq, ws):
+    """(T, N) float64: sum over blocks of exact integer dots * ws[n, b] * xs[t, b]."""
+    idot = q8p_block_dots(xq, wq).astype(np.float64)
+    return (idot * ws[None].astype(np.float64) * xs[:, None, :].astype(np.float64)).sum(axis=2)

@@ -1,7 +1,9 @@
 """Tiny random transformers models (the oracle of rope.md §5), saved as HF directories.
 
 Every parameter gets a non-trivial random value (norm weights around 1 but not 1, biases
-non-zero), so a skipped norm, bias or scale shows up in the logits.
+non-zero), so a skipped norm, bias or scale shows up in the logits. Matrices are drawn at
+transformers' own initializer_range (std 0.02): much larger random weights saturate the
+attention softmax, which then amplifies int8 rounding far beyond what trained models show.
 """
 from __future__ import annotations
 
@@ -81,12 +83,12 @@ def build(name: str, out_dir: str, seed: int = 0):
     with torch.no_grad():
         for pname, p in model.named_parameters():
             if p.ndim == 1 and pname.endswith("bias"):
-                p.copy_(torch.randn(p.shape, generator=gen) * 0.1)
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.02)  # initializer_range
             elif p.ndim == 1:
                 # norm weights in [0.5, 1.5]; Gemma stores w for a (1 + w) multiplier
                 p.copy_(0.5 + torch.rand(p.shape, generator=gen) - float(model_type == "gemma3_text"))
             else:
-                p.copy_(torch.randn(p.shape, generator=gen) * 0.1)
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.02)  # initializer_range
     model.eval()
     os.makedirs(out_dir, exist_ok=True)
     model.save_pretrained(out_dir)

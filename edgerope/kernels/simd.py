@@ -1,0 +1,434 @@
+"""CPU SIMD support: which instruction set the int8 kernels may use, and their LLVM-IR cores.
+
+`MODE` is the best of `available()`: "vnni" (AVX-512 VNNI, 512-bit vpdpbusd), "avxvnni"
+(256-bit vpdpbusd: AVX-VNNI, or AVX-512 VNNI with VL) or "portable" (any CPU Numba targets);
+the environment variable EDGEROPE_SIMD=vnni|avxvnni|portable overrides it (asking for an
+instruction set the CPU lacks raises at import). Python code picks kernels from `MODE`, so an
+x86 intrinsic is only ever compiled into code for a CPU that has it.
+
+Numba intrinsics written in LLVM IR (LLVM does not emit vpdpbusd from plain loops, and a
+32-lane block body written in Numba gets fully unrolled and left scalar):
+
+- `vnni_q8p`: the whole inner loop of the packed int8 matmul (layout in
+  edgerope.kernels.q8dot). Integer accumulators stay in zmm registers across the eight
+  vpdpbusd of a 32-column block, float accumulators across all blocks of a row group, and
+  each 64-byte weight load serves a tile of GEMM_TILE tokens.
+- `avxvnni_q8p`: the same with each 512-bit step done as two 256-bit vpdpbusd.
+- `float_q8p`: the same loop in generic vector IR (any target): float32 FMAs on the integer
+  values, exact because every block sum stays below 2^24, so its results are bit-identical
+  to the VNNI cores'.
+- `quant_blocks`: activation quantization of full 32-blocks, generic vector IR.
+
+Numba's fastmath pass also flags the float instructions emitted here (a division by 127
+becomes a multiply by its float64 reciprocal); every such spot is exact regardless, and the
+tests compare bit for bit against numpy.
+
+Numba's cache only watches the file of the cached function: after editing this file, touch
+q8dot.py (or clear its __pycache__) or stale machine code is reused.
+
+Deliberately ignored: AVX2 vpmaddubsw, AMX, ARM sdot/i8mm (the portable core serves them).
+"""
+import os
+
+import llvmlite.binding as llb
+from llvmlite import ir
+from numba import types
+from numba.core import cgutils, config, errors
+from numba.extending import intrinsic
+
+I8 = ir.IntType(8)
+I32 = ir.IntType(32)
+I64 = ir.IntType(64)
+F32 = ir.FloatType()
+V16I = ir.VectorType(I32, 16)
+V16F = ir.VectorType(F32, 16)
+V64B = ir.VectorType(I8, 64)
+I8P = I8.as_pointer()
+
+GEMM_TILE = 8   # tokens sharing each 64-byte weight load (8 int + 8 float zmm accumulators);
+#                 tiles are powers of two (the rest of T runs as tiles of 4, 2, 1)
+GEMV_CHAINS = 2  # independent vpdpbusd chains per block when only one token is in flight
+AVXVNNI_TILE = 4  # 256-bit: each token needs 2 int + 2 float ymm accumulators (16 ymm in all)
+
+
+def target_features():
+    """'+feature' names of the CPU Numba compiles for (honours NUMBA_CPU_NAME/CPU_FEATURES)."""
+    if config.CPU_FEATURES is not None:
+        feats = config.CPU_FEATURES
+    elif config.CPU_NAME is not None and config.CPU_NAME != "host":
+        return frozenset()  # a named generic target: assume nothing beyond the baseline
+    else:
+        feats = llb.get_host_cpu_features().flatten()
+    return frozenset(f[1:] for f in feats.split(",") if f.startswith("+"))
+
+
+FEATURES = target_features()
+HAS_AVX512_VNNI = {"avx512f", "avx512bw", "avx512vnni"} <= FEATURES
+HAS_AVX_VNNI = "avxvnni" in FEATURES or {"avx512vnni", "avx512vl"} <= FEATURES  # 256-bit
+# tokens per weight load in the generic float core: 2 x tile accumulator vectors of 16 floats
+# must fit the register file (32 zmm; 16 ymm on AVX2, 32 q on NEON hold half as much)
+FLOAT_TILE = 8 if "avx512f" in FEATURES else 4
+# llvm.fma becomes a libm call per lane without FMA hardware (x86 before Haswell): there the
+# block accumulation uses a multiply and an add (other roundings, same integers)
+HAS_FMA = "fma" in FEATURES or not llb.get_process_triple().startswith(("x86", "i386", "i686"))
+
+
+MODES = ("vnni", "avxvnni", "portable")  # best first
+
+
+def available():
+    """SIMD modes this CPU can run, best first."""
+    have = {"vnni": HAS_AVX512_VNNI, "avxvnni": HAS_AVX_VNNI, "portable": True}
+    return [m for m in MODES if have[m]]
+
+
+def _select_mode():
+    want = os.environ.get("EDGEROPE_SIMD", "").strip().lower()
+    if want in ("", "auto"):
+        return available()[0]
+    if want not in MODES:
+        raise ValueError(f"EDGEROPE_SIMD={want!r}: expected auto, {', '.join(MODES)}")
+    if want not in available():
+        raise RuntimeError(f"EDGEROPE_SIMD={want} but this CPU lacks its instructions")
+    return want
+
+
+MODE = _select_mode()
+
+
+# ----------------------------------------------------------------------------- IR helpers
+
+def _check_dtypes(**arrays):
+    """The IR reads raw memory: insist on the element types it assumes. (Contiguous rows and
+    shapes are checked at run time by the callers in q8dot.)"""
+    for name, (ty, want) in arrays.items():
+        want = want if isinstance(want, tuple) else (want,)
+        if not isinstance(ty, types.Array) or ty.dtype not in want:
+            raise errors.TypingError(f"{name}: expected a {' or '.join(map(str, want))} array,"
+                                     f" got {ty}")
+
+
+def _fn(builder, name, ret, args):
+    return cgutils.get_or_insert_function(builder.module, ir.FunctionType(ret, args), name)
+
+
+def _data(context, builder, aty, val):
+    """i8* to the first element of a Numba array."""
+    return builder.bitcast(context.make_array(aty)(context, builder, val).data, I8P)
+
+
+def _load(builder, base, off, ty, align=1):
+    return builder.load(builder.bitcast(builder.gep(base, [off]), ty.as_pointer()), align=align)
+
+
+def _splat(builder, scalar, vty):
+    v = builder.insert_element(ir.Constant(vty, ir.Undefined), scalar, ir.Constant(I32, 0))
+    return builder.shuffle_vector(v, ir.Constant(vty, ir.Undefined),
+                                  ir.Constant(ir.VectorType(I32, vty.count), [0] * vty.count))
+
+
+def _fma(builder):
+    """(a, b, c) -> a * b + c on <16 x float>: llvm.fma (one rounding) where FMA exists."""
+    if not HAS_FMA:
+        return lambda a, b, c: builder.fadd(builder.fmul(a, b), c)
+    fn = _fn(builder, "llvm.fma.v16f32", V16F, [V16F, V16F, V16F])
+    return lambda a, b, c: builder.call(fn, [a, b, c])
+
+
+def _vpdpbusd(builder, bits):
+    """(acc, a, b) -> acc + sum of 4 (unsigned a byte * signed b byte) per i32 lane, on
+    <16 x i32> / <64 x i8> values; bits=256 does it as two 256-bit halves (AVX-VNNI)."""
+    lanes = bits // 32
+    vi, vb = ir.VectorType(I32, lanes), ir.VectorType(I8, 4 * lanes)
+    name = f"llvm.x86.avx512.vpdpbusd.{bits}"
+    if llb.llvm_version_info >= (22,):  # LLVM 22 types the byte operands as vectors of i8
+        fn = _fn(builder, name, vi, [vi, vb, vb])
+    else:
+        fn = _fn(builder, name, vi, [vi, vi, vi])
+    opty = fn.function_type.args[1]
+
+    def half(v, h):
+        if lanes == 16:
+            return v
+        n = v.type.count // 2
+        return builder.shuffle_vector(v, ir.Constant(v.type, ir.Undefined),
+                                      ir.Constant(ir.VectorType(I32, n),
+                                                  list(range(h * n, h * n + n))))
+
+    def dp(acc, a, b):
+        a, b = builder.bitcast(a, V64B), builder.bitcast(b, V64B)
+        parts = [builder.call(fn, [half(acc, h), builder.bitcast(half(a, h), opty),
+                                   builder.bitcast(half(b, h), opty)])
+                 for h in range(16 // lanes)]
+        if lanes == 16:
+            return parts[0]
+        return builder.shuffle_vector(parts[0], parts[1],
+                                      ir.Constant(ir.VectorType(I32, 16), list(range(16))))
+
+    return dp
+
+
+def _dot_vnni(builder, p, b, woff, xrow, chains, bits=512):
+    """Exact block dots, nt tokens: eight vpdpbusd each (weights unsigned = int8 + 128,
+    activations signed, 4 bytes broadcast to all 16 rows), minus 128 * block sum."""
+    dp = _vpdpbusd(builder, bits)
+    nt = len(xrow)
+    accs = [[ir.Constant(V16I, None)] * chains for _ in range(nt)]
+    for s in range(8):
+        wv = _load(builder, p["wp"], builder.add(woff, I64(64 * s)), V64B)
+        xo = builder.add(builder.mul(b, I64(32)), I64(4 * s))
+        for j in range(nt):
+            xw = _load(builder, p["xq"], builder.add(xrow[j], xo), I32, align=1)
+            accs[j][s % chains] = dp(accs[j][s % chains], wv, _splat(builder, xw, V16I))
+    dots = []
+    for j in range(nt):
+        idot = accs[j][0]
+        for c in range(1, chains):
+            idot = builder.add(idot, accs[j][c])
+        xsum = _load(builder, p["xsum"], builder.add(p["srow"][j], builder.mul(b, I64(4))),
+                     I32, align=4)
+        idot = builder.sub(idot, _splat(builder, builder.shl(xsum, I32(7)), V16I))
+        dots.append(builder.sitofp(idot, V16F))
+    return dots
+
+
+def _dot_float(builder, p, b, woff, xrow, chains):
+    """The same block dots in generic LLVM vector IR with float32 FMAs (any target, no
+    integer dot instruction needed): weights int8 = byte ^ 0x80 and activations are integers
+    of magnitude <= 128 and <= 127, so every 32-term sum is below 2^24 and exact -- the same
+    numbers as _dot_vnni.
+
+    The FMAs take activations as broadcast memory operands: from `xq` itself when the caller
+    passes float32 copies of the int8 activations (GEMM), else from a stack buffer the
+    block's int8 activations are converted into (GEMV; no allocation)."""
+    fma = _fma(builder)  # exact either way: integer operands and sums below 2^24
+    nt = len(xrow)
+    if p["x_float"]:
+        fx = builder.bitcast(p["xq"], F32.as_pointer())
+        base = builder.mul(b, I64(32))
+        xaddr = [builder.add(builder.sdiv(xrow[j], I64(4)), base) for j in range(nt)]
+    else:
+        v32b, v32f = ir.VectorType(I8, 32), ir.VectorType(F32, 32)
+        buf = cgutils.alloca_once(builder, v32f, size=nt)  # static: in the entry block
+        xo = builder.mul(b, I64(32))
+        for j in range(nt):
+            xv = _load(builder, p["xq"], builder.add(xrow[j], xo), v32b)
+            builder.store(builder.sitofp(xv, v32f), builder.gep(buf, [I64(j)]), align=4)
+        # an empty asm that may read the buffer keeps it in memory (else LLVM turns it back
+        # into register shuffles, and broadcasts from registers are the bottleneck)
+        builder.asm(ir.FunctionType(ir.VoidType(), [buf.type]), "", "r,~{memory}", [buf],
+                    side_effect=True)
+        fx = builder.bitcast(buf, F32.as_pointer())
+        xaddr = [I64(32 * j) for j in range(nt)]
+    accs = [[ir.Constant(V16F, None)] * chains for _ in range(nt)]
+    for s in range(8):
+        wv = _load(builder, p["wp"], builder.add(woff, I64(64 * s)), V64B)
+        wv = builder.xor(wv, ir.Constant(V64B, [0x80] * 64))
+        for i in range(4):
+            wf = builder.sitofp(builder.shuffle_vector(
+                wv, ir.Constant(V64B, ir.Undefined),
+                ir.Constant(ir.VectorType(I32, 16), [4 * r + i for r in range(16)])), V16F)
+            c = (4 * s + i) % chains
+            for j in range(nt):
+                xf = builder.load(builder.gep(fx, [builder.add(xaddr[j], I64(4 * s + i))]),
+                                  align=4)
+                accs[j][c] = fma(wf, _splat(builder, xf, V16F), accs[j][c])
+    dots = []
+    for j in range(nt):
+        d = accs[j][0]
+        for c in range(1, chains):
+            d = builder.fadd(d, accs[j][c])
+        dots.append(d)
+    return dots
+
+
+def _emit_tile(builder, p, g, t, nt, chains, dot):
+    """Rows 16g..16g+15 times tokens t..t+nt-1: out[t + j, 16g + r] over all blocks.
+
+    p: dict of pointers / values (see _q8p_intrinsic). `dot` gives per block and token the
+    exact integer dot of the 16 rows as float; then facc = fma(dot, wsp * xs, facc) in block
+    order: the same roundings whichever `dot` (and p["srow"] is set for it).
+    """
+    fma = _fma(builder)
+    nb = p["nb"]
+    facc = [cgutils.alloca_once_value(builder, ir.Constant(V16F, None)) for _ in range(nt)]
+    gnb = builder.mul(g, nb)
+    xrow = [builder.mul(builder.add(t, I64(j)), p["x_stride"]) for j in range(nt)]
+    p["srow"] = [builder.mul(builder.add(t, I64(j)), p["s_stride"]) for j in range(nt)]
+    with cgutils.for_range(builder, nb) as loop:
+        b = loop.index
+        gb = builder.add(gnb, b)
+        dots = dot(builder, p, b, builder.mul(gb, I64(512)), xrow, chains)
+        sc = _load(builder, p["wsp"], builder.mul(gb, I64(64)), V16F, align=4)
+        b4 = builder.mul(b, I64(4))
+        for j in range(nt):
+            xs = _load(builder, p["xs"], builder.add(p["srow"][j], b4), F32, align=4)
+            scale = builder.fmul(sc, _splat(builder, xs, V16F))
+            builder.store(fma(dots[j], scale, builder.load(facc[j])), facc[j])
+    # store: a whole row group, or the valid lanes of the last (padded) one
+    r0 = builder.mul(g, I64(16))
+    nvalid = builder.sub(p["n_out"], r0)
+    full = builder.icmp_signed(">=", nvalid, I64(16))
+    for j in range(nt):
+        ooff = builder.add(builder.mul(builder.add(t, I64(j)), p["o_stride"]),
+                           builder.mul(r0, I64(4)))
+        v = builder.load(facc[j])
+        with builder.if_else(full, likely=True) as (then, other):
+            with then:
+                builder.store(v, builder.bitcast(builder.gep(p["out"], [ooff]),
+                                                 V16F.as_pointer()), align=4)
+            with other:
+                with cgutils.for_range(builder, nvalid) as lane:
+                    dst = builder.gep(p["out"], [builder.add(ooff, builder.mul(lane.index,
+                                                                              I64(4)))])
+                    builder.store(builder.extract_element(v, lane.index),
+                                  builder.bitcast(dst, F32.as_pointer()), align=4)
+
+
+def _q8p_intrinsic(dot, tile, gemv_chains, gemm_chains, doc):
+    def impl(typingctx, out, wp, wsp, xq, xs, xsum, g0, g1, t0, t1, strides):
+        _check_dtypes(out=(out, types.float32), wp=(wp, types.uint8), wsp=(wsp, types.float32),
+                      xq=(xq, (types.int8, types.float32) if dot is _dot_float else types.int8),
+                      xs=(xs, types.float32), xsum=(xsum, types.int32))
+        sig = types.none(out, wp, wsp, xq, xs, xsum, g0, g1, t0, t1, strides)
+
+        def codegen(context, builder, sig, args):
+            ty = sig.args
+            p = {name: _data(context, builder, ty[i], args[i]) for i, name in
+                 enumerate(("out", "wp", "wsp", "xq", "xs", "xsum"))}
+            astr = args[10]
+            st = [context.cast(builder, builder.extract_value(astr, i), ty[10][i],
+                               types.int64) for i in range(5)]
+            p.update(nb=st[0], n_out=st[1], o_stride=st[2], x_stride=st[3], s_stride=st[4],
+                     x_float=ty[3].dtype == types.float32)
+            g0v, g1v, t0v, t1v = (context.cast(builder, args[6 + i], ty[6 + i], types.int64)
+                                  for i in range(4))
+            nt_total = builder.sub(t1v, t0v)
+            single = builder.icmp_signed("==", nt_total, I64(1))
+            with cgutils.for_range(builder, g1v, start=g0v) as gl:
+                g = gl.index
+                with builder.if_else(single) as (one, many):
+                    with one:
+                        _emit_tile(builder, p, g, t0v, 1, gemv_chains, dot)
+                    with many:
+                        ntiles = builder.sdiv(nt_total, I64(tile))
+                        with cgutils.for_range(builder, ntiles) as tl:
+                            t = builder.add(t0v, builder.mul(tl.index, I64(tile)))
+                            _emit_tile(builder, p, g, t, tile, gemm_chains, dot)
+                        # the rest in power-of-two tiles: less code to compile than 1..tile-1
+                        rest = builder.srem(nt_total, I64(tile))
+                        t = builder.sub(t1v, rest)
+                        size = tile // 2
+                        while size >= 1:
+                            bit = builder.and_(rest, I64(size))
+                            has = builder.icmp_signed("!=", bit, I64(0))
+                            with builder.if_then(has):
+                                _emit_tile(builder, p, g, t, size,
+                                           gemv_chains if size == 1 else gemm_chains, dot)
+                            t = builder.add(t, builder.select(has, I64(size), I64(0)))
+                            size //= 2
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    impl.__doc__ = doc
+    impl.__name__ = impl.__qualname__ = dot.__name__.replace("_dot_", "q8p_core_")
+    return intrinsic(impl)
+
+
+_CORE_DOC = """out[t, 16g + r] for g in [g0, g1), t in [t0, t1): the packed int8 matmul core.
+
+    (out, wp, wsp, xq, xs, xsum, g0, g1, t0, t1, strides) with strides = (nb, n_out, out row
+    stride, xq row stride, xs/xsum row stride), the last three in bytes. Tokens go in tiles
+    (each weight vector loaded once per tile); a single token gets independent accumulator
+    chains instead."""
+
+def _dot_vnni256(builder, p, b, woff, xrow, chains):
+    return _dot_vnni(builder, p, b, woff, xrow, chains, bits=256)
+
+
+vnni_q8p = _q8p_intrinsic(_dot_vnni, GEMM_TILE, GEMV_CHAINS, 1, _CORE_DOC)
+avxvnni_q8p = _q8p_intrinsic(_dot_vnni256, AVXVNNI_TILE, GEMV_CHAINS, 1, _CORE_DOC + """
+
+    256-bit vpdpbusd (AVX-VNNI, or AVX-512 VNNI + VL): the same numbers as vnni_q8p.""")
+float_q8p = _q8p_intrinsic(_dot_float, FLOAT_TILE, 4, 1, _CORE_DOC + """
+
+    Generic vector IR (float32 FMAs on exact integers): no target-specific instructions.""")
+
+
+def _emit_quant(builder, pq, ps, psum, px, n):
+    """IR of quant_blocks: n full blocks from px (float*) into pq, ps, psum (i8* each)."""
+    v32 = lambda t: ir.VectorType(t, 32)  # noqa: E731
+    umax = _fn(builder, "llvm.vector.reduce.umax.v32i32", I32, [v32(I32)])
+    radd = _fn(builder, "llvm.vector.reduce.add.v32i32", I32, [v32(I32)])
+    rnd = _fn(builder, "llvm.round.v32f32", v32(F32), [v32(F32)])
+    vmin = _fn(builder, "llvm.minnum.v32f32", v32(F32), [v32(F32), v32(F32)])
+    vmax = _fn(builder, "llvm.maxnum.v32f32", v32(F32), [v32(F32), v32(F32)])
+
+    def amax(b):
+        xv = _load(builder, px, builder.mul(b, I64(128)), v32(F32), align=4)
+        bits = builder.and_(builder.bitcast(xv, v32(I32)),
+                            ir.Constant(v32(I32), [0x7FFFFFFF] * 32))
+        return xv, builder.bitcast(builder.call(umax, [bits]), F32)
+
+    def scales(am, w):
+        # w blocks at once: the float64 divisions as vectors
+        vf, vd = ir.VectorType(F32, w), ir.VectorType(ir.DoubleType(), w)
+        v = ir.Constant(vf, ir.Undefined)
+        for i, a in enumerate(am):
+            v = builder.insert_element(v, a, I32(i))
+        d = builder.fptrunc(builder.fdiv(builder.fpext(v, vd), ir.Constant(vd, [127.0] * w)),
+                            vf)
+        inv = builder.fptrunc(builder.fdiv(ir.Constant(vd, [1.0] * w), builder.fpext(d, vd)),
+                              vf)
+        pos = builder.fcmp_ordered(">", d, ir.Constant(vf, [0.0] * w))
+        inv = builder.select(pos, inv, ir.Constant(vf, [0.0] * w))
+        return ([builder.extract_element(d, I32(i)) for i in range(w)],
+                [builder.extract_element(inv, I32(i)) for i in range(w)])
+
+    def quant(b, xv, d, inv):
+        q = builder.call(rnd, [builder.fmul(xv, _splat(builder, inv, v32(F32)))])
+        q = builder.call(vmin, [q, ir.Constant(v32(F32), [127.0] * 32)])
+        q = builder.call(vmax, [q, ir.Constant(v32(F32), [-127.0] * 32)])
+        qi = builder.fptosi(q, v32(I32))
+        builder.store(builder.trunc(qi, v32(I8)),
+                      builder.bitcast(builder.gep(pq, [builder.mul(b, I64(32))]),
+                                      v32(I8).as_pointer()), align=1)
+        b4 = builder.mul(b, I64(4))
+        builder.store(d, builder.bitcast(builder.gep(ps, [b4]), F32.as_pointer()), align=4)
+        builder.store(builder.call(radd, [qi]),
+                      builder.bitcast(builder.gep(psum, [b4]), I32.as_pointer()), align=4)
+
+    def blocks(b0, w):
+        bs = [builder.add(b0, I64(i)) for i in range(w)]
+        xa = [amax(b) for b in bs]
+        ds, invs = scales([a for _, a in xa], w)
+        for i in range(w):
+            quant(bs[i], xa[i][0], ds[i], invs[i])
+
+    n8 = builder.mul(builder.sdiv(n, I64(8)), I64(8))
+    with cgutils.for_range(builder, builder.sdiv(n, I64(8))) as loop:
+        blocks(builder.mul(loop.index, I64(8)), 8)
+    with cgutils.for_range(builder, n, start=n8) as loop:
+        blocks(loop.index, 1)
+
+
+@intrinsic
+def quant_blocks(typingctx, xq, xs, xsum, x, nfull):
+    """Q8 quantization of the first nfull full 32-blocks of one row (generic vector IR).
+
+    Per block: amax as an unsigned max of the |x| bit patterns (same order as the floats),
+    d = float32(amax / 127 in float64), inv = float32(1 / d in float64) (0 if d == 0),
+    q = llvm.round(x * inv) (ties away from zero, like roundf), clamped to +-127;
+    xsum = sum of q. Same numbers as matmul.quantize_q8.
+    """
+    _check_dtypes(xq=(xq, types.int8), xs=(xs, types.float32), xsum=(xsum, types.int32),
+                  x=(x, types.float32))
+    sig = types.none(xq, xs, xsum, x, nfull)
+
+    def codegen(context, builder, sig, args):
+        ptrs = [_data(context, builder, sig.args[i], args[i]) for i in range(4)]
+        _emit_quant(builder, *ptrs, context.cast(builder, args[4], sig.args[4], types.int64))
+        return context.get_dummy_value()
+
+    return sig, codegen
