@@ -13,6 +13,14 @@ import os
 
 import numba
 
+_PKG = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if not numba.config.CACHE_DIR and not os.access(_PKG, os.W_OK):
+    # Installed read-only (system site-packages): keep compiled kernels in a user cache, so
+    # the second run does not compile again.
+    numba.config.CACHE_DIR = os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"),
+        "edgerope", "numba")
+
 FASTMATH = frozenset({"nsz", "arcp", "contract", "afn", "reassoc"})
 
 
