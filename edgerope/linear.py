@@ -28,18 +28,23 @@ _CHUNK_ROWS = 4096
 
 class Activations:
     """Quantized-activation buffers (xq, xs, xsum) for up to `rows` tokens, one set per input
-    width, created on first use and reused: a session owns one, so decoding allocates none."""
+    width, created on first use and reused: a session owns one, so decoding allocates none
+    (the row views for each token count are cached too)."""
 
     def __init__(self, rows: int):
-        self.rows, self._by_k = rows, {}
+        self.rows, self._by_k, self._views = rows, {}, {}
 
     def get(self, k: int, t: int):
+        views = self._views.get((k, t))
+        if views is not None:
+            return views
+        if t > self.rows:  # a one-off larger batch: not kept
+            return K.act_buffers(t, k)
         bufs = self._by_k.get(k)
-        if bufs is None or t > self.rows:
-            bufs = K.act_buffers(max(t, self.rows), k)
-            if t <= self.rows:
-                self._by_k[k] = bufs
-        return tuple(a[:t] for a in bufs)
+        if bufs is None:
+            bufs = self._by_k[k] = K.act_buffers(self.rows, k)
+        views = self._views[(k, t)] = tuple(a[:t] for a in bufs)
+        return views
 
 
 class Linear:
