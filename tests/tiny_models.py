@@ -2,8 +2,10 @@
 
 Every parameter gets a non-trivial random value (norm weights around 1 but not 1, biases
 non-zero), so a skipped norm, bias or scale shows up in the logits. Matrices are drawn at
-transformers' own initializer_range (std 0.02): much larger random weights saturate the
-attention softmax, which then amplifies int8 rounding far beyond what trained models show.
+transformers' own initializer_range (std 0.02) and token embeddings at unit RMS: much larger
+random weights saturate the attention softmax, and a tiny residual stream lets normalized
+sublayer outputs dominate, and either amplifies int8 rounding far beyond what trained models
+show.
 """
 from __future__ import annotations
 
@@ -80,13 +82,19 @@ def build(name: str, out_dir: str, seed: int = 0):
     torch.manual_seed(seed)
     model = transformers.AutoModelForCausalLM.from_config(cfg, attn_implementation="eager")
     gen = torch.Generator().manual_seed(seed)
+    emb = model.get_input_embeddings().weight
     with torch.no_grad():
         for pname, p in model.named_parameters():
             if p.ndim == 1 and pname.endswith("bias"):
-                p.copy_(torch.randn(p.shape, generator=gen) * 0.02)  # initializer_range
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.1)
             elif p.ndim == 1:
                 # norm weights in [0.5, 1.5]; Gemma stores w for a (1 + w) multiplier
                 p.copy_(0.5 + torch.rand(p.shape, generator=gen) - float(model_type == "gemma3_text"))
+            elif p is emb:
+                # unit-RMS token vectors (RMS sqrt(hidden) after Gemma's scale): a residual
+                # stream of the size trained models have, not one that the normalized outputs
+                # of Gemma's sandwich norms swamp
+                p.copy_(torch.randn(p.shape, generator=gen) * cfg.hidden_size ** -0.5)
             else:
                 p.copy_(torch.randn(p.shape, generator=gen) * 0.02)  # initializer_range
     model.eval()
