@@ -117,6 +117,9 @@ def test_cli_generate(tiny_dir):
     want = "".join(edgerope.load(path, dtype="float32").generate("The", max_tokens=12,
                                                                   temperature=0))
     assert g.stdout == want + "\n"
+    p = r.invoke(main, ["generate", "-m", path, "-p", "The", "-n", "8", "--temp", "0",
+                        "--profile"])
+    assert p.exit_code == 0 and "| matmul.lm_head |" in p.stderr and "| sampling |" in p.stderr
 
 
 @pytest.mark.parametrize("args,msg", [
