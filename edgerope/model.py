@@ -162,7 +162,7 @@ class Session:
     def _forward(self, ids: np.ndarray, logits_out: np.ndarray | None, r0: int):
         """Run one chunk. logits_out None: last-token logits into the session buffer (returned);
         otherwise logits of rows r0.. of the chunk into logits_out."""
-        m, cfg, W, b = self.model, self.model.config, self.model.weights, self.buf
+        cfg, W, b = self.model.config, self.model.weights, self.buf
         T, p0 = len(ids), self.pos
         Hq, Hkv, D = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
         qd, kvd = cfg.q_dim, cfg.kv_dim
