@@ -50,13 +50,32 @@ def _act1(x, kind):
     return r
 
 
+_ACT_CHUNK = 512  # elements per parallel work unit: decode rows (T = 1) still use all threads
+
+
+@kernel
+def _act_mul_span(out, gu, kind, t, i0, i1, n):
+    # one branch per span, not per element, so each loop body is a single activation
+    if kind == 0:
+        for i in range(i0, i1):
+            out[t, i] = _act1(gu[t, i], 0) * gu[t, n + i]
+    elif kind == 2:
+        for i in range(i0, i1):
+            out[t, i] = _act1(gu[t, i], 2) * gu[t, n + i]
+    else:
+        for i in range(i0, i1):
+            out[t, i] = _act1(gu[t, i], kind) * gu[t, n + i]
+
+
 @kernel(parallel=True)
 def act_mul(out, gu, kind):
     """out (T, n) = act(gate) * up where gu (T, 2n) = [gate | up]."""
     T, n = out.shape
-    for t in prange(T):
-        for i in range(n):
-            out[t, i] = _act1(gu[t, i], kind) * gu[t, n + i]
+    per_row = (n + _ACT_CHUNK - 1) // _ACT_CHUNK
+    for j in prange(T * per_row):
+        t = j // per_row
+        i0 = (j % per_row) * _ACT_CHUNK
+        _act_mul_span(out, gu, kind, t, i0, min(n, i0 + _ACT_CHUNK), n)
 
 
 @kernel(parallel=True)
