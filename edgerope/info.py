@@ -29,10 +29,14 @@ def kv_cache_bytes(cfg, n_ctx: int) -> int:
 
 
 def activation_bytes(cfg, n_ctx: int, n_batch: int = 512) -> int:
+    """Float32 buffers of a session (edgerope.model._Buffers), int8 activation copies, the
+    attention scratch and the last-token logits."""
     B = min(n_batch, n_ctx)
-    inner = cfg.intermediate_size * (3 if cfg.mlp == "gated" else 2)
-    per_row = 5 * cfg.hidden_size + 2 * cfg.q_dim + 3 * cfg.kv_dim + inner
-    return 4 * (B * per_row + cfg.vocab_size + 16 * (n_ctx + B))
+    inner = cfg.intermediate_size * (2 if cfg.mlp == "gated" else 1)
+    per_row = (4 * cfg.hidden_size + 3 * cfg.q_dim + 4 * cfg.kv_dim + inner
+               + cfg.intermediate_size)
+    quantized = B * (cfg.hidden_size + cfg.q_dim + cfg.intermediate_size) * 5 // 4
+    return 4 * (B * per_row + cfg.vocab_size + 16 * (n_ctx + B)) + quantized
 
 
 def memory_estimate(model, n_ctx: int, n_batch: int = 512) -> dict:

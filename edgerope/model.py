@@ -20,6 +20,7 @@ from . import kernels as K
 from .cache import KVCache
 from .checkpoint import ModelWeights, Norm
 from .config import ModelConfig
+from .errors import ConfigError
 from .linear import Activations
 from .profile import direct
 
@@ -44,7 +45,6 @@ class Model:
         self.config_dict = config_dict or {}  # the config.json form, written by convert
         self._act = K.ACT_KINDS.get(config.hidden_act)
         if self._act is None:
-            from .errors import ConfigError
             raise ConfigError(f"unsupported hidden_act {config.hidden_act!r} "
                               f"(supported: {', '.join(sorted(K.ACT_KINDS))})")
         self._tables: dict = {}
@@ -84,7 +84,7 @@ class _Buffers:
         H, D = cfg.hidden_size, cfg.head_dim
         inner = 2 * cfg.intermediate_size if cfg.mlp == "gated" else cfg.intermediate_size
         f = np.float32
-        self.x, self.h, self.h2 = (np.zeros((B, H), f) for _ in range(3))
+        self.x, self.h = np.zeros((B, H), f), np.zeros((B, H), f)
         self.o, self.m = np.zeros((B, H), f), np.zeros((B, H), f)
         self.qkv = np.zeros((B, cfg.q_dim + 2 * cfg.kv_dim), f)
         self.q = np.zeros((B, cfg.num_attention_heads, D), f)
