@@ -12,7 +12,7 @@ from .config import ConfigError, parse_config, read_config_dict
 from .errors import EdgeropeError, WeightsError
 from .linear import DTYPES
 from .model import Model
-from .native import is_native, load_native
+from .native import FORMAT, load_native
 from .safetensors_mmap import Checkpoint
 
 
@@ -32,10 +32,11 @@ def load(path: str, dtype: str = "int8", tokenizer: bool = True) -> Model:
         cfg = parse_config(raw)
     except ConfigError as e:
         raise ConfigError(f"{os.path.join(path, 'config.json')}: {e}") from None
-    if is_native(path):
-        weights = load_native(path, cfg, dtype)
+    ck = Checkpoint(path)  # one header parse decides the format and serves the load
+    if FORMAT in ck.metadata:
+        weights = load_native(ck, cfg, dtype)
     else:
-        weights = load_weights(Checkpoint(path), cfg, dtype)
+        weights = load_weights(ck, cfg, dtype)
     tok = None
     # Without a tokenizer file, logits() still works and generate() reports the absence; a
     # tokenizer file that is present but broken is an error.

@@ -102,10 +102,11 @@ def save_native(model, dst: str, overwrite: bool = False) -> str:
     return dst
 
 
-def load_native(path: str, cfg, dtype: str) -> ModelWeights:
+def load_native(ck: Checkpoint, cfg, dtype: str) -> ModelWeights:
     """Weights of an edgerope directory, memory-mapped (zero-copy). float32 weights can be
-    quantized to int8 at load; int8 weights cannot become float32."""
-    ck = Checkpoint(path)
+    quantized to int8 at load; int8 weights cannot become float32. `ck` is the directory's
+    already-opened Checkpoint (its metadata says it is ours)."""
+    path = ck.dir
     try:
         meta = json.loads(ck.metadata[FORMAT])
         if meta.get("version") != VERSION:

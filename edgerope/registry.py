@@ -116,14 +116,13 @@ def _verified(path: str, e: dict) -> bool:
 def load_named(name: str, dtype: str = "int8"):
     """Load a registry model through its converted copy, converting on first use."""
     from .loading import load
-    from .native import is_native, save_native
-    from .errors import WeightsError
+    from .native import save_native
     cached = os.path.join(weights_dir(), f"{name}-{dtype}")
-    if is_native(cached):
+    if os.path.isdir(cached):
         try:
             return load(cached, dtype=dtype)
-        except WeightsError:
-            pass  # written by another edgerope version: convert again
+        except EdgeropeError:
+            pass  # incomplete, or written by another edgerope version: convert again
     model = load(locate(name), dtype=dtype)
     try:
         save_native(model, cached, overwrite=True)
