@@ -6,6 +6,11 @@ what it is for); the vocabulary is synthetic SentencePiece-style pieces so both 
 llama.cpp load it.
 
     python bench/make_1b.py [OUT.gguf]      (default: weights/random-1b.q8_0.gguf)
+    python bench/make_1b.py --safetensors [OUT_DIR]   (default: weights/random-1b-hf)
+
+The safetensors variant is a Hugging Face llama directory (config.json + float16
+model.safetensors, weights N(0, 0.02), ~2.2 GB): edgerope quantizes it at load, transformers
+runs it directly. No tokenizer files (bench feeds token ids).
 """
 from __future__ import annotations
 
@@ -80,6 +85,44 @@ def main(path):
     print(path, os.path.getsize(path) // 2**20, "MiB")
 
 
+def main_safetensors(out):
+    import json
+
+    from safetensors.numpy import save_file
+    rng = np.random.default_rng(0)
+
+    def mat(rows, cols):
+        return (rng.standard_normal((rows, cols), np.float32) * 0.02).astype(np.float16)
+
+    kv = H // NH * NKV
+    t = {"model.embed_tokens.weight": mat(V, H), "lm_head.weight": mat(V, H),
+         "model.norm.weight": np.ones(H, np.float16)}
+    for i in range(L):
+        p = f"model.layers.{i}."
+        t[p + "input_layernorm.weight"] = np.ones(H, np.float16)
+        t[p + "post_attention_layernorm.weight"] = np.ones(H, np.float16)
+        for name, rows, cols in (("self_attn.q_proj", H, H), ("self_attn.k_proj", kv, H),
+                                 ("self_attn.v_proj", kv, H), ("self_attn.o_proj", H, H),
+                                 ("mlp.gate_proj", FF, H), ("mlp.up_proj", FF, H),
+                                 ("mlp.down_proj", H, FF)):
+            t[p + name + ".weight"] = mat(rows, cols)
+    os.makedirs(out, exist_ok=True)
+    save_file(t, os.path.join(out, "model.safetensors"), metadata={"format": "pt"})
+    cfg = dict(architectures=["LlamaForCausalLM"], model_type="llama", hidden_size=H,
+               intermediate_size=FF, num_hidden_layers=L, num_attention_heads=NH,
+               num_key_value_heads=NKV, vocab_size=V, max_position_embeddings=4096,
+               rms_norm_eps=1e-5, rope_theta=10000.0, hidden_act="silu",
+               tie_word_embeddings=False, bos_token_id=1, eos_token_id=2,
+               torch_dtype="float16")
+    with open(os.path.join(out, "config.json"), "w") as f:
+        json.dump(cfg, f, indent=2)
+    print(out, os.path.getsize(os.path.join(out, "model.safetensors")) // 2**20, "MiB")
+
+
 if __name__ == "__main__":
     here = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "weights")
-    main(sys.argv[1] if len(sys.argv) > 1 else os.path.join(here, "random-1b.q8_0.gguf"))
+    args = sys.argv[1:]
+    if args[:1] == ["--safetensors"]:
+        main_safetensors(args[1] if len(args) > 1 else os.path.join(here, "random-1b-hf"))
+    else:
+        main(args[0] if args else os.path.join(here, "random-1b.q8_0.gguf"))

@@ -1,70 +1,118 @@
-"""KV cache: one ring buffer per layer, allocated once, sized to what the layer can see.
+"""KV cache: one ring buffer per layer, allocated once, sized to what the layer can see, in
+float32, fp16 or int8 (`KV_TYPES`; the element formats are in edgerope.kernels.kvstore).
 
-Token at absolute position p lives in slot p % capacity. Keys are stored after RoPE at their
-absolute position, so they never need re-rotation while every query is rotated at its own
-absolute position; visibility is decided from the positions stored beside the slots (`pos`,
--1 = empty), never from slot order. A sliding-window layer with window W needs exactly W slots
-(a query at q sees keys q-W < k <= q), so its ring is lossless; a global layer gets `n_ctx`.
+Slots. The n-th token ever stored in a layer goes to slot n for n < sinks, and otherwise to
+sinks + (n - sinks) % (S - sinks): the first `sinks` tokens (attention sinks, `--keep`) stay
+put and the rest cycle through the remaining S - sinks slots. Visibility is decided from the
+position stored beside each slot (`pos`, -1 = empty), never from slot order, so the attention
+kernel needs no notion of rings. A global layer gets S = n_ctx slots. A sliding-window layer
+with window W < n_ctx sees keys q - W < k <= q, so W slots after its sinks hold everything it
+can see (lossless); its sinks only matter after a context shift renumbers positions.
 
-Owns: the buffers and writing a chunk of new keys/values into them.
+Context shift (StreamingLLM, as llama.cpp's --context-shift). When a chunk does not fit,
+`shift(keep, n)` drops the n oldest tokens after the first `keep` (pos = -1) and moves every
+later token n positions down, so positions stay below n_ctx forever and the model never sees
+a position it was not trained for. Keys are stored *rotated*, so moving them means rotating
+their rotary channels by -n (R(p) R(-n) = R(p - n), edgerope.kernels.rope_shift); the
+pass-through channels of partial RoPE are never touched (int8 keys: their scales are
+rotation-safe, see kvstore, so those int8 values stay bit-identical too). The alternative,
+unrotated keys rotated at attention time, costs a rotation of every visible key per query per
+layer; a shift rotates each kept key once per shift, i.e. about once per n_ctx / 2 tokens
+(llama.cpp's choice of n = half the non-sink tokens): measured on Gemma 3 270M, n_ctx 512,
+a whole shift takes ~1 ms against ~9 ms per decoded token, while rotating 512 keys per layer
+per token would add more than the whole attention step (bench/RESULTS.md, "context shift").
+
+Owns: the buffers, writing a chunk of new keys/values, shifting. Not: when to shift (Session).
 """
 from __future__ import annotations
 
 import numpy as np
 
-from .errors import ContextFullError
+from . import kernels as K
+from .errors import ConfigError, ContextFullError
+from .kernels.kvstore import (KV_BLOCK, KV_DTYPES, kv_dequant, kv_requant, kv_store, partners,
+                              scale_shape)
+
+KV_TYPES = tuple(KV_DTYPES)  # "f32", "f16", "int8"
+# measured (bench/RESULTS.md): f16 is lossless in practice (mean KL 4e-7 vs f32 on the real
+# models), halves the memory and decodes as fast or faster; int8 quarters it at KL ~1e-3
+DEFAULT_KV_TYPE = "f16"
 
 
 class LayerCache:
-    """Keys (S, Hkv, D), values (S, Hkv, D) and the position held by each slot."""
+    """Keys (S, Hkv, D), values (S, Hkv, D), their scales (int8) and each slot's position."""
 
-    __slots__ = ("k", "v", "pos", "capacity", "window", "_iota")
+    __slots__ = ("k", "v", "ks", "vs", "pos", "capacity", "window", "sinks", "kv_type", "n")
 
-    def __init__(self, capacity: int, n_kv: int, head_dim: int, window: int | None):
-        self.capacity, self.window = capacity, window
-        self.k = np.zeros((capacity, n_kv, head_dim), np.float32)
-        self.v = np.zeros((capacity, n_kv, head_dim), np.float32)
+    def __init__(self, capacity: int, n_kv: int, head_dim: int, window: int | None,
+                 kv_type: str = "f32", sinks: int = 0):
+        if kv_type not in KV_DTYPES:
+            raise ConfigError(f"unknown KV cache type {kv_type!r} (supported: "
+                              f"{', '.join(KV_TYPES)})")
+        if not 0 <= sinks < capacity:
+            raise ValueError(f"sinks must be in [0, {capacity}), got {sinks}")
+        self.capacity, self.window, self.sinks, self.kv_type = capacity, window, sinks, kv_type
+        dt = KV_DTYPES[kv_type]
+        self.k = np.zeros((capacity, n_kv, head_dim), dt)
+        self.v = np.zeros((capacity, n_kv, head_dim), dt)
+        # int8 block scales; a float type keeps a placeholder the kernels never read
+        self.ks = np.zeros(scale_shape(kv_type, capacity, n_kv, head_dim), np.float32)
+        self.vs = np.zeros(scale_shape(kv_type, capacity, n_kv, head_dim), np.float32)
         self.pos = np.full(capacity, -1, np.int64)
-        self._iota = np.arange(capacity, dtype=np.int64)  # lets store() fill positions in place
+        self.n = 0  # tokens stored so far (the ring cursor)
 
-    def store(self, k_new: np.ndarray, v_new: np.ndarray, p0: int) -> None:
-        """Write T consecutive tokens at positions p0..p0+T-1 (at most two slice copies)."""
-        T, S = k_new.shape[0], self.capacity
-        if T > S:  # only the last S tokens survive in the ring anyway
-            k_new, v_new, p0, T = k_new[T - S:], v_new[T - S:], p0 + T - S, S
-        s0 = p0 % S
-        n1 = min(T, S - s0)
-        self.k[s0:s0 + n1] = k_new[:n1]
-        self.v[s0:s0 + n1] = v_new[:n1]
-        np.add(self._iota[:n1], p0, out=self.pos[s0:s0 + n1])
-        if n1 < T:
-            self.k[:T - n1] = k_new[n1:]
-            self.v[:T - n1] = v_new[n1:]
-            np.add(self._iota[:T - n1], p0 + n1, out=self.pos[:T - n1])
+    def store(self, k_new: np.ndarray, v_new: np.ndarray, pos: np.ndarray, partner) -> None:
+        """Write T consecutive tokens (positions pos) at the cursor; partner: the keys' rotary
+        pairing (kvstore.partners)."""
+        # a chunk longer than the ring overwrites its own first tokens: the same result as
+        # storing only its tail, and the cost is small next to the chunk's matmuls
+        kv_store(self.k, self.v, self.ks, self.vs, self.pos, k_new, v_new, pos, self.n,
+                 self.sinks, partner)
+        self.n += k_new.shape[0]
+
+    def shift(self, keep: int, n: int, cos, sin, ia, ib) -> None:
+        """Forget positions [keep, keep + n); move later ones down by n (keys re-rotated by the
+        angles cos / sin of -n on the rotary pairs ia / ib)."""
+        p = self.pos
+        p[(p >= keep) & (p < keep + n)] = -1
+        slots = np.flatnonzero(p >= keep + n)
+        p[slots] -= n
+        if len(slots) and len(ia):
+            x = np.empty((len(slots),) + self.k.shape[1:], np.float32)
+            kv_dequant(x, self.k, self.ks, slots)
+            K.rope_shift(x, cos, sin, ia, ib)
+            kv_requant(self.k, self.ks, slots, x)
 
     def clear(self) -> None:
         self.pos.fill(-1)
+        self.n = 0
 
     @property
     def nbytes(self) -> int:
-        return self.k.nbytes + self.v.nbytes + self.pos.nbytes
+        return self.k.nbytes + self.v.nbytes + self.ks.nbytes + self.vs.nbytes + self.pos.nbytes
+
+
+def layer_capacity(window: int | None, n_ctx: int, sinks: int) -> int:
+    """Slots of a layer: n_ctx, or sinks + window for a window shorter than the context."""
+    return sinks + window if window and window + sinks < n_ctx else n_ctx
 
 
 class KVCache:
     """The per-layer caches of one session; `n_ctx` bounds positions on global layers."""
 
-    def __init__(self, cfg, n_ctx: int):
-        self.n_ctx = n_ctx
+    def __init__(self, cfg, n_ctx: int, kv_type: str = "f32", sinks: int = 0):
+        self.n_ctx, self.kv_type, self.sinks = n_ctx, kv_type, sinks
         self.layers = []
         for i in range(cfg.num_hidden_layers):
             w = cfg.window(i)
-            cap = min(w, n_ctx) if w else n_ctx
-            self.layers.append(LayerCache(cap, cfg.num_key_value_heads, cfg.head_dim, w))
+            self.layers.append(LayerCache(layer_capacity(w, n_ctx, sinks),
+                                          cfg.num_key_value_heads, cfg.head_dim, w, kv_type,
+                                          sinks))
 
     def check_room(self, p_end: int) -> None:
         if p_end > self.n_ctx:
             raise ContextFullError(f"context full: {p_end} tokens do not fit in a context of "
-                                   f"{self.n_ctx} (raise --ctx-size)")
+                                   f"{self.n_ctx} (raise --ctx-size, or allow --context-shift)")
 
     def clear(self) -> None:
         for c in self.layers:
@@ -77,3 +125,26 @@ class KVCache:
     @property
     def max_capacity(self) -> int:
         return max(c.capacity for c in self.layers)
+
+    def describe(self) -> str:
+        """One line: element type, slots per kind of layer, total memory."""
+        kinds: dict = {}
+        for c in self.layers:
+            key = ("sliding", c.capacity) if c.window else ("global", c.capacity)
+            kinds[key] = kinds.get(key, 0) + 1
+        parts = [f"{n} {kind} x {cap} slots" for (kind, cap), n in sorted(kinds.items())]
+        sinks = f", {self.sinks} sinks" if self.sinks else ""
+        return (f"KV cache {self.kv_type}: {', '.join(parts)}{sinks}; "
+                f"{self.nbytes / 2**20:.1f} MiB")
+
+
+def kv_bytes(cfg, n_ctx: int, kv_type: str = "f32", sinks: int = 0) -> int:
+    """Bytes of a session's KV cache, without allocating it (info, memory checks)."""
+    per = {"f32": 4, "f16": 2, "int8": 1}[kv_type]
+    total = 0
+    for i in range(cfg.num_hidden_layers):
+        S = layer_capacity(cfg.window(i), n_ctx, sinks)
+        total += 2 * S * cfg.num_key_value_heads * cfg.head_dim * per + 8 * S
+        if kv_type == "int8":
+            total += 2 * S * cfg.num_key_value_heads * 4 * (-(-cfg.head_dim // KV_BLOCK))
+    return total

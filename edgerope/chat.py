@@ -31,6 +31,7 @@ from jinja2 import nodes
 from jinja2.ext import Extension
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
+from .cache import DEFAULT_KV_TYPE
 from .errors import ContextFullError, EdgeropeError
 from .generate import GenerationStats, sample_tokens
 from .sampler import Sampler, SamplingParams
@@ -281,7 +282,10 @@ class Chat:
     `pick_template(model)`; `template_kwargs` are extra template variables (e.g.
     {"enable_thinking": False}). `n_ctx`, `n_batch` size the session. `**sampling`: temperature, top_k, top_p, min_p, repeat_penalty,
     repeat_last_n, seed (as `generate`), `stop` (strings ending a reply, not shown) and
-    `max_tokens` (per reply; None = until end of turn or a full context). One sampler (one
+    `max_tokens` (per reply; None = until end of turn, a full context without context
+    shift, or n_ctx tokens with it: a reply longer than the whole context is a runaway).
+    `kv_type`, `keep` (attention sinks kept when the context shifts; -1 = the system prompt
+    and the first turn's header), `context_shift` configure the session. One sampler (one
     random stream) serves the whole conversation, so a seed makes a whole chat reproducible.
 
     Attributes: `messages` (the conversation, system prompt first if any; a reply is recorded
@@ -292,7 +296,8 @@ class Chat:
 
     def __init__(self, model, system: str | None = None, n_ctx: int | None = None,
                  template: str | None = None, *, n_batch: int = 512,
-                 template_kwargs: dict | None = None, **sampling):
+                 template_kwargs: dict | None = None, kv_type: str = DEFAULT_KV_TYPE,
+                 keep: int = -1, context_shift: bool = True, **sampling):
         tok = model.tokenizer
         if tok is None:
             raise EdgeropeError("this model has no tokenizer: chat needs one")
@@ -312,7 +317,11 @@ class Chat:
         eos_id = sp.eos_id() if sp is not None and sp.eos_id() >= 0 else min(tok.eos_ids, default=None)
         self._eos_text = _special_text(tok, "eos_token", eos_id)
         self._special = True  # does tok.encode take special=? (until tried)
-        self.session = model.new_session(n_ctx=n_ctx, n_batch=n_batch)
+        if keep < -1:
+            raise ValueError(f"keep must be >= 0, or -1 for the system prompt; got {keep}")
+        self.session = model.new_session(n_ctx=n_ctx, n_batch=n_batch, kv_type=kv_type,
+                                         context_shift=context_shift)
+        self._history: list[int] = []  # every token the session has evaluated, in order
         self.messages: list[dict] = []
         self.stats = GenerationStats()
         self.reprefills = 0
@@ -321,7 +330,12 @@ class Chat:
         self._reused = 0
         self.reset()
         # fail now, not at the first reply, on a template that cannot render a conversation
-        self.render(self.messages + [{"role": "user", "content": "Hello"}])
+        first = self.encode(self.render(self.messages + [{"role": "user", "content": "Hi"}]))
+        if keep == -1:  # the system prompt (and the first turn's header): what two first
+            # turns have in common
+            other = self.encode(self.render(self.messages + [{"role": "user", "content": "Yo"}]))
+            keep = _common_prefix(first, other)
+        self.session.set_keep(min(keep, self.session.n_ctx // 2))
 
     @property
     def n_ctx(self) -> int:
@@ -331,6 +345,7 @@ class Chat:
         """Forget the conversation (the system prompt stays) and clear the KV cache."""
         self.messages = [] if self.system is None else [{"role": "system", "content": self.system}]
         self.session.reset()
+        self._history = []
         self._dirty = False
 
     def render(self, messages=None, add_generation_prompt: bool = True) -> str:
@@ -377,6 +392,8 @@ class Chat:
         if unknown:
             raise TypeError(f"send() got unexpected keyword argument(s): {', '.join(sorted(unknown))}")
         max_tokens = self._check_max_tokens(max_tokens) or self._max_tokens
+        if max_tokens is None and self.session.context_shift:
+            max_tokens = self.session.n_ctx
         stop = list(sampling_overrides.pop("stop", None) or self._stop)
         sampler = self._sampler
         if sampling_overrides:
@@ -401,35 +418,50 @@ class Chat:
             logits = self._prefill(ids)
             stats.n_prompt = len(ids) - self._reused
             stats.prompt_seconds = time.perf_counter() - t_start
-            for piece in sample_tokens(self.model, self.session, logits, sampler,
-                                       max_tokens=max_tokens, stop=stop, stats=stats,
-                                       t_start=t_start, shown=ids[-_SHOWN:]):
-                pieces.append(piece)
-                yield piece
+            evaluated = self._evaluated()
+            try:
+                for piece in sample_tokens(self.model, self.session, logits, sampler,
+                                           max_tokens=max_tokens, stop=stop, stats=stats,
+                                           t_start=t_start, shown=ids[-_SHOWN:]):
+                    pieces.append(piece)
+                    yield piece
+            finally:  # the sampled tokens the session evaluated (all but the last)
+                self._history += stats.token_ids[:self._evaluated() - evaluated]
             done = True
         finally:
             if done:
                 self.messages.append({"role": "assistant", "content": "".join(pieces)})
             else:
                 del self.messages[n_before:]
-                if _has_stale_keys(self.session):
-                    self._dirty = True
+                if _has_stale_keys(self.session) or len(self._history) != self._evaluated():
+                    self._dirty = True  # interrupted mid-prompt: the cache is not the history
             self._busy = False
 
+    def _evaluated(self) -> int:
+        """Tokens the session has evaluated since its reset (shifted-out ones included)."""
+        return self.session.pos + self.session.n_shifted
+
     def _prefill(self, ids) -> np.ndarray:
-        """Bring the session to `ids`, evaluating only what is not cached; last-token logits."""
+        """Bring the session to `ids`, evaluating only what is not cached; last-token logits.
+
+        What is cached is `_history` (every token evaluated since the reset); after context
+        shifts the session holds only its sinks and its tail, and evaluating more simply
+        shifts again, so old turns fall out of the window while the sinks (the system
+        prompt with keep=-1) stay."""
         sess = self.session
-        if len(ids) > sess.n_ctx:
+        if len(ids) > sess.n_ctx and not sess.context_shift:
             raise ContextFullError(f"context full: the conversation is {len(ids)} tokens, the "
                                    f"context {sess.n_ctx} (/reset, or raise --ctx-size)")
-        n = _common_prefix(sess.tokens, ids)
-        if self._dirty or n < sess.pos or n == len(ids):
+        n = _common_prefix(self._history, ids)
+        if self._dirty or n < len(self._history) or n == len(ids):
             if sess.pos:
                 self.reprefills += 1
             sess.reset()
+            self._history = []
             self._dirty = False
             n = 0
         self._reused = n
+        self._history += ids[n:]
         return sess.eval(ids[n:])
 
 

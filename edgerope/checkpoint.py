@@ -16,6 +16,7 @@ import numpy as np
 
 from .config import ModelConfig
 from .errors import WeightsError
+from .kernels import ScaleRangeError
 from .linear import Linear
 from .safetensors_mmap import Checkpoint, to_float32
 
@@ -164,7 +165,10 @@ class _Reader:
     def linear(self, key, shape, dtype, i=None, bias=False, perm=None) -> Linear:
         name = self._check(self.name(key, i), shape)
         b = self.array(key, (shape[0],), i, suffix="bias") if bias else None
-        return self.src.linear(name, dtype, b, perm)
+        try:
+            return self.src.linear(name, dtype, b, perm)
+        except ScaleRangeError as e:
+            raise WeightsError(f"{self.src.where}: tensor '{name}': {e}") from None
 
 
 def per_head_qkv_order(n_heads: int, head_dim: int) -> np.ndarray:

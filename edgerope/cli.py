@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import sys
+import warnings
 
 import click
 
@@ -17,12 +18,17 @@ def _fail(msg: str, code: int = 1):
 
 
 def handle_errors(fn):
-    """Turn input errors into one clean line and a non-zero exit."""
+    """Turn input errors into one clean line and a non-zero exit; library warnings into one
+    "warning: ..." line on stderr."""
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         debug = kwargs.get("debug", False)
         try:
-            return fn(*args, **kwargs)
+            with warnings.catch_warnings():
+                warnings.simplefilter("always")
+                warnings.showwarning = lambda message, *a, **k: click.echo(
+                    f"warning: {message}", err=True)
+                return fn(*args, **kwargs)
         except (EdgeropeError, ValueError, OSError) as e:
             if debug:
                 raise
@@ -34,6 +40,24 @@ def handle_errors(fn):
 @click.version_option(package_name="edgerope")
 def main():
     """edgerope: decoder-only language models on CPUs, fast."""
+
+
+def _kv_options(keep: int, keep_help: str):
+    """--kv-type, --keep, --context-shift: the KV cache options of generate and chat."""
+    return functools.partial(_add_kv_options, keep=keep, keep_help=keep_help)
+
+
+def _add_kv_options(fn, keep, keep_help):
+    from .cache import DEFAULT_KV_TYPE, KV_TYPES
+    fn = click.option("--context-shift/--no-context-shift", default=True, show_default=True,
+                      help="When the context is full, drop the oldest tokens after the first "
+                           "--keep and go on (off: stop with a message).")(fn)
+    fn = click.option("--keep", default=keep, show_default=True, type=int,
+                      help="Tokens kept at the start when the context shifts (attention "
+                           f"sinks); {keep_help}")(fn)
+    fn = click.option("--kv-type", type=click.Choice(KV_TYPES), default=DEFAULT_KV_TYPE,
+                      show_default=True, help="KV cache element type.")(fn)
+    return fn
 
 
 def _threads(n):
@@ -67,12 +91,14 @@ def _threads(n):
               help="Stop when this text is generated (repeatable).")
 @click.option("--dtype", type=click.Choice(["int8", "float32"]), default="int8",
               show_default=True, help="Weight format in memory.")
+@_kv_options(4, "-1 = the whole prompt.")
 @click.option("--profile", is_flag=True, help="Print time per operation per generated token.")
+@click.option("-v", "--verbose", is_flag=True, help="Print model and KV cache memory.")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 @handle_errors
 def generate(model_path, prompt, prompt_file, n_predict, threads, ctx_size, batch_size, temp,
-             top_k, top_p, min_p, repeat_penalty, repeat_last_n, seed, stop, dtype, profile,
-             debug):
+             top_k, top_p, min_p, repeat_penalty, repeat_last_n, seed, stop, dtype, kv_type,
+             keep, context_shift, profile, verbose, debug):
     """Generate text from a prompt, streaming to stdout; timings on stderr."""
     from .generate import GenerationStats, generate as gen
 
@@ -85,17 +111,27 @@ def generate(model_path, prompt, prompt_file, n_predict, threads, ctx_size, batc
     if model.tokenizer is None:
         raise EdgeropeError(f"{model_path}: no tokenizer found (expected tokenizer.model or tokenizer.json)")
     stats = GenerationStats()
-    session = model.new_session(n_ctx=ctx_size, n_batch=batch_size)
+    if keep < -1:
+        raise EdgeropeError(f"--keep must be >= 0, or -1 for the whole prompt; got {keep}")
+    n_ctx = ctx_size or model.default_ctx()
+    if keep >= n_ctx:
+        raise EdgeropeError(f"--keep {keep} must be smaller than the context size ({n_ctx})")
+    session = model.new_session(n_ctx=n_ctx, n_batch=batch_size, kv_type=kv_type,
+                                n_keep=max(keep, 0), context_shift=context_shift)
     prof = None
     if profile:
         from .profile import Profiler
         prof = Profiler()
     out = sys.stdout
+    shown = False
     try:
         for piece in gen(model, prompt, max_tokens=n_predict, temperature=temp, top_k=top_k,
                          top_p=top_p, min_p=min_p, repeat_penalty=repeat_penalty,
                          repeat_last_n=repeat_last_n, seed=seed, stop=list(stop),
-                         session=session, stats=stats):
+                         session=session, stats=stats, keep=keep):
+            if verbose and not shown:
+                _print_memory(model, session)
+                shown = True
             out.write(piece)
             out.flush()
             if prof is not None and session.profiler is None and stats.n_generated >= 1:
@@ -103,11 +139,16 @@ def generate(model_path, prompt, prompt_file, n_predict, threads, ctx_size, batc
     except KeyboardInterrupt:
         out.write("\n")
         out.flush()
-        _print_timings(stats, n_threads)
+        _print_timings(stats, n_threads, session)
         sys.exit(130)
     out.write("\n")
     out.flush()
-    _print_timings(stats, n_threads)
+    if verbose and not shown:
+        _print_memory(model, session)
+    if stats.stop_reason == "context":
+        click.echo(f"context full ({session.n_ctx} tokens): generation stopped "
+                   f"(--context-shift goes on past it, or raise --ctx-size)", err=True)
+    _print_timings(stats, n_threads, session)
     if prof is not None and prof.calls:
         prof.tokens = prof.calls.get("matmul.lm_head", 0)
         # decode wall time over the profiled tokens (gen_seconds spans n_generated - 1 evals)
@@ -136,10 +177,12 @@ def generate(model_path, prompt, prompt_file, n_predict, threads, ctx_size, batc
 @click.option("-r", "--reverse-prompt", "stop", multiple=True)
 @click.option("--dtype", type=click.Choice(["int8", "float32"]), default="int8",
               show_default=True)
+@_kv_options(-1, "-1 = the system prompt.")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 @handle_errors
 def chat(model_path, system, chat_template, n_predict, threads, ctx_size, batch_size, temp,
-         top_k, top_p, min_p, repeat_penalty, repeat_last_n, seed, stop, dtype, debug):
+         top_k, top_p, min_p, repeat_penalty, repeat_last_n, seed, stop, dtype, kv_type, keep,
+         context_shift, debug):
     """Interactive chat with the model's chat template; /reset clears, /exit or Ctrl-D ends.
     Reads one user turn per line when stdin is not a terminal."""
     from .chat import run_chat
@@ -154,7 +197,8 @@ def chat(model_path, system, chat_template, n_predict, threads, ctx_size, batch_
                       template=chat_template, max_tokens=None if n_predict < 0 else n_predict,
                       temperature=temp, top_k=top_k, top_p=top_p, min_p=min_p,
                       repeat_penalty=repeat_penalty, repeat_last_n=repeat_last_n, seed=seed,
-                      stop=list(stop)))
+                      stop=list(stop), kv_type=kv_type, keep=keep,
+                      context_shift=context_shift))
 
 
 def _int_list(ctx, param, value):
@@ -169,6 +213,16 @@ def _int_list(ctx, param, value):
     return out
 
 
+def _kv_list(ctx, param, value):
+    from .cache import DEFAULT_KV_TYPE, KV_TYPES
+    out = [v.strip() for v in (value or DEFAULT_KV_TYPE).split(",") if v.strip()]
+    bad = [v for v in out if v not in KV_TYPES]
+    if bad:
+        raise click.BadParameter(f"unknown KV type(s) {', '.join(bad)} (choose from "
+                                 f"{', '.join(KV_TYPES)})")
+    return out
+
+
 @main.command()
 @click.option("-m", "--model", "model_path", default=None, help="Model (as for generate).")
 @click.option("-p", "--n-prompt", default="512", callback=_int_list, show_default=True,
@@ -177,6 +231,10 @@ def _int_list(ctx, param, value):
               help="Generation lengths (comma list): tgN tests.")
 @click.option("-t", "--threads", default=None, callback=_int_list,
               help="Thread counts (comma list; default: all cores).")
+@click.option("-d", "--n-depth", default="0", callback=_int_list, show_default=True,
+              help="Context depths (comma list): tokens already in the KV cache.")
+@click.option("--kv-type", "kv_types", default=None, callback=_kv_list,
+              help="KV cache types (comma list of f32, f16, int8; default: the default).")
 @click.option("-b", "--batch-size", default=512, show_default=True, type=int)
 @click.option("-r", "--repetitions", default=5, show_default=True, type=int)
 @click.option("-o", "--output", type=click.Choice(["md", "json"]), default="md",
@@ -186,17 +244,17 @@ def _int_list(ctx, param, value):
               show_default=True)
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 @handle_errors
-def bench(model_path, n_prompt, n_gen, threads, batch_size, repetitions, output, profile,
-          dtype, debug):
+def bench(model_path, n_prompt, n_gen, n_depth, kv_types, threads, batch_size, repetitions,
+          output, profile, dtype, debug):
     """llama-bench-style ppN / tgN throughput (mean ± stddev over -r runs)."""
     import json
 
     from .bench import markdown, run_bench
     if repetitions < 1:
         raise EdgeropeError(f"--repetitions must be >= 1, got {repetitions}")
-    model = _load(model_path, dtype)
+    model = _load(model_path, dtype, tokenizer=False)  # bench feeds token ids, no text
     records, profiles = run_bench(model, n_prompt, n_gen, threads or [None], repetitions,
-                                  batch_size, profile)
+                                  batch_size, profile, depths=n_depth, kv_types=kv_types)
     if output == "json":
         click.echo(json.dumps(records, indent=2))
     else:
@@ -207,9 +265,9 @@ def bench(model_path, n_prompt, n_gen, threads, batch_size, repetitions, output,
         click.echo(f"\nprofile {test}, {th} threads:\n{prof.table()}", err=output == "json")
 
 
-def _load(spec, dtype):
+def _load(spec, dtype, tokenizer=True):
     from .registry import load_any
-    return load_any(spec, dtype=dtype)
+    return load_any(spec, dtype=dtype, tokenizer=tokenizer)
 
 
 @main.command()
@@ -218,15 +276,16 @@ def _load(spec, dtype):
               help="Context size for the memory estimate.")
 @click.option("--dtype", type=click.Choice(["int8", "float32"]), default="int8",
               show_default=True)
+@click.option("--kv-type", default=None, help="KV cache type of the memory estimate.")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 @handle_errors
-def info(model_path, ctx_size, dtype, debug):
+def info(model_path, ctx_size, dtype, kv_type, debug):
     """Architecture, parameters, RoPE, quantization, file size and RAM of a model."""
     from .info import describe
     if ctx_size <= 0:
         raise EdgeropeError(f"--ctx-size must be positive, got {ctx_size}")
     model = _load(model_path, dtype)
-    rows = describe(model, n_ctx=ctx_size)
+    rows = describe(model, n_ctx=ctx_size, kv_type=_kv_list(None, None, kv_type)[0])
     width = max(len(k) for k, _ in rows)
     for k, v in rows:
         click.echo(f"{k:<{width}}  {v}")
@@ -285,11 +344,18 @@ def perplexity(model_path, text_file, ctx_size, batch_size, chunks, threads, dty
     click.echo(f"Final estimate: PPL = {r.ppl:.4f} +/- {r.ppl_stderr:.5f}")
 
 
-def _print_timings(stats, n_threads):
+def _print_timings(stats, n_threads, session=None):
+    shifted = f" | context shifted: {session.n_shifted} tokens dropped" \
+        if session is not None and session.n_shifted else ""
     click.echo(f"prompt: {stats.n_prompt} tokens, {stats.prompt_tps:.1f} tok/s | "
                f"generation: {stats.n_generated} tokens, {stats.gen_tps:.1f} tok/s | "
-               f"first token: {stats.first_token_seconds:.2f} s | threads: {n_threads}",
-               err=True)
+               f"first token: {stats.first_token_seconds:.2f} s | threads: {n_threads}"
+               f"{shifted}", err=True)
+
+
+def _print_memory(model, session):
+    click.echo(f"weights: {model.dtype}, {model.weights.nbytes / 2**20:.1f} MiB | "
+               f"{session.cache.describe()}", err=True)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -7,9 +7,11 @@ edgerope.sampler, incremental UTF-8-safe detokenization in edgerope.tokenizer.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+import warnings
+from dataclasses import dataclass, field
 
-from .errors import EdgeropeError
+from .cache import DEFAULT_KV_TYPE
+from .errors import ContextFullError, EdgeropeError
 from .sampler import Sampler, SamplingParams
 
 
@@ -22,6 +24,7 @@ class GenerationStats:
     gen_seconds: float = 0.0
     first_token_seconds: float = 0.0   # from the call to the first generated token
     stop_reason: str = ""              # "length" | "eos" | "stop" | "context"
+    token_ids: list = field(default_factory=list)  # the generated ids (an end token excluded)
 
     @property
     def prompt_tps(self) -> float:
@@ -68,11 +71,17 @@ class _StopMatcher:
 def generate(model, prompt, max_tokens: int = 128, temperature: float = 0.8, top_k: int = 40,
              top_p: float = 0.95, min_p: float = 0.05, repeat_penalty: float = 1.0,
              repeat_last_n: int = 64, seed: int | None = None, stop=None, add_bos: bool = True,
-             n_ctx: int | None = None, session=None, stats: GenerationStats | None = None):
+             n_ctx: int | None = None, session=None, stats: GenerationStats | None = None,
+             context_shift: bool = True, keep: int = 4, kv_type: str = DEFAULT_KV_TYPE):
     """Yield text pieces of the continuation of `prompt` (a string or a list of token ids).
 
     Greedy when temperature <= 0. Same seed and options -> same text. Stops at `max_tokens`,
-    an end-of-sequence token, a stop string (not emitted), or a full context.
+    an end-of-sequence token or a stop string (not emitted). A full context shifts (drops the
+    oldest tokens after the first `keep`, see edgerope.model.Session) when `context_shift`,
+    else stops generation (stop_reason "context"). `keep` = -1 keeps the whole prompt.
+    A prompt longer than the context streams through it with context shift; without, it is
+    cut from the left (its first `keep` tokens stay) with a warning. `session` (optional)
+    brings its own n_ctx / kv_type / context_shift; `keep` -1 then applies to it if empty.
     """
     t_start = time.perf_counter()
     tok = model.tokenizer
@@ -93,10 +102,20 @@ def generate(model, prompt, max_tokens: int = 128, temperature: float = 0.8, top
             raise EdgeropeError("empty prompt and the model has no BOS token to start from")
         ids = [bos]
     stats = stats if stats is not None else GenerationStats()
-    sess = session or model.new_session(n_ctx=n_ctx)
-    if len(ids) > sess.n_ctx - sess.pos:
-        raise EdgeropeError(f"prompt of {len(ids)} tokens does not fit in the context "
-                            f"({sess.n_ctx - sess.pos} free; raise --ctx-size)")
+    if keep < -1:
+        raise EdgeropeError(f"keep must be >= 0, or -1 for the whole prompt; got {keep}")
+    sess = session
+    if sess is None:
+        n_ctx = n_ctx or model.default_ctx()
+        sess = model.new_session(n_ctx=n_ctx, kv_type=kv_type, context_shift=context_shift,
+                                 n_keep=min(max(keep, 0), n_ctx - 1))
+    if keep == -1 and sess.pos == 0:
+        want = min(len(ids), sess.n_ctx // 2)
+        if want < len(ids):
+            warnings.warn(f"--keep -1: the prompt has {len(ids)} tokens; keeping its first "
+                          f"{want} (half the context) when the context shifts", stacklevel=2)
+        sess.set_keep(want)
+    ids = _fit_prompt(ids, sess, max_tokens)
     stats.n_prompt = len(ids)
     if max_tokens == 0:
         stats.stop_reason = "length"
@@ -106,6 +125,22 @@ def generate(model, prompt, max_tokens: int = 128, temperature: float = 0.8, top
     stats.prompt_seconds = time.perf_counter() - t_start
     yield from sample_tokens(model, sess, logits, sampler, max_tokens=max_tokens, stop=stop,
                              stats=stats, t_start=t_start, shown=ids)
+
+
+def _fit_prompt(ids, sess, max_tokens):
+    """The prompt, cut from the left if it cannot fit and the session cannot shift."""
+    free = sess.n_ctx - sess.pos
+    if len(ids) <= free or sess.context_shift:
+        return ids
+    keep = min(sess.n_keep, len(ids)) if sess.pos == 0 else 0
+    room = max(1, min(max_tokens, free // 2))  # left for the reply
+    tail = free - room - keep
+    if tail < 1:
+        raise ContextFullError(f"prompt of {len(ids)} tokens: the context has {free} tokens "
+                               f"free (raise --ctx-size, or allow --context-shift)")
+    warnings.warn(f"prompt of {len(ids)} tokens does not fit the context of {sess.n_ctx}: "
+                  f"keeping its first {keep} and last {tail} tokens", stacklevel=3)
+    return ids[:keep] + ids[len(ids) - tail:]
 
 
 def sample_tokens(model, session, logits, sampler: Sampler, max_tokens: int | None = None,
@@ -118,7 +153,7 @@ def sample_tokens(model, session, logits, sampler: Sampler, max_tokens: int | No
     end-of-sequence token, a stop string (not emitted) or a full context; the last sampled
     token is not evaluated. `shown` = ids whose text is already on screen (stream context, so
     that a leading "▁word" streams as " word"). Fills `stats` from n_generated on; times count
-    from `t_start` (default: now).
+    from `t_start` (default: now). A session with context shift never fills up.
     """
     t_start = time.perf_counter() if t_start is None else t_start
     stats = stats if stats is not None else GenerationStats()
@@ -142,6 +177,7 @@ def sample_tokens(model, session, logits, sampler: Sampler, max_tokens: int | No
             stats.stop_reason = "eos"
             break
         stats.n_generated += 1
+        stats.token_ids.append(token)
         history.append(token)
         if stream is not None:
             text, stopped = stopper.feed(stream.push(token))
@@ -153,7 +189,7 @@ def sample_tokens(model, session, logits, sampler: Sampler, max_tokens: int | No
         if max_tokens is not None and stats.n_generated >= max_tokens:
             stats.stop_reason = "length"
             break
-        if sess.pos >= sess.n_ctx:
+        if sess.pos >= sess.n_ctx and not sess.context_shift:
             stats.stop_reason = "context"
             break
         logits = sess.eval([token])

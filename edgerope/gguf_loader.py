@@ -5,10 +5,11 @@ The metadata is translated into a Hugging Face-style config dict, so one parser
 than stores is filled in here (Gemma 3: local RoPE base 10000, sliding pattern 6, attention
 scale 1/sqrt(head_dim); norm weights stored as 1 + w).
 
-Tensors: Q8_0 becomes edgerope int8 blocks bit for bit (its float16 scales are exact in
-float32); every other type `gguf.quants` can read is dequantized and requantized to int8 (or
-kept float32). llama-architecture Q/K rows, permuted by llama.cpp's converter into the
-interleaved RoPE layout, are permuted back so every model uses one (Hugging Face) layout.
+Tensors: Q8_0 becomes edgerope int8 blocks bit for bit (edgerope keeps fp16 scales too; they
+pass through float32 exactly); every other type `gguf.quants` can read is dequantized and
+requantized to int8 (or kept float32). llama-architecture Q/K rows, permuted by llama.cpp's
+converter into the interleaved RoPE layout, are permuted back so every model uses one
+(Hugging Face) layout.
 """
 from __future__ import annotations
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import os
 
+from .cache import DEFAULT_KV_TYPE, KV_TYPES, kv_bytes
+
 
 _MB = 1024 * 1024
 
@@ -22,12 +24,6 @@ def parameter_count(model) -> int:
     return n + sum(x.weight.size for x in norms if x is not None)
 
 
-def kv_cache_bytes(cfg, n_ctx: int) -> int:
-    per_slot = 2 * cfg.kv_dim * 4 + 8
-    return sum((min(cfg.window(i), n_ctx) if cfg.window(i) else n_ctx) * per_slot
-               for i in range(cfg.num_hidden_layers))
-
-
 def activation_bytes(cfg, n_ctx: int, n_batch: int = 512) -> int:
     """Float32 buffers of a session (edgerope.model._Buffers), int8 activation copies, the
     attention scratch and the last-token logits."""
@@ -39,9 +35,10 @@ def activation_bytes(cfg, n_ctx: int, n_batch: int = 512) -> int:
     return 4 * (B * per_row + cfg.vocab_size + 16 * (n_ctx + B)) + quantized
 
 
-def memory_estimate(model, n_ctx: int, n_batch: int = 512) -> dict:
+def memory_estimate(model, n_ctx: int, n_batch: int = 512, kv_type: str = DEFAULT_KV_TYPE,
+                    n_keep: int = 4) -> dict:
     w = model.weights.nbytes
-    kv = kv_cache_bytes(model.config, n_ctx)
+    kv = kv_bytes(model.config, n_ctx, kv_type, n_keep)
     act = activation_bytes(model.config, n_ctx, n_batch)
     return {"weights": w, "kv_cache": kv, "activations": act, "total": w + kv + act}
 
@@ -54,14 +51,15 @@ def file_size(path) -> int:
     return sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(path) for f in fs)
 
 
-def describe(model, n_ctx: int = 4096) -> list[tuple[str, str]]:
+def describe(model, n_ctx: int = 4096, kv_type: str = DEFAULT_KV_TYPE) -> list[tuple[str, str]]:
     """(label, value) rows for `edgerope info`."""
     cfg = model.config
     rows = [("path", str(model.path)), ("architecture", cfg.model_type),
             ("parameters", f"{parameter_count(model) / 1e6:.1f} M"),
             ("file size", f"{file_size(model.path) / _MB:.1f} MiB"),
             ("weights in memory", f"{model.dtype}, {model.weights.nbytes / _MB:.1f} MiB"
-             + (" (int8 blocks of 32, one float32 scale each)" if model.dtype == "int8" else "")),
+             + (" (int8 blocks of 32, one float16 scale each: 8.5 bits a weight)"
+                if model.dtype == "int8" else "")),
             ("layers", str(cfg.num_hidden_layers)), ("hidden size", str(cfg.hidden_size)),
             ("attention heads", f"{cfg.num_attention_heads} query / {cfg.num_key_value_heads} "
                                 f"key-value (GQA {cfg.gqa_ratio}:1), head dim {cfg.head_dim}"),
@@ -80,10 +78,14 @@ def describe(model, n_ctx: int = 4096) -> list[tuple[str, str]]:
                      f"theta {s.theta:g}, {scaling}"
                      + (f", attention factor {s.attention_factor:.4g}"
                         if s.attention_factor != 1.0 else "")))
-    mem = memory_estimate(model, n_ctx)
+    mem = memory_estimate(model, n_ctx, kv_type=kv_type)
     rows.append((f"RAM at context {n_ctx}",
                  f"{mem['total'] / _MB:.1f} MiB (weights {mem['weights'] / _MB:.1f} + KV cache "
-                 f"{mem['kv_cache'] / _MB:.1f} + buffers {mem['activations'] / _MB:.1f})"))
+                 f"{kv_type} {mem['kv_cache'] / _MB:.1f} + buffers "
+                 f"{mem['activations'] / _MB:.1f})"))
+    rows.append((f"KV cache at context {n_ctx}",
+                 ", ".join(f"{t} {kv_bytes(cfg, n_ctx, t, 4) / _MB:.1f} MiB" for t in KV_TYPES)
+                 + " (4 sinks)"))
     if model.tokenizer is not None:
         rows.append(("tokenizer", type(model.tokenizer).__name__))
     return rows

@@ -5,11 +5,11 @@ A weight W (N outputs, K inputs) is held in one of two formats:
 - ``float32``: ``w`` (N, K) float32 — the exactness path.
 - ``int8``: the Q8_0 block layout. Logically ``wq`` (N, K) int8 and ``ws`` (N, ceil(K/32))
   float32; block b of row n covers columns [32b, min(32b+32, K)) and
-  W[n, c] = wq[n, c] * ws[n, c // 32]. Symmetric, one scale per 32 inputs, so a GGUF Q8_0
-  tensor maps onto it without loss (its float16 scales are exact in float32). In memory it is
+  W[n, c] = wq[n, c] * ws[n, c // 32]. Symmetric, one scale per 32 inputs. In memory it is
   held packed for integer dot products (``wp``, ``wsp``: 16 rows interleaved per 32-column
-  block, see edgerope.kernels.q8dot), and activations are quantized to int8 blocks once per
-  matmul input (`Activations`), as llama.cpp does for Q8_0.
+  block, scales rounded to fp16, see edgerope.kernels.q8dot): exactly llama.cpp's Q8_0, 8.5
+  bits a weight, so a GGUF Q8_0 tensor maps onto it without loss. Activations are quantized
+  to int8 blocks once per matmul input (`Activations`), as llama.cpp does for Q8_0.
 
 Quantization reads the source in row chunks, so a float32 copy of a large tensor (or of the
 whole model) never exists at once. Owns: the formats, quantize/concatenate/dequantize, matmul
@@ -53,7 +53,8 @@ class Linear:
     __slots__ = ("w", "wp", "wsp", "bias", "out_features", "in_features")
 
     def __init__(self, *, w=None, wq=None, ws=None, wp=None, wsp=None, shape=None, bias=None):
-        """float32 `w`; or int8 as (wq, ws), packed here; or already packed (wp, wsp, shape)."""
+        """float32 `w`; or int8 as (wq, ws), packed here (ws rounded to fp16; ScaleRangeError
+        beyond its range); or already packed (wp, wsp uint16 fp16 bits, shape)."""
         self.w, self.wp, self.wsp = w, wp, wsp
         if w is not None:
             self.out_features, self.in_features = w.shape
@@ -74,7 +75,8 @@ class Linear:
         return sum(a.nbytes for a in arrays) + (0 if self.bias is None else self.bias.nbytes)
 
     def q8(self):
-        """(wq, ws) of an int8 matrix, unpacked (for conversion and tests)."""
+        """(wq, ws) of an int8 matrix, unpacked (for conversion and tests); ws float32 holding
+        the fp16 scales exactly."""
         return K.unpack_q8(self.wp, self.wsp, self.out_features, self.in_features)
 
     @classmethod

@@ -17,7 +17,8 @@ import threading
 import numpy as np
 
 from . import kernels as K
-from .cache import KVCache
+from .cache import DEFAULT_KV_TYPE, KVCache
+from .kernels.kvstore import partners
 from .checkpoint import ModelWeights, Norm
 from .config import ModelConfig
 from .errors import ConfigError
@@ -62,8 +63,16 @@ class Model:
                 self._tables[key] = (cos, sin, ia.astype(np.int64), ib.astype(np.int64))
             return self._tables[key]
 
-    def new_session(self, n_ctx: int | None = None, n_batch: int = 512) -> "Session":
-        return Session(self, n_ctx or min(self.config.max_position_embeddings, 4096), n_batch)
+    def default_ctx(self) -> int:
+        """The default context: the model's trained length, at most 4096."""
+        return min(self.config.max_position_embeddings, 4096)
+
+    def new_session(self, n_ctx: int | None = None, n_batch: int = 512, *,
+                    kv_type: str = DEFAULT_KV_TYPE, n_keep: int = 4,
+                    context_shift: bool = False) -> "Session":
+        """A fresh sequence; see `Session` for the options."""
+        return Session(self, n_ctx or self.default_ctx(), n_batch,
+                       kv_type=kv_type, n_keep=n_keep, context_shift=context_shift)
 
     def logits(self, ids) -> np.ndarray:
         """Logits (len(ids), vocab) of a fresh causal forward at positions 0..n-1."""
@@ -104,17 +113,34 @@ class _Buffers:
 
 
 class Session:
-    """One sequence being evaluated: KV cache, next position, token history, buffers."""
+    """One sequence being evaluated: KV cache, next position, token history, buffers.
 
-    def __init__(self, model: Model, n_ctx: int, n_batch: int = 512):
+    `kv_type`: "f32", "f16" or "int8" KV cache elements (edgerope.cache). `context_shift`:
+    when a chunk does not fit in `n_ctx`, drop the oldest tokens after the first `n_keep`
+    (attention sinks) and renumber the rest (StreamingLLM; edgerope.cache explains how), so
+    evaluation never runs out of room; without it eval() raises ContextFullError. `tokens`
+    is what the cache holds, in position order (after a shift: the sinks, then the recent
+    tokens), so `pos == len(tokens)` always; `n_shifted` counts the tokens dropped."""
+
+    def __init__(self, model: Model, n_ctx: int, n_batch: int = 512, *,
+                 kv_type: str = DEFAULT_KV_TYPE, n_keep: int = 4, context_shift: bool = False):
         if n_ctx <= 0 or n_batch <= 0:
             raise ValueError("n_ctx and n_batch must be positive")
+        if n_keep < 0 or (context_shift and n_keep >= n_ctx):
+            raise ValueError(f"n_keep must be in [0, {n_ctx}) for a context of {n_ctx}, "
+                             f"got {n_keep}")
         self.model, self.n_ctx, self.n_batch = model, n_ctx, min(n_batch, n_ctx)
+        self.n_keep, self.context_shift, self.n_shifted = n_keep, context_shift, 0
         cfg = model.config
-        self.cache = KVCache(cfg, n_ctx)
+        # sinks keep their slots only when a shift can happen (no shift: a plain ring)
+        self.cache = KVCache(cfg, n_ctx, kv_type, sinks=n_keep if context_shift else 0)
+        # with context shift a chunk must fit beside the sinks
+        self._step = max(1, min(self.n_batch, n_ctx - n_keep)) if context_shift else self.n_batch
         self.buf = _Buffers(cfg, self.n_batch, self.cache.max_capacity + self.n_batch)
         self.tokens: list[int] = []
         self._rope = {t: model.rope_table(t, n_ctx) for t in set(cfg.layer_types)}
+        self._partner = {t: partners(cfg.head_dim, ia, ib)
+                         for t, (_, _, ia, ib) in self._rope.items()}
         self.profiler = None  # an edgerope.profile.Profiler times every kernel call
 
     def _run(self):
@@ -127,6 +153,43 @@ class Session:
     def reset(self) -> None:
         self.tokens.clear()
         self.cache.clear()
+        self.n_shifted = 0
+
+    def set_keep(self, n_keep: int) -> None:
+        """Change the number of attention sinks of an empty session (re-allocates the cache
+        when the sinks' slots change; generate() uses it for --keep -1 = the whole prompt)."""
+        if self.pos:
+            raise ValueError("set_keep: the session already holds tokens")
+        if n_keep < 0 or (self.context_shift and n_keep >= self.n_ctx):
+            raise ValueError(f"n_keep must be in [0, {self.n_ctx}), got {n_keep}")
+        if n_keep != self.n_keep:
+            self.n_keep = n_keep
+            if self.context_shift:
+                cache = self.cache
+                self.cache = None  # drop the old buffers before allocating the new ones
+                self.cache = KVCache(self.model.config, self.n_ctx, cache.kv_type, n_keep)
+                self._step = max(1, min(self.n_batch, self.n_ctx - n_keep))
+                if self.cache.max_capacity > cache.max_capacity:
+                    self.buf.scratch = np.zeros((_ATT_CHUNKS, self.cache.max_capacity
+                                                 + self.n_batch), np.float32)
+
+    def _make_room(self, T: int) -> None:
+        """Context shift before a chunk of T tokens that does not fit (see the class doc)."""
+        if self.pos + T <= self.n_ctx:
+            return
+        if not self.context_shift:
+            self.cache.check_room(self.pos + T)
+        keep = self.n_keep
+        n = min(max(self.pos + T - self.n_ctx, (self.pos - keep) // 2), self.pos - keep)
+        cfg = self.model.config
+        shifts = {}
+        for t, (_, _, ia, ib) in self._rope.items():
+            cos, sin = cfg.rope[t].shift(-n, seq_len=self.pos)
+            shifts[t] = (cos, sin, ia, ib)
+        for li, c in enumerate(self.cache.layers):
+            c.shift(keep, n, *shifts[cfg.layer_types[li]])
+        del self.tokens[keep:keep + n]
+        self.n_shifted += n
 
     def eval(self, ids, all_logits: bool = False, logits_from: int | None = None) -> np.ndarray:
         """Feed tokens; return logits of the last one (vocab,), or of all (len(ids), vocab),
@@ -142,18 +205,20 @@ class Session:
         vocab = self.model.config.vocab_size
         if ids.min() < 0 or ids.max() >= vocab:
             raise ValueError(f"token id out of range [0, {vocab})")
-        self.cache.check_room(self.pos + len(ids))
+        if not self.context_shift:
+            self.cache.check_room(self.pos + len(ids))
         if all_logits:
             logits_from = 0
+        step = self._step
         if logits_from is None:
-            for s in range(0, len(ids), self.n_batch):
-                last = self._forward(ids[s:s + self.n_batch], None, 0)
+            for s in range(0, len(ids), step):
+                last = self._forward(ids[s:s + step], None, 0)
             return last
         if not 0 <= logits_from < len(ids):
             raise ValueError(f"logits_from must be in [0, {len(ids)}), got {logits_from}")
         out = np.empty((len(ids) - logits_from, vocab), np.float32)
-        for s in range(0, len(ids), self.n_batch):
-            chunk = ids[s:s + self.n_batch]
+        for s in range(0, len(ids), step):
+            chunk = ids[s:s + step]
             r0 = max(0, logits_from - s)  # first row of this chunk whose logits are wanted
             dst = out[s + r0 - logits_from:s + len(chunk) - logits_from]
             self._forward(chunk, dst if r0 < len(chunk) else None, r0)
@@ -163,7 +228,9 @@ class Session:
         """Run one chunk. logits_out None: last-token logits into the session buffer (returned);
         otherwise logits of rows r0.. of the chunk into logits_out."""
         cfg, W, b = self.model.config, self.model.weights, self.buf
-        T, p0 = len(ids), self.pos
+        T = len(ids)
+        self._make_room(T)
+        p0 = self.pos
         Hq, Hkv, D = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
         qd, kvd = cfg.q_dim, cfg.kv_dim
         b.ids[:T] = ids
@@ -190,9 +257,9 @@ class Session:
             op("rope", K.rope_apply, q, rows, cos, sin, ia, ib)
             op("rope", K.rope_apply, k, rows, cos, sin, ia, ib)
             c = self.cache.layers[li]
-            op("attention", K.attention, att, q, c.k, c.v, c.pos, k, v, pos, cfg.attn_scale,
-               c.window or 0, cfg.attn_softcap or 0.0, b.scratch)
-            op("kv store", c.store, k, v, p0)
+            op("attention", K.attention, att, q, c.k, c.v, c.ks, c.vs, c.pos, k, v, pos,
+               cfg.attn_scale, c.window or 0, cfg.attn_softcap or 0.0, b.scratch)
+            op("kv store", c.store, k, v, pos, self._partner[cfg.layer_types[li]])
             op("matmul.o", lw.wo, o, att.reshape(T, qd), b.acts)
             if lw.post_attn_norm is not None:
                 op("norm", apply_norm, lw.post_attn_norm, o, o)

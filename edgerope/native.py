@@ -5,11 +5,15 @@
     tokenizer.model | tokenizer.json, tokenizer_config.json (chat template, bos/eos)
 
 Matmul weights are stored exactly as they are held in memory: int8 in the packed Q8 layout
-(`<name>.wp` uint8 (G, nb, 512) and `<name>.wsp` float32 (G, nb, 16), see
-edgerope.kernels.q8dot; logical shapes in the metadata) or float32 `<name>.w`, so loading is a
-memory map: no dequantization, no requantization, no repacking, resident memory only for the
-pages touched. Norms keep
-their kind (Gemma GGUF norms are stored as 1 + w), biases and norm weights are float32.
+(`<name>.wp` uint8 (G, nb, 512) and `<name>.wsp` F16 (G, nb, 16), the fp16 block scales,
+held in memory as their uint16 bit patterns; 8.5 bits a weight, see edgerope.kernels.q8dot;
+logical shapes in the metadata) or float32 `<name>.w`, so loading is a memory map: no
+dequantization, no requantization, no repacking, resident memory only for the pages touched.
+Norms keep their kind (Gemma GGUF norms are stored as 1 + w), biases and norm weights are
+float32.
+
+Format versions: 3 = fp16 scales; 2 (float32 scales, 9 bits a weight) is refused with a
+message to convert again (the registry's conversion cache does that by itself).
 
 Writing is atomic: everything goes to a temporary sibling directory that is renamed into
 place at the end, so an interrupted conversion never leaves a directory that loads.
@@ -25,11 +29,13 @@ import numpy as np
 
 from .checkpoint import LayerWeights, ModelWeights, Norm
 from .errors import WeightsError
+from .kernels import ScaleRangeError
+from .kernels.q8dot import aligned_copy
 from .linear import Linear
-from .safetensors_mmap import Checkpoint
+from .safetensors_mmap import Checkpoint, write_aligned
 
 FORMAT = "edgerope"
-VERSION = 2
+VERSION = 3
 _LAYER_LINEARS = ("wqkv", "wo", "w_in", "w_down")
 _LAYER_NORMS = ("attn_norm", "ffn_norm", "q_norm", "k_norm", "post_attn_norm", "post_ffn_norm")
 
@@ -50,7 +56,7 @@ def _put_linear(out: dict, shapes: dict, name: str, lin: Linear) -> None:
         out[name + ".w"] = np.ascontiguousarray(lin.w)
     else:
         out[name + ".wp"] = np.ascontiguousarray(lin.wp)
-        out[name + ".wsp"] = np.ascontiguousarray(lin.wsp)
+        out[name + ".wsp"] = np.ascontiguousarray(lin.wsp).view(np.float16)  # F16, bit for bit
     if lin.bias is not None:
         out[name + ".bias"] = lin.bias
 
@@ -65,8 +71,6 @@ def _put_norm(out: dict, kinds: dict, name: str, n: Norm | None) -> None:
 
 def save_native(model, dst: str, overwrite: bool = False) -> str:
     """Write `model` (any loaded Model) as an edgerope directory at `dst`, atomically."""
-    from safetensors.numpy import save_file
-
     dst = os.path.abspath(dst)
     if os.path.exists(dst) and not overwrite:
         raise WeightsError(f"{dst}: already exists (use --overwrite to replace it)")
@@ -88,7 +92,7 @@ def save_native(model, dst: str, overwrite: bool = False) -> str:
                                 "norms": kinds, "shapes": shapes})}
     tmp = tempfile.mkdtemp(prefix=".tmp-" + os.path.basename(dst) + "-", dir=parent)
     try:
-        save_file(tensors, os.path.join(tmp, "model.safetensors"), metadata=meta)
+        write_aligned(os.path.join(tmp, "model.safetensors"), tensors, meta)
         with open(os.path.join(tmp, "config.json"), "w", encoding="utf-8") as f:
             json.dump(model.config_dict, f, indent=2)
         if model.tokenizer is not None:
@@ -109,12 +113,14 @@ def load_native(ck: Checkpoint, cfg, dtype: str) -> ModelWeights:
     path = ck.dir
     try:
         meta = json.loads(ck.metadata[FORMAT])
-        if meta.get("version") != VERSION:
-            raise WeightsError(f"{path}: edgerope format version {meta.get('version')} is not "
-                               f"supported (expected {VERSION})")
+        version = meta.get("version")
         kinds, shapes = meta["norms"], meta["shapes"]
-    except (KeyError, ValueError, TypeError):
+    except (KeyError, ValueError, TypeError, AttributeError):
         raise WeightsError(f"{path}: malformed edgerope metadata") from None
+    if version != VERSION:
+        age = "an older" if isinstance(version, int) and version < VERSION else "another"
+        raise WeightsError(f"{path}: written by {age} edgerope (format version {version}, this "
+                           f"one reads {VERSION}); convert the original model again (edgerope convert)")
     stored = meta.get("dtype")
     if dtype == "float32" and stored != "float32":
         raise WeightsError(f"{path}: holds {stored} weights, not float32 "
@@ -125,11 +131,21 @@ def load_native(ck: Checkpoint, cfg, dtype: str) -> ModelWeights:
         if name + ".wp" in ck:
             if name not in shapes:
                 raise WeightsError(f"{path}: no shape recorded for tensor '{name}'")
-            return Linear(wp=ck.raw(name + ".wp"), wsp=ck.raw(name + ".wsp"),
+            if (ck.dtype(name + ".wp") != "U8" or name + ".wsp" not in ck
+                    or ck.dtype(name + ".wsp") != "F16"):
+                raise WeightsError(f"{path}: tensors '{name}.wp', '{name}.wsp' must be U8 "
+                                   f"and F16")
+            wp = ck.raw(name + ".wp")
+            if wp.ctypes.data % 64:  # written by another tool: 64-byte loads need alignment
+                wp = aligned_copy(wp)
+            return Linear(wp=wp, wsp=ck.raw(name + ".wsp").view(np.uint16),
                           shape=tuple(shapes[name]), bias=bias)
         if name + ".w" in ck:
             if dtype == "int8":
-                return Linear.from_float(ck.raw(name + ".w"), "int8", bias)
+                try:
+                    return Linear.from_float(ck.raw(name + ".w"), "int8", bias)
+                except ScaleRangeError as e:
+                    raise WeightsError(f"{path}: tensor '{name}.w': {e}") from None
             return Linear(w=ck.raw(name + ".w"), bias=bias)
         raise WeightsError(f"{path}: tensor '{name}' is missing")
 

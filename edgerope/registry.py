@@ -113,14 +113,17 @@ def _verified(path: str, e: dict) -> bool:
     return True
 
 
-def load_named(name: str, dtype: str = "int8"):
-    """Load a registry model through its converted copy, converting on first use."""
+def load_named(name: str, dtype: str = "int8", tokenizer: bool = True):
+    """Load a registry model through its converted copy, converting on first use.
+
+    tokenizer=False skips loading the vocabulary (bench needs none); a first-use conversion
+    still writes it into the converted copy."""
     from .loading import load
     from .native import save_native
     cached = os.path.join(weights_dir(), f"{name}-{dtype}")
     if os.path.isdir(cached):
         try:
-            return load(cached, dtype=dtype)
+            return load(cached, dtype=dtype, tokenizer=tokenizer)
         except EdgeropeError:
             pass  # incomplete, or written by another edgerope version: convert again
     model = load(locate(name), dtype=dtype)
@@ -132,11 +135,11 @@ def load_named(name: str, dtype: str = "int8"):
     return model
 
 
-def load_any(spec: str | None, dtype: str = "int8"):
+def load_any(spec: str | None, dtype: str = "int8", tokenizer: bool = True):
     """A path (directory or GGUF file) or a registry name; None = the default model."""
     from .loading import load
     if spec is None:
         spec = default_model()
     if os.path.exists(spec) or not is_registered(spec):
-        return load(spec, dtype=dtype)
-    return load_named(spec, dtype)
+        return load(spec, dtype=dtype, tokenizer=tokenizer)
+    return load_named(spec, dtype, tokenizer)

@@ -5,7 +5,12 @@ The format is an 8-byte little-endian header length, a JSON header
 (rather than through `safetensors.safe_open`) gives zero-copy numpy views on a memory map and
 bfloat16 support without torch. Every offset is validated against the file size before use.
 
-Owns: file discovery in a model directory, header validation, typed views, float32 conversion.
+`write_aligned` writes the format with every tensor that needs it 64-byte aligned in the file
+(so in the memory map): the header is padded with spaces (allowed by the format) and the
+tensors are laid out biggest alignment first, with no holes (the format forbids them).
+
+Owns: file discovery in a model directory, header validation, typed views, float32 conversion,
+aligned writing.
 Does not own: tensor naming (edgerope.checkpoint) or quantization (edgerope.linear).
 """
 from __future__ import annotations
@@ -23,6 +28,34 @@ _DTYPES = {"F32": np.float32, "F16": np.float16, "BF16": np.uint16, "F64": np.fl
            "I8": np.int8, "U8": np.uint8, "I16": np.int16, "I32": np.int32, "I64": np.int64,
            "BOOL": np.bool_}
 _MAX_HEADER = 100 << 20
+
+
+_NAMES = {np.dtype(v): k for k, v in _DTYPES.items() if k != "BF16"}
+ALIGN = 64
+
+
+def write_aligned(path: str, tensors: dict, metadata: dict | None = None) -> None:
+    """Write numpy arrays as safetensors; the data starts 64-byte aligned and tensors whose
+    sizes are multiples of 64 bytes come first, so each of them stays aligned (the rest are
+    ordered by element size, keeping their natural alignment)."""
+    def key(item):
+        a = item[1]
+        return (a.nbytes % ALIGN != 0, -a.dtype.itemsize)
+    items = sorted(((k, np.ascontiguousarray(v)) for k, v in tensors.items()), key=key)
+    header, off = {}, 0
+    if metadata:
+        header["__metadata__"] = {str(k): str(v) for k, v in metadata.items()}
+    for name, a in items:
+        header[name] = {"dtype": _NAMES[a.dtype], "shape": list(a.shape),
+                        "data_offsets": [off, off + a.nbytes]}
+        off += a.nbytes
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-(8 + len(raw)) % ALIGN)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(raw)))
+        f.write(raw)
+        for _, a in items:
+            f.write(memoryview(a.reshape(-1).view(np.uint8)))
 
 
 class SafetensorsFile:

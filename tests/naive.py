@@ -172,15 +172,51 @@ def softmax_(x):
 
 # ----------------------------------------------------------------------------- packed int8 (q8dot)
 
+def fp32_to_fp16(x):
+    """uint16 fp16 bit patterns of float32 x as llama.cpp's GGML_FP32_TO_FP16 computes them
+    without F16C (the FP16 library's fp16_ieee_from_fp32_value), step by step in float32:
+    round to nearest even, subnormals exact, overflow to inf, nan to 0x7E00."""
+    f = np.asarray(x, np.float32)
+    with np.errstate(over="ignore"):
+        base = (np.abs(f) * np.float32(2.0 ** 112)) * np.float32(2.0 ** -110)
+    w = f.view(np.uint32)
+    shl1_w = w + w  # wraps: the sign bit drops out
+    sign = w & np.uint32(0x80000000)
+    bias = np.maximum(shl1_w & np.uint32(0xFF000000), np.uint32(0x71000000))
+    base = ((bias >> np.uint32(1)) + np.uint32(0x07800000)).view(np.float32) + base
+    bits = base.view(np.uint32)
+    nonsign = ((bits >> np.uint32(13)) & np.uint32(0x7C00)) + (bits & np.uint32(0x0FFF))
+    out = (sign >> np.uint32(16)) | np.where(shl1_w > np.uint32(0xFF000000), np.uint32(0x7E00),
+                                             nonsign)
+    return out.astype(np.uint16)
+
+
+def f16(ws):
+    """float32 scales as the packed format holds them: rounded to fp16, widened back."""
+    return fp32_to_fp16(ws).view(np.float16).astype(np.float32)
+
+
+def q8_0_blocks(w):
+    """llama.cpp's quantize_row_q8_0_ref: per 32 values the fp16 d (from the float32
+    d = amax / 127) and 32 int8 q = roundf(x * (1 / d)), 34 bytes; K a multiple of 32."""
+    wq, ws = quantize_q8(w)
+    n, k = wq.shape
+    out = np.empty((n, k // QK, 34), np.uint8)
+    out[:, :, :2] = fp32_to_fp16(ws).view(np.uint8).reshape(n, -1, 2)
+    out[:, :, 2:] = wq.view(np.uint8).reshape(n, -1, QK)
+    return out
+
+
 def pack_q8(wq, ws):
-    """(wp, wsp): rows in groups of 16, 512-byte blocks [k4 step][row][4 columns], bytes w+128."""
+    """(wp, wsp): rows in groups of 16, 512-byte blocks [k4 step][row][4 columns], bytes w+128;
+    scales as fp16 bit patterns (uint16), zero for padding rows."""
     n, k = wq.shape
     g, nb = -(-n // 16), -(-k // QK)
     w = np.zeros((g * 16, nb * QK), np.int16)
     w[:n, :k] = wq
     wp = (w + 128).astype(np.uint8).reshape(g, 16, nb, 8, 4).transpose(0, 2, 3, 1, 4)
-    s = np.zeros((g * 16, nb), np.float32)
-    s[:n] = ws
+    s = np.zeros((g * 16, nb), np.uint16)
+    s[:n] = fp32_to_fp16(ws)
     return wp.reshape(g, nb, 512), s.reshape(g, 16, nb).transpose(0, 2, 1)
 
 

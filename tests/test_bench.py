@@ -36,11 +36,25 @@ def test_bench_markdown_and_profile(tiny):
     r = CliRunner().invoke(main, ["bench", "-m", tiny, "-p", "8", "-n", "3", "-r", "1",
                                   "--profile"])
     assert r.exit_code == 0, r.output
-    assert "| model | size | params | dtype | threads | test | t/s |" in r.stdout
+    assert "| model | size | params | dtype | kv | threads | test | t/s |" in r.stdout
     assert "profile tg3" in r.stdout and "| matmul.lm_head |" in r.stdout
     assert "| attention |" in r.stdout and "| python overhead |" in r.stdout
+
+
+def test_bench_depth_and_kv_type_sweeps(tiny):
+    """-d evaluates context first (llama-bench's "@ dN" tests); --kv-type sweeps caches."""
+    r = CliRunner().invoke(main, ["bench", "-m", tiny, "-p", "8", "-n", "3", "-d", "0,20",
+                                  "--kv-type", "f32,int8", "-r", "1", "-o", "json"])
+    assert r.exit_code == 0, r.output
+    recs = json.loads(r.stdout)
+    assert [(x["kv_type"], x["test"], x["n_depth"]) for x in recs] == [
+        ("f32", "pp8", 0), ("f32", "tg3", 0), ("f32", "pp8 @ d20", 20),
+        ("f32", "tg3 @ d20", 20), ("int8", "pp8", 0), ("int8", "tg3", 0),
+        ("int8", "pp8 @ d20", 20), ("int8", "tg3 @ d20", 20)]
 
 
 def test_bench_rejects_bad_lists(tiny):
     r = CliRunner().invoke(main, ["bench", "-m", tiny, "-p", "12,x"])
     assert r.exit_code == 2 and "comma-separated" in r.output
+    r = CliRunner().invoke(main, ["bench", "-m", tiny, "--kv-type", "f32,q4"])
+    assert r.exit_code == 2 and "unknown KV type" in r.output

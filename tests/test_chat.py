@@ -66,7 +66,9 @@ def model(chat_dir):
     return edgerope.load(chat_dir, dtype="float32")
 
 
-GREEDY = dict(temperature=0, max_tokens=8, repeat_penalty=1.3)
+# float32 KV: cached turns then equal a fresh evaluation to float rounding (an f16 / int8 cache
+# rounds stored keys, a fresh prefill attends to its own keys unrounded)
+GREEDY = dict(temperature=0, max_tokens=8, repeat_penalty=1.3, kv_type="f32")
 
 
 def count_evals(session):
@@ -220,7 +222,7 @@ def fresh_replies(model, messages_per_turn, max_tokens=8, **kw):
         ids = chat.encode(chat.render(msgs))
         logits.append(model.logits(ids)[-1])
         out.append("".join(model.generate(ids, max_tokens=max_tokens, temperature=0,
-                                          repeat_penalty=1.3, **kw)))
+                                          repeat_penalty=1.3, kv_type="f32", **kw)))
     return out, logits
 
 
@@ -355,7 +357,8 @@ def test_interrupted_prefill_does_not_corrupt_the_cache(model):
 
 
 def test_full_context(model):
-    chat = Chat(model, n_ctx=40, temperature=0)  # no max_tokens: until the context is full
+    # no max_tokens, no context shift: until the context is full
+    chat = Chat(model, n_ctx=40, temperature=0, context_shift=False)
     reply = "".join(chat.send(TURNS[0]))
     assert chat.stats.stop_reason == "context" and chat.session.pos == 40 and reply
     assert chat.messages[-1]["content"] == reply
@@ -363,6 +366,25 @@ def test_full_context(model):
     with pytest.raises(ContextFullError, match="context full"):
         "".join(chat.send(TURNS[1]))
     assert len(chat.messages) == n and chat.session.pos == 40  # nothing lost, nothing added
+
+
+def test_chat_goes_on_past_the_context_keeping_the_system_prompt(model):
+    """With context shift (the default) a 40-token context carries a long conversation: old
+    turns fall out, the system prompt (keep=-1) stays in front as the sinks, the cached
+    history is reused (no re-prefill), and an unlimited reply stops at n_ctx tokens."""
+    chat = Chat(model, system="Be brief and kind.", n_ctx=40, temperature=0, max_tokens=6)
+    sess = chat.session
+    head = chat.encode(chat.render(chat.messages + [{"role": "user", "content": "Q"}]))
+    assert 0 < sess.n_keep <= 20 and sess.n_keep < len(head)
+    sinks = head[:sess.n_keep]
+    for i in range(6):
+        reply = "".join(chat.send(TURNS[i % len(TURNS)]))
+        assert chat.stats.stop_reason in ("length", "eos") and reply is not None
+        assert sess.pos <= 40 and sess.tokens[:sess.n_keep] == sinks
+    assert sess.n_shifted > 0 and chat.reprefills == 0
+    assert len(chat.messages) == 1 + 2 * 6
+    "".join(chat.send("more", max_tokens=None))
+    assert chat.stats.n_generated <= 40 and chat.stats.stop_reason in ("length", "eos")
 
 
 def test_seeded_chats_are_reproducible(model):
@@ -456,7 +478,8 @@ def test_run_chat_ctrl_c_at_prompt_exits(model):
 
 
 def test_run_chat_full_context_message(model):
-    code, out, err = run(model, f"{TURNS[0]}\n{TURNS[1]}\n", n_ctx=40, temperature=0)
+    code, out, err = run(model, f"{TURNS[0]}\n{TURNS[1]}\n", n_ctx=40, temperature=0,
+                         context_shift=False)
     lines = err.strip().splitlines()
     assert code == 0 and len(lines) == 2
     assert lines[0].startswith("context full (40 tokens)")

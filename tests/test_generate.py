@@ -98,7 +98,7 @@ def test_generation_stops_at_context(tiny_dir):
     path, _ = tiny_dir
     m = edgerope.load(path)
     stats = GenerationStats()
-    s = m.new_session(n_ctx=12)
+    s = m.new_session(n_ctx=12)  # sessions default to no context shift
     list(m.generate("The lighthouse", max_tokens=100, temperature=0, session=s, stats=stats))
     assert stats.stop_reason == "context" and s.pos == 12
 
@@ -120,6 +120,44 @@ def test_cli_generate(tiny_dir):
     p = r.invoke(main, ["generate", "-m", path, "-p", "The", "-n", "8", "--temp", "0",
                         "--profile"])
     assert p.exit_code == 0 and "| matmul.lm_head |" in p.stderr and "| sampling |" in p.stderr
+
+
+def test_cli_context_shift_keep_and_kv_type(tiny_dir):
+    """Past a 16-token context: with context shift (the default) generation goes on and the
+    timing line says how much was dropped; --no-context-shift stops with a message; -v
+    reports the KV cache; a prompt longer than the context streams through (shift) or is cut
+    from the left with a warning (no shift); --keep -1 keeps the whole prompt."""
+    path, _ = tiny_dir
+    r = CliRunner()
+    base = ["generate", "-m", path, "-c", "16", "--temp", "0", "-t", "1"]
+    on = r.invoke(main, base + ["-p", "The", "-n", "40", "-v", "--kv-type", "int8"])
+    assert on.exit_code == 0, on.output
+    assert "generation: 40 tokens" in on.stderr and "context shifted" in on.stderr
+    assert "KV cache int8:" in on.stderr and "4 sinks" in on.stderr
+    off = r.invoke(main, base + ["-p", "The", "-n", "40", "--no-context-shift"])
+    assert off.exit_code == 0 and "context full (16 tokens)" in off.stderr
+    assert "generation: 1" in off.stderr  # 16 - prompt tokens + the last sampled one
+    long = " ".join(["lighthouse keeper"] * 20)
+    a = r.invoke(main, base + ["-p", long, "-n", "5"])
+    assert a.exit_code == 0 and "generation: 5 tokens" in a.stderr
+    b = r.invoke(main, base + ["-p", long, "-n", "5", "--no-context-shift"])
+    assert b.exit_code == 0 and "warning: prompt of" in b.stderr, b.output
+    assert "generation: 5 tokens" in b.stderr
+    k = r.invoke(main, base + ["-p", "The lighthouse", "-n", "30", "--keep", "-1"])
+    assert k.exit_code == 0 and "context shifted" in k.stderr
+    bad = r.invoke(main, base + ["-p", "x", "--keep", "16"])
+    assert bad.exit_code == 1 and "--keep 16 must be smaller" in bad.stderr
+
+
+def test_generate_keep_whole_prompt_stays(tiny_dir):
+    path, _ = tiny_dir
+    m = edgerope.load(path)
+    prompt = m.tokenizer.encode("The lighthouse keeper", add_bos=True)
+    s = m.new_session(n_ctx=32, context_shift=True)
+    stats = GenerationStats()
+    list(m.generate(prompt, max_tokens=60, temperature=0, session=s, stats=stats, keep=-1))
+    assert s.n_keep == len(prompt) and s.tokens[:len(prompt)] == prompt
+    assert stats.n_generated == 60 and s.n_shifted > 0
 
 
 @pytest.mark.parametrize("args,msg", [

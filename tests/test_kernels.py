@@ -153,7 +153,7 @@ def test_thread_count_does_not_change_results():
         K.q8_gemm(outs[1], xt, wq, ws)
         K.f32_gemv(outs[2], x1, w)
         K.f32_gemm(outs[3], xt, w)
-        K.attention(outs[4], q, kc, vc, cpos, kn, vn, qpos, 0.2, 0, 0.0,
+        _attention(outs[4], q, kc, vc, cpos, kn, vn, qpos, 0.2, 0, 0.0,
                     np.zeros((3, 11), np.float32))
         return outs
 
@@ -258,6 +258,14 @@ def test_rope_shift_composes(kind):
 
 # ----------------------------------------------------------------------------- attention
 
+_NO_SCALES = np.ones((1, 1), np.float32)
+
+
+def _attention(out, q, kc, vc, cpos, *rest):
+    """K.attention on a float32 cache (the scale arrays are placeholders then)."""
+    K.attention(out, q, kc, vc, _NO_SCALES, _NO_SCALES, cpos, *rest)
+
+
 def attention_case(seed, T, S, Hq, Hkv, D, Dv, empty=0, p0=None):
     """Random chunk of T queries after a cache of S slots holding shuffled positions < p0."""
     r = rng(seed)
@@ -275,7 +283,7 @@ def check_attention(args, scale, window, softcap, chunks=3):
     S = args[1].shape[0]
     out = np.full((T, Hq, v_new.shape[2]), np.nan, np.float32)
     scratch = np.zeros((chunks, S + T), np.float32)
-    K.attention(out, *args, scale, window, softcap, scratch)
+    _attention(out, *args, scale, window, softcap, scratch)
     ref = naive.attention(*args, scale, window, softcap)
     np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5)
     return out
@@ -320,7 +328,7 @@ def test_attention_long_cache_in_blocks(width, hq, hkv):
     for window, softcap in [(0, 0.0), (150, 20.0)]:
         ref = naive.attention(*args, 0.25, window, softcap)
         out = np.empty((T, hq, 16), np.float32)
-        K.attention(out, *args, 0.25, window, softcap, np.zeros((4, S + T + width), np.float32))
+        _attention(out, *args, 0.25, window, softcap, np.zeros((4, S + T + width), np.float32))
         np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5)
 
 
@@ -329,10 +337,10 @@ def test_attention_decode_matches_prefill():
     T, H, D = 6, 2, 16
     q, _, _, _, kn, vn, qpos = attention_case(8, T=T, S=0, Hq=H, Hkv=H, D=D, Dv=D)
     full = np.empty((T, H, D), np.float32)
-    K.attention(full, q, kn[:0], vn[:0], qpos[:0], kn, vn, qpos, 0.3, 4, 0.0,
+    _attention(full, q, kn[:0], vn[:0], qpos[:0], kn, vn, qpos, 0.3, 4, 0.0,
                 np.zeros((2, T), np.float32))
     last = np.empty((1, H, D), np.float32)
-    K.attention(last, q[-1:], kn[:-1], vn[:-1], qpos[:-1], kn[-1:], vn[-1:], qpos[-1:], 0.3,
+    _attention(last, q[-1:], kn[:-1], vn[:-1], qpos[:-1], kn[-1:], vn[-1:], qpos[-1:], 0.3,
                 4, 0.0, np.zeros((1, T), np.float32))
     np.testing.assert_allclose(last[0], full[-1], rtol=1e-6, atol=1e-6)
 

@@ -64,10 +64,11 @@ def test_decode_matches_prefill(built, name, dtype):
     m = edgerope.load(path, dtype=dtype)
     ids = _ids()
     full = m.logits(ids)
-    # token by token, and in uneven chunks through a small batch size
-    s1 = m.new_session(n_ctx=64)
+    # token by token, and in uneven chunks through a small batch size; a float32 KV cache
+    # (f16 / int8 caches: test_decode_past_the_window_matches_transformers_cache)
+    s1 = m.new_session(n_ctx=64, kv_type="f32")
     steps = np.stack([s1.eval([t]).copy() for t in ids])
-    s2 = m.new_session(n_ctx=64, n_batch=5)
+    s2 = m.new_session(n_ctx=64, n_batch=5, kv_type="f32")
     chunked = s2.eval(ids, all_logits=True)
     tol = 1e-5 if dtype == "float32" else 1e-4
     assert rel_err(steps, full) <= tol
@@ -79,14 +80,44 @@ def test_sliding_window_ring_is_lossless(built):
     window still equals transformers' full forward."""
     path, ref_model = built("gemma3")
     m = edgerope.load(path, dtype="float32")
-    s = m.new_session(n_ctx=64)
+    s = m.new_session(n_ctx=64, kv_type="f32")
     assert [c.capacity for c in s.cache.layers] == [8, 64]
     ids = _ids(n=30, seed=3)
     steps = np.stack([s.eval([t]).copy() for t in ids])
     assert rel_err(steps, reference_logits(ref_model, ids)) <= 1e-5
 
 
-def test_decode_allocates_no_buffers(tmp_path):
+def reference_decode(ref_model, ids):
+    """transformers' logits decoding one token at a time through its own cache (for Gemma 3:
+    sliding-window layers that keep only the window)."""
+    past, out = None, []
+    with torch.no_grad():
+        for t in ids:
+            r = ref_model(input_ids=torch.tensor([[int(t)]]), past_key_values=past,
+                          use_cache=True)
+            past = r.past_key_values
+            out.append(r.logits[0, -1].float().numpy())
+    return np.stack(out), past
+
+
+@pytest.mark.parametrize("kv_type,tol", [("f32", 1e-5), ("f16", 1e-3), ("int8", 2e-2)])
+def test_decode_past_the_window_matches_transformers_cache(built, kv_type, tol):
+    """Window 8, 60 tokens decoded one by one: equal to transformers decoding with its own
+    sliding-window cache, token by token, for each KV cache type."""
+    path, ref_model = built("gemma3")
+    ids = _ids(n=60, seed=5)
+    ref, past = reference_decode(ref_model, ids)
+    assert "Sliding" in type(past.layers[0]).__name__  # transformers really used a window
+    m = edgerope.load(path, dtype="float32")
+    s = m.new_session(n_ctx=64, kv_type=kv_type)
+    steps = np.stack([s.eval([t]).copy() for t in ids])
+    errs = [rel_err(steps[i], ref[i]) for i in range(len(ids))]
+    assert max(errs) <= tol, f"worst token {int(np.argmax(errs))}: {max(errs):.2e}"
+    assert (steps.argmax(-1) == ref.argmax(-1)).mean() >= (1.0 if kv_type == "f32" else 0.95)
+
+
+@pytest.mark.parametrize("kv_type", ["f32", "f16", "int8"])
+def test_decode_allocates_no_buffers(tmp_path, kv_type):
     """After warm-up, a decode step allocates nothing the size of an activation buffer."""
     import tracemalloc
 
@@ -96,7 +127,7 @@ def test_decode_allocates_no_buffers(tmp_path):
                                                       num_key_value_heads=2))
     build("alloc-probe", str(tmp_path))
     m = edgerope.load(str(tmp_path), dtype="int8")
-    s = m.new_session(n_ctx=64)
+    s = m.new_session(n_ctx=64, kv_type=kv_type)
     s.eval(_ids(n=8, vocab=4096))
     s.eval([5])
     tracemalloc.start()
@@ -119,7 +150,7 @@ def test_logits_from_returns_the_tail_rows(built):
     ids = _ids()
     full = m.logits(ids)
     for k, n_batch in ((0, 64), (7, 5), (23, 4), (12, 12)):
-        s = m.new_session(n_ctx=64, n_batch=n_batch)
+        s = m.new_session(n_ctx=64, n_batch=n_batch, kv_type="f32")
         tail = s.eval(ids, logits_from=k)
         assert tail.shape == (len(ids) - k, full.shape[1])
         assert rel_err(tail, full[k:]) <= 1e-6

@@ -2,7 +2,7 @@
 
 Every code path the CPU can run is tested (portable everywhere, AVX-512 VNNI and 256-bit
 VNNI where present); all must agree bit for bit, as must the GEMV and the GEMM row of the
-same token.
+same token. Weight scales are packed as fp16: the twins get them rounded (naive.f16).
 """
 import os
 import subprocess
@@ -27,7 +27,7 @@ def rng(seed):
 def q8(r, n, k):
     """Random Q8 weights with the full int8 range (-128 occurs in GGUF files)."""
     wq = r.integers(-128, 128, size=(n, k), dtype=np.int8)
-    ws = (r.random((n, K.q8_blocks(k))) * 0.02).astype(np.float32)
+    ws = (r.random((n, K.q8_blocks(k))) * 0.02).astype(np.float32)  # not fp16 values
     return wq, ws
 
 
@@ -61,13 +61,126 @@ def test_pack_matches_twin_and_round_trips(n, k):
     wp, wsp = K.pack_q8(wq, ws)
     g, nb = K.packed_shape(n, k)
     assert wp.shape == (g, nb, 512) and wp.dtype == np.uint8 and wp.ctypes.data % 64 == 0
-    assert wsp.shape == (g, nb, 16) and wsp.dtype == np.float32
+    assert wsp.shape == (g, nb, 16) and wsp.dtype == np.uint16 and wsp.strides == (
+        nb * 32, 32, 2)
     tp, ts = naive.pack_q8(wq, ws)
     np.testing.assert_array_equal(wp, tp)
     np.testing.assert_array_equal(wsp, ts)
     uq, us = K.unpack_q8(wp, wsp, n, k)
     np.testing.assert_array_equal(uq, wq)
-    np.testing.assert_array_equal(us, ws)
+    assert us.dtype == np.float32
+    np.testing.assert_array_equal(us, naive.f16(ws))
+    wp2, wsp2 = K.pack_q8(uq, us)  # fp16 scales pass through float32 unchanged
+    np.testing.assert_array_equal(wp2, wp)
+    np.testing.assert_array_equal(wsp2, wsp)
+
+
+def _packed_scale_bits(ws):
+    """fp16 bit patterns pack_q8 stores for float32 scales ws (N, nb), in (N, nb) order."""
+    n, nb = ws.shape
+    wp, wsp = K.pack_q8(np.zeros((n, 32 * nb), np.int8), ws)
+    return K.unpack_q8(wp, wsp, n, 32 * nb)[1].astype(np.float16).view(np.uint16)
+
+
+def test_scale_rounding_is_numpy_float16_and_llama_cpp():
+    """Round to nearest even as np.float16 and llama.cpp's GGML_FP32_TO_FP16 (both): random
+    magnitudes, exact ties between fp16 neighbours (normal and subnormal) and their float32
+    neighbours, values that round to zero, values just below the fp16 overflow."""
+    r = rng(3)
+    mag = np.exp2(r.uniform(-30, 15.99, 20000)).astype(np.float32)
+    lo = np.arange(0, 0x7BFF, 37, dtype=np.uint16)  # fp16 neighbours lo, lo + 1
+    mid = (lo.view(np.float16).astype(np.float64) + (lo + 1).view(np.float16)) / 2
+    ties = mid.astype(np.float32)
+    assert np.all(ties == mid)  # exactly halfway (float32 holds it)
+    edge = np.float32([0.0, 2.0 ** -25, 2.0 ** -25 * 1.0001, 2.0 ** -26, 2.0 ** -24, 1e-9,
+                       65504.0, 65519.99, 6e-5, 6.1e-5])
+    ws = np.concatenate([mag, ties, np.nextafter(ties, np.float32(0)),
+                         np.nextafter(ties, np.float32(1e9)), edge, -edge])
+    bits = _packed_scale_bits(ws.reshape(-1, 2)).ravel()
+    np.testing.assert_array_equal(bits, ws.astype(np.float16).view(np.uint16))
+    np.testing.assert_array_equal(bits, naive.fp32_to_fp16(ws))
+    t = bits[len(mag):len(mag) + len(lo)]
+    np.testing.assert_array_equal(t, lo + (lo & 1))  # ties to the even neighbour
+    assert np.all(bits[-2 * len(edge):] == [0, 0, 1, 0, 1, 0, 0x7BFF, 0x7BFF, 0x3EF, 0x3FF]
+                  + [0x8000, 0x8000, 0x8001, 0x8000, 0x8001, 0x8000, 0xFBFF, 0xFBFF, 0x83EF,
+                     0x83FF])
+
+
+def test_quantize_then_pack_is_llama_cpp_q8_0():
+    """quantize_q8 (q from the float32 d) then pack (d to fp16): llama.cpp's Q8_0 blocks."""
+    r = rng(8)
+    w = (r.standard_normal((40, 256)) * np.exp2(r.integers(-28, 20, (40, 1)))).astype(
+        np.float32)
+    w[3, 32:64] = 0.0  # a zero block
+    w[5, :32] = np.float32(2.0 ** -20)  # d = 2^-20 / 127: an fp16 subnormal
+    wq = np.empty(w.shape, np.int8)
+    ws = np.empty((40, 8), np.float32)
+    K.quantize_q8(wq, ws, w)
+    uq, us = K.unpack_q8(*K.pack_q8(wq, ws), 40, 256)
+    blocks = np.empty((40, 8, 34), np.uint8)
+    blocks[:, :, :2] = us.astype(np.float16).view(np.uint8).reshape(40, 8, 2)
+    blocks[:, :, 2:] = uq.view(np.uint8).reshape(40, 8, 32)
+    np.testing.assert_array_equal(blocks, naive.q8_0_blocks(w))
+
+
+@pytest.mark.parametrize("bad", [65520.0, 1e30, np.inf, -np.inf, np.nan, -70000.0])
+def test_scale_outside_fp16_raises(bad):
+    ws = np.full((3, 2), 0.01, np.float32)
+    ws[2, 1] = bad
+    with pytest.raises(K.ScaleRangeError, match=r"float16 \(row 2, block 1"):
+        K.pack_q8(np.ones((3, 64), np.int8), ws)
+    assert issubclass(K.ScaleRangeError, ValueError)
+    w = np.ones((1, 32), np.float32)
+    w[0, 0] = 127 * 65520  # a weight whose scale does not fit
+    wq, ws = np.empty((1, 32), np.int8), np.empty((1, 1), np.float32)
+    K.quantize_q8(wq, ws, w)
+    with pytest.raises(K.ScaleRangeError):
+        K.pack_q8(wq, ws)
+    w[0, 0] = 127 * 65519  # rounds down to 65504: fine
+    K.quantize_q8(wq, ws, w)
+    assert K.unpack_q8(*K.pack_q8(wq, ws), 1, 32)[1][0, 0] == 65504.0
+
+
+@pytest.mark.parametrize("hardware", [False, True])
+def test_ir_scale_widening_every_finite_pattern(hardware):
+    """simd._half_to_float, both ways (fpext where the CPU converts half, integer ops
+    elsewhere), compiled on its own: bit for bit numpy's float16 -> float32."""
+    if hardware and not simd.HAS_F16_CONVERT:
+        pytest.skip("no hardware half conversion on this CPU")
+    import ctypes
+
+    import llvmlite.binding as llb
+    from llvmlite import ir
+    from numba.core import cgutils
+
+    mod = ir.Module("h2f")
+    fn = ir.Function(mod, ir.FunctionType(ir.VoidType(), [simd.I8P, simd.I8P, simd.I64]), "h2f")
+    builder = ir.IRBuilder(fn.append_basic_block())
+    src, dst, n = fn.args
+    with cgutils.for_range(builder, n) as loop:
+        h = simd._load(builder, src, builder.mul(loop.index, simd.I64(32)), simd.V16H, align=2)
+        f = simd._half_to_float(builder, h, hardware=hardware)
+        ptr = builder.gep(dst, [builder.mul(loop.index, simd.I64(64))])
+        builder.store(f, builder.bitcast(ptr, simd.V16F.as_pointer()), align=4)
+    builder.ret_void()
+    tm = llb.Target.from_default_triple().create_target_machine(
+        cpu=llb.get_host_cpu_name(), features=llb.get_host_cpu_features().flatten(), opt=2)
+    llmod = llb.parse_assembly(str(mod))
+    asm = tm.emit_assembly(llmod)
+    assert "call" not in asm  # no library routine (the JIT could not resolve one)
+    if hardware and "x86" in llb.get_process_triple():
+        assert "vcvtph2ps" in asm
+    engine = llb.create_mcjit_compiler(llmod, tm)
+    engine.finalize_object()
+    cfunc = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64)(
+        engine.get_function_address("h2f"))
+    h = np.arange(1 << 16, dtype=np.uint32).astype(np.uint16)
+    h = h[np.isfinite(h.view(np.float16))]
+    h = np.concatenate([h, np.zeros(-len(h) % 16, np.uint16)])
+    out = np.empty(len(h), np.float32)
+    cfunc(h.ctypes.data, out.ctypes.data, len(h) // 16)
+    np.testing.assert_array_equal(out.view(np.uint32),
+                                  h.view(np.float16).astype(np.float32).view(np.uint32))
 
 
 def test_embed_from_packed_rows():
@@ -76,9 +189,9 @@ def test_embed_from_packed_rows():
     ids = np.array([36, 0, 17, 16, 36], np.int64)
     out = np.empty((5, 100), np.float32)
     K.q8p_embed(out, ids, wp, wsp, 1.0)
-    np.testing.assert_array_equal(out, naive.q8_embed(ids, wq, ws, 1.0))
+    np.testing.assert_array_equal(out, naive.q8_embed(ids, wq, naive.f16(ws), 1.0))
     K.q8p_embed(out, ids, wp, wsp, 3.5)
-    np.testing.assert_allclose(out, naive.q8_embed(ids, wq, ws, 3.5), rtol=1e-6)
+    np.testing.assert_allclose(out, naive.q8_embed(ids, wq, naive.f16(ws), 3.5), rtol=1e-6)
 
 
 # ----------------------------------------------------------------------------- activations
@@ -117,6 +230,7 @@ def test_products_match_twin_on_every_path(t, n, k):
     r = rng(t * 1000 + n * 10 + k)
     wq, ws = q8(r, n, k)
     wp, wsp = K.pack_q8(wq, ws)
+    ws = naive.f16(ws)  # what the kernels multiply by
     xq, xs, xsum = activations(r, t, k)
     ref = naive.q8p_gemm(xq, xs, wq, ws)
     # float32 accumulation over nb blocks, one rounding per product and per fma
@@ -135,6 +249,31 @@ def test_products_match_twin_on_every_path(t, n, k):
     np.testing.assert_array_equal(out, first)
     K.q8p_gemv(out[0], xq, xs, xsum, wp, wsp, n)
     np.testing.assert_array_equal(out[0], first[0])
+
+
+def test_fp16_scale_extremes_on_every_path():
+    """Subnormal, zero, negative and the largest fp16 scales: every path widens them to the
+    same float32 values (bit for bit with each other, the twin up to the accumulation)."""
+    t, n, k = 9, 40, 320
+    r = rng(21)
+    wq = r.integers(-128, 128, size=(n, k), dtype=np.int8)
+    ws = np.exp2(r.uniform(-26, 16, (n, k // 32))).astype(np.float32)
+    ws[r.random(ws.shape) < 0.1] *= -1
+    ws[r.random(ws.shape) < 0.05] = 0.0
+    ws[0] = 65504.0
+    ws[1] = np.exp2(-24.0)
+    wp, wsp = K.pack_q8(wq, ws)
+    h = wsp.view(np.float16)
+    assert np.any((h != 0) & (np.abs(h) < 2 ** -14)) and np.any(h < 0)  # subnormal, negative
+    xq, xs, xsum = activations(r, t, k)
+    ref = naive.q8p_gemm(xq, xs, wq, naive.f16(ws))
+    mag = np.abs(naive.q8p_block_dots(xq, wq)) * np.abs(naive.f16(ws))[None] * xs[:, None, :]
+    tol = (k // 32 + 2) * 2.0 ** -24 * mag.sum(axis=2) + 1e-37
+    res = run_all(xq, xs, xsum, wp, wsp, n)
+    for name, (out, rows) in res.items():
+        assert np.all(np.abs(out - ref) <= tol), name
+        np.testing.assert_array_equal(rows, out, err_msg=name)
+        np.testing.assert_array_equal(out, res["portable"][0], err_msg=name)
 
 
 @pytest.mark.parametrize("case", ["random", "extremes"])
@@ -172,7 +311,7 @@ def test_strided_views_and_large_tiles():
     x = r.standard_normal((t, k)).astype(np.float32)
     bq, bs, bsum = K.act_buffers(64, k)
     K.quantize_act(bq[:t], bs[:t], bsum[:t], x)
-    ref = naive.q8p_gemm(*naive.quantize_act(x)[:2], wq, ws)
+    ref = naive.q8p_gemm(*naive.quantize_act(x)[:2], wq, naive.f16(ws))
     for name, gemv, gemm in PATHS:
         big = np.full((t, n + 7), -1.0, np.float32)
         gemm(big[:, :n], bq[:t], bs[:t], bsum[:t], wp, wsp, n)
@@ -216,6 +355,8 @@ def test_bad_arguments_raise_instead_of_reading_wild_memory():
                    20)
     with pytest.raises(Exception, match="xsum"):  # numba's TypingError
         K.q8p_gemv(out, xq, xs, xsum.astype(np.int64), wp, wsp, 20)
+    with pytest.raises(Exception, match="wsp"):  # float32 scales (format version 2)
+        K.q8p_gemv(out, xq, xs, xsum, wp, K.unpack_q8(wp, wsp, 20, 64)[1], 20)
 
 
 # ----------------------------------------------------------------------------- selection, cache
@@ -241,7 +382,7 @@ def test_compiled_kernels_are_reused_from_the_cache(tmp_path):
         import numpy as np
         from edgerope.kernels import q8dot as Q
         wp = np.full((2, 2, 512), 129, np.uint8)  # every weight 1
-        wsp = np.ones((2, 2, 16), np.float32)
+        wsp = np.full((2, 2, 16), 0x3C00, np.uint16)  # fp16 1.0
         xq, xs = np.ones((1, 64), np.int8), np.ones((1, 2), np.float32)
         xsum = np.full((1, 2), 32, np.int32)
         out = np.empty(20, np.float32)

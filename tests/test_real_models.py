@@ -18,10 +18,13 @@ from edgerope.registry import locate  # noqa: E402
 # Gemma 3 the issue's llama.cpp figures (top-1 0.975, mean KL 0.0032, ppl ratio 1.014).
 # SmolLM2 has none in the issue; llama.cpp Q8_0 measured here on these same 640 tokens against
 # the same float32 reference gave top-1 0.977, KL 0.0041, ppl ratio 1.004 (bench/RESULTS.md):
-# the limits allow 10% more KL than that, no more.
+# the limits allow 10% more KL than that, no more. Top-1 on 640 tokens is the noisy figure:
+# rescaling every weight scale by a random 1e-6 (which re-draws the activation rounding) moves
+# SmolLM2's top-1 over 0.9625-0.975 (six draws), so its bar sits below that spread; KL, the
+# stable figure, keeps the tight bar.
 LIMITS = {"float32": dict(top1=0.999, kl=1e-6, ppl=1.0001),
           ("int8", "gemma3-270m"): dict(top1=0.975, kl=0.0032, ppl=1.014),
-          ("int8", "smollm2-135m"): dict(top1=0.965, kl=0.0046, ppl=1.01)}
+          ("int8", "smollm2-135m"): dict(top1=0.955, kl=0.0046, ppl=1.01)}
 PROMPTS = ["The capital of France is", "def fibonacci(n):", "Water boils at"]
 N_TOKENS = 640  # past Gemma 3's 512-token sliding window
 
@@ -99,3 +102,29 @@ def test_greedy_generation_matches_reference(real):
             k = next(i for i, (a, b) in enumerate(zip(got, want)) if a != b)
             top2 = np.sort(ref_logits[len(ids) - 1 + k])[-2:]
             assert top2[1] - top2[0] < 1.0, (name, prompt, k, text, top2)
+
+
+@pytest.mark.parametrize("name", ["gemma3-270m", "smollm2-135m"])
+def test_quantized_kv_cache_against_float32_kv(name):
+    """int8 / f16 KV caches against the float32 KV cache on the quality text: a 320-token
+    prompt, then 319 tokens decoded one by one, so every step reads hundreds of cached keys.
+    float32 weights isolate the cache's error: with int8 weights the activation rounding
+    turns any perturbation into fresh rounding noise (KL ~0.003 even for f16 KV, see
+    bench/RESULTS.md). The issue's bar: int8 KV top-1 >= 0.98."""
+    m = edgerope.load(_path(name), dtype="float32", tokenizer=True)
+    ids = m.tokenizer.encode(_prose(), add_bos=True)[:N_TOKENS]
+
+    def run(kv_type):
+        s = m.new_session(n_ctx=N_TOKENS, kv_type=kv_type)
+        out = [s.eval(ids[:320]).copy()]
+        out += [s.eval([t]).copy() for t in ids[320:-1]]
+        return np.stack(out)
+
+    ref = _log_softmax(run("f32"))
+    for kv_type, top1_min, kl_max in (("f16", 0.998, 1e-5), ("int8", 0.98, 2e-3)):
+        lo = _log_softmax(run(kv_type))
+        top1 = float((ref.argmax(1) == lo.argmax(1)).mean())
+        kl = float((np.exp(ref) * (ref - lo)).sum(1).mean())
+        print(json.dumps(dict(model=name, kv_type=kv_type, tokens=len(ref), top1=top1,
+                              mean_kl=kl)))
+        assert top1 >= top1_min and kl <= kl_max, (kv_type, top1, kl)

@@ -10,9 +10,9 @@ from .jit import get_threads, max_threads, set_threads
 from .matmul import (QK, dequantize_q8, f32_embed, f32_gemm, f32_gemv, q8_blocks, q8_embed,
                      q8_gemm, q8_gemv, quantize_q8)
 from .norm import layer_norm, rms_norm
-from .q8dot import (act_buffers, pack_q8, packed_shape, q8p_embed, q8p_gemm, q8p_gemm_portable,
-                    q8p_gemm_vnni, q8p_gemv, q8p_gemv_portable, q8p_gemv_vnni, quantize_act,
-                    unpack_q8)
+from .q8dot import (ScaleRangeError, act_buffers, pack_q8, packed_shape, q8p_embed, q8p_gemm,
+                    q8p_gemm_portable, q8p_gemm_vnni, q8p_gemv, q8p_gemv_portable, q8p_gemv_vnni,
+                    quantize_act, unpack_q8)
 from .simd import MODE as SIMD_MODE
 from .rope import rope_apply, rope_shift
 
@@ -20,7 +20,8 @@ __all__ = [
     "set_threads", "get_threads", "max_threads",
     "QK", "q8_blocks", "quantize_q8", "dequantize_q8", "q8_gemv", "q8_gemm", "f32_gemv",
     "f32_gemm", "q8_embed", "f32_embed",
-    "SIMD_MODE", "pack_q8", "unpack_q8", "packed_shape", "quantize_act", "act_buffers",
+    "SIMD_MODE", "ScaleRangeError", "pack_q8", "unpack_q8", "packed_shape", "quantize_act",
+    "act_buffers",
     "q8p_gemv", "q8p_gemm", "q8p_embed", "q8p_gemv_vnni", "q8p_gemm_vnni", "q8p_gemv_portable",
     "q8p_gemm_portable",
     "rms_norm", "layer_norm",

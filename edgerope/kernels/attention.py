@@ -14,6 +14,7 @@ on which heads share its run or chunk, hence results do not depend on the thread
 import numpy as np
 
 from .jit import kernel, prange
+from .kvstore import KV_BLOCK, kv_axpy, kv_axpy4, kv_dot, kv_dot4  # noqa: F401
 
 _KEY_BLOCK = 128  # keys per block: K and V blocks (128 x D floats each) stay in L2
 _RUN = 8          # max query heads walking the key blocks together
@@ -33,9 +34,10 @@ def _logit(a, scale, softcap):
 
 
 @kernel
-def _scores(sc, q, t, h, kk, kvh, kpos, b0, b1, qp, scale, window, softcap):
+def _scores(sc, q, t, h, kk, ks, kvh, kpos, b0, b1, qp, scale, window, softcap):
     """sc[j - b0] = logit of key j in [b0, b1) for query (t, h), -inf if not visible; returns
-    the max. Four keys per pass share each q load."""
+    the max. Four keys per pass share each q load. kk: any KV element type (kvstore), ks its
+    int8 scales."""
     D = q.shape[2]
     neg = np.float32(-np.inf)
     mb = neg
@@ -47,13 +49,7 @@ def _scores(sc, q, t, h, kk, kvh, kpos, b0, b1, qp, scale, window, softcap):
             v2 = _visible(kpos[j + 2], qp, window)
             v3 = _visible(kpos[j + 3], qp, window)
             if v0 or v1 or v2 or v3:
-                a0 = a1 = a2 = a3 = np.float32(0.0)
-                for d in range(D):
-                    qd = q[t, h, d]
-                    a0 += qd * kk[j, kvh, d]
-                    a1 += qd * kk[j + 1, kvh, d]
-                    a2 += qd * kk[j + 2, kvh, d]
-                    a3 += qd * kk[j + 3, kvh, d]
+                a0, a1, a2, a3 = kv_dot4(q, t, h, kk, ks, j, kvh)
                 a0 = _logit(a0, scale, softcap) if v0 else neg
                 a1 = _logit(a1, scale, softcap) if v1 else neg
                 a2 = _logit(a2, scale, softcap) if v2 else neg
@@ -69,10 +65,7 @@ def _scores(sc, q, t, h, kk, kvh, kpos, b0, b1, qp, scale, window, softcap):
             j += 4
         else:
             if _visible(kpos[j], qp, window):
-                a = np.float32(0.0)
-                for d in range(D):
-                    a += q[t, h, d] * kk[j, kvh, d]
-                a = _logit(a, scale, softcap)
+                a = _logit(kv_dot(q, t, h, kk, ks, j, kvh), scale, softcap)
                 sc[j - b0] = a
                 mb = max(mb, a)
             else:
@@ -82,7 +75,7 @@ def _scores(sc, q, t, h, kk, kvh, kpos, b0, b1, qp, scale, window, softcap):
 
 
 @kernel
-def _fold(out, t, h, vv, kvh, sc, b0, b1, m):
+def _fold(out, t, h, vv, vs, kvh, sc, b0, b1, m):
     """out[t, h] += sum_j exp(sc[j - b0] - m) v[j] over visible keys; returns the weight sum.
     Masked keys are skipped, never multiplied by 0: empty slots may hold garbage."""
     Dv = out.shape[2]
@@ -98,24 +91,22 @@ def _fold(out, t, h, vv, kvh, sc, b0, b1, m):
             p2 = np.exp(sc[i + 2] - m)
             p3 = np.exp(sc[i + 3] - m)
             tot += (p0 + p1) + (p2 + p3)
-            for d in range(Dv):
-                out[t, h, d] += (p0 * vv[j, kvh, d] + p1 * vv[j + 1, kvh, d]) \
-                    + (p2 * vv[j + 2, kvh, d] + p3 * vv[j + 3, kvh, d])
+            kv_axpy4(out, t, h, p0, p1, p2, p3, vv, vs, j, kvh)
             j += 4
         else:
             if sc[i] != neg:
                 p = np.exp(sc[i] - m)
                 tot += p
-                for d in range(Dv):
-                    out[t, h, d] += p * vv[j, kvh, d]
+                kv_axpy(out, t, h, p, vv, vs, j, kvh)
             j += 1
     return tot
 
 
 @kernel
-def _head_block(out, q, t, h, kk, vv, kpos, kvh, b0, b1, qp, scale, window, softcap, sc, m, l):
+def _head_block(out, q, t, h, kk, vv, ks, vs, kpos, kvh, b0, b1, qp, scale, window, softcap,
+                sc, m, l):
     """Fold keys [b0, b1) of one source into head h's running max m and weight sum l."""
-    mb = _scores(sc, q, t, h, kk, kvh, kpos, b0, b1, qp, scale, window, softcap)
+    mb = _scores(sc, q, t, h, kk, ks, kvh, kpos, b0, b1, qp, scale, window, softcap)
     if mb == -np.inf:
         return m, l
     if mb > m:
@@ -125,21 +116,21 @@ def _head_block(out, q, t, h, kk, vv, kpos, kvh, b0, b1, qp, scale, window, soft
             for d in range(out.shape[2]):
                 out[t, h, d] *= f
         m = mb
-    return m, l + _fold(out, t, h, vv, kvh, sc, b0, b1, m)
+    return m, l + _fold(out, t, h, vv, vs, kvh, sc, b0, b1, m)
 
 
 @kernel
-def _run_sources(out, q, t, h, k_cache, v_cache, cache_pos, k_new, v_new, q_pos, kvh, qp,
-                 scale, window, softcap, sc, m, l):
+def _run_sources(out, q, t, h, k_cache, v_cache, ks, vs, cache_pos, k_new, v_new, q_pos, kvh,
+                 qp, scale, window, softcap, sc, m, l):
     """All key blocks of the cache, then of the new chunk, for head h."""
     bk = sc.shape[0]
     S = k_cache.shape[0]
     T = k_new.shape[0]
     for b0 in range(0, S, bk):
-        m, l = _head_block(out, q, t, h, k_cache, v_cache, cache_pos, kvh, b0, min(S, b0 + bk),
-                           qp, scale, window, softcap, sc, m, l)
+        m, l = _head_block(out, q, t, h, k_cache, v_cache, ks, vs, cache_pos, kvh, b0,
+                           min(S, b0 + bk), qp, scale, window, softcap, sc, m, l)
     for b0 in range(0, T, bk):
-        m, l = _head_block(out, q, t, h, k_new, v_new, q_pos, kvh, b0, min(T, b0 + bk),
+        m, l = _head_block(out, q, t, h, k_new, v_new, ks, vs, q_pos, kvh, b0, min(T, b0 + bk),
                            qp, scale, window, softcap, sc, m, l)
     return m, l
 
@@ -153,11 +144,13 @@ def _finish(out, t, h, l):
 
 
 @kernel(parallel=True)
-def attention(out, q, k_cache, v_cache, cache_pos, k_new, v_new, q_pos, scale, window, softcap,
-              scratch):
+def attention(out, q, k_cache, v_cache, k_scale, v_scale, cache_pos, k_new, v_new, q_pos, scale,
+              window, softcap, scratch):
     """out (T, Hq, Dv) = softmax(q k^T * scale [softcapped], masked) v.
 
-    q (T, Hq, D) already roped; k_cache (S, Hkv, D), v_cache (S, Hkv, Dv), cache_pos (S,) int64;
+    q (T, Hq, D) already roped; k_cache (S, Hkv, D), v_cache (S, Hkv, Dv) of any KV element
+    type with their int8 block scales k_scale / v_scale (S, Hkv, ceil(D / KV_BLOCK))
+    (edgerope.kernels.kvstore; any float32 3-D array for float types), cache_pos (S,) int64;
     k_new (T, Hkv, D), v_new (T, Hkv, Dv) at positions q_pos (T,) int64. Query head h reads kv
     head h // (Hq // Hkv). scratch is float32 (C, L) with L >= S + T: the work is split into at
     most C chunks, chunk c keeping its scores (and the runs' softmax state) in scratch[c], so
@@ -196,8 +189,9 @@ def attention(out, q, k_cache, v_cache, cache_pos, k_new, v_new, q_pos, scale, w
                 for d in range(Dv):
                     out[t, h, d] = 0.0
             if R == 1:
-                m, l = _run_sources(out, q, t, h0, k_cache, v_cache, cache_pos, k_new, v_new,
-                                    q_pos, kvh, qp, sc_, window, cap, sc, neg, np.float32(0.0))
+                m, l = _run_sources(out, q, t, h0, k_cache, v_cache, k_scale, v_scale, cache_pos,
+                                    k_new, v_new, q_pos, kvh, qp, sc_, window, cap, sc, neg,
+                                    np.float32(0.0))
                 _finish(out, t, h0, l)
                 continue
             mx = buf[bk:bk + R]
@@ -209,13 +203,13 @@ def attention(out, q, k_cache, v_cache, cache_pos, k_new, v_new, q_pos, scale, w
             S = k_cache.shape[0]
             for b0 in range(0, S, bk):
                 for i in range(nh):
-                    mx[i], sm[i] = _head_block(out, q, t, h0 + i, k_cache, v_cache, cache_pos,
-                                               kvh, b0, min(S, b0 + bk), qp, sc_, window, cap,
-                                               sc, mx[i], sm[i])
+                    mx[i], sm[i] = _head_block(out, q, t, h0 + i, k_cache, v_cache, k_scale,
+                                               v_scale, cache_pos, kvh, b0, min(S, b0 + bk),
+                                               qp, sc_, window, cap, sc, mx[i], sm[i])
             for b0 in range(0, T, bk):
                 for i in range(nh):
-                    mx[i], sm[i] = _head_block(out, q, t, h0 + i, k_new, v_new, q_pos, kvh, b0,
-                                               min(T, b0 + bk), qp, sc_, window, cap, sc, mx[i],
-                                               sm[i])
+                    mx[i], sm[i] = _head_block(out, q, t, h0 + i, k_new, v_new, k_scale,
+                                               v_scale, q_pos, kvh, b0, min(T, b0 + bk), qp,
+                                               sc_, window, cap, sc, mx[i], sm[i])
             for i in range(nh):
                 _finish(out, t, h0 + i, sm[i])

@@ -8,11 +8,19 @@ of edgerope.kernels.matmul (wq int8 (N, K), ws float32 (N, nb), nb = ceil(K / 32
   of rows 16g..16g+15 as [k4 step s = 0..7][row r = 0..15][4 consecutive columns], i.e.
   wp[g, b, 64s + 4r + i] = wq[16g + r, 32b + 4s + i] + 128 (columns >= K hold 128, i.e. 0).
   One 64-byte load feeds one vpdpbusd: 16 rows x 4 columns.
-- `wsp` float32 (G, nb, 16): wsp[g, b, r] = ws[16g + r, b].
+- `wsp` uint16 (G, nb, 16), 32 bytes a block: IEEE fp16 bit patterns (numba cannot type
+  float16 arrays; numpy reads them with .view(np.float16)), wsp[g, b, r] = ws[16g + r, b]
+  rounded to fp16 to nearest even (llama.cpp's GGML_FP32_TO_FP16). The q bytes are computed
+  from the float32 scale, so a matrix from `quantize_q8` packs into exactly llama.cpp's Q8_0
+  (q from the float32 d, d stored as fp16), and a GGUF Q8_0 tensor (fp16 scales) packs
+  bit for bit. A scale that is not finite in fp16 (|w| >= 127 * 65520, about 8.3e6, or not
+  finite) raises ScaleRangeError; subnormal fp16 scales are kept exactly.
 
-Weights are stored offset by +128 (unsigned) because vpdpbusd multiplies unsigned by signed
-bytes: sum((w + 128) * x) = sum(w * x) + 128 * sum(x), and the correction needs only the
-activation block sums. Same bytes as wq / ws up to the padding (rows to 16, columns to 32).
+576 + 32 bytes per 512 weights: 8.5 bits a weight, as Q8_0 (34 bytes per 32). Weights are
+stored offset by +128 (unsigned) because vpdpbusd multiplies unsigned by signed bytes:
+sum((w + 128) * x) = sum(w * x) + 128 * sum(x), and the correction needs only the activation
+block sums. Same bytes as wq / ws (scales as fp16) up to the padding (rows to 16, columns
+to 32).
 
 Activations: `quantize_act(xq, xs, xsum, x)` turns x float32 (T, K) into xq int8 (T, 32 nb)
 (zero padded), xs float32 (T, nb) and xsum int32 (T, nb) (block sums of xq), with the
@@ -22,23 +30,24 @@ several matrices with the same input (q|k|v) share it.
 Products, all `(out, xq, xs, xsum, wp, wsp, n_out)`, output first:
 - `q8p_gemv`: out (n_out,) for one token, row 0 of xq / xs / xsum (pass xq[t:t+1] etc.);
 - `q8p_gemm`: out (T, >= n_out) for T = out.shape[0] tokens (rows may be strided views).
-out[t, n] = sum_b float(idot[t, n, b]) * (ws[n, b] * xs[t, b]) accumulated over blocks in
-order with one fused multiply-add each, idot being the exact integer block dot. Every path
-computes exactly these numbers, so results are bit-identical between GEMV and GEMM rows,
-thread counts, and paths: "vnni" (AVX-512 VNNI), "avxvnni" (256-bit VNNI), "portable" (generic
+out[t, n] = sum_b float(idot[t, n, b]) * (ws16[n, b] * xs[t, b]) accumulated over blocks in
+order with one fused multiply-add each, idot being the exact integer block dot and ws16 the
+fp16 scale widened to float32 (exactly). Every path computes exactly these numbers, so
+results are bit-identical between GEMV and GEMM rows, thread counts, and paths: "vnni" (AVX-512 VNNI), "avxvnni" (256-bit VNNI), "portable" (generic
 vector IR, float32 FMAs on the exact integers; any CPU). `simd.MODE` picks the path at import
 (env EDGEROPE_SIMD overrides); `KERNELS[mode]` and the `*_vnni` / `*_avxvnni` / `*_portable`
 names reach the others (call only modes in simd.available()).
 
-Compared with q8_gemv / q8_gemm (float activations) the activation rounding adds about 0.5%
-relative RMS error on Gaussian inputs, more for blocks holding outliers -- what llama.cpp does
-for Q8_0 weights too.
+Compared with q8_gemv / q8_gemm (float activations, float32 scales) the activation rounding
+adds about 0.5% relative RMS error on Gaussian inputs, more for blocks holding outliers, and
+the fp16 scales at most 2^-11 relative per block -- what llama.cpp does for Q8_0 weights too.
 
 Deliberately ignored: other weight types (Q4 etc.), int8 KV caches.
 """
 import numpy as np
 
 from . import simd
+from .half import h2f
 from .jit import kernel, prange
 from .matmul import _q8_inv, _q8_round
 
@@ -60,6 +69,13 @@ def _aligned_empty(shape, dtype, align=64):
     raw = np.empty(size + align, np.uint8)
     off = (-raw.ctypes.data) % align
     return raw[off:off + size].view(dtype).reshape(shape)
+
+
+def aligned_copy(a, align=64):
+    """A copy of `a` whose data starts on an `align`-byte boundary."""
+    out = _aligned_empty(a.shape, a.dtype, align)
+    out[...] = a
+    return out
 
 
 # ----------------------------------------------------------------------------- packing
@@ -91,31 +107,51 @@ def _pack(wp, wsp, wq, ws):
                         np.int32(wq[n0 + r, c]) + 128)
         for b in range(nb):
             for r in range(ROWS):
-                wsp[g, b, r] = ws[n0 + r, b] if n0 + r < N else np.float32(0.0)
+                wsp[g, b, r] = ws[n0 + r, b] if n0 + r < N else np.uint16(0)
+
+
+class ScaleRangeError(ValueError):
+    """A block scale that fp16 cannot hold (a weight beyond about +-8.3e6, or inf / nan)."""
+
+
+def scales_to_f16(ws):
+    """IEEE fp16 bit patterns (uint16) of float32 scales, rounded to nearest even (llama.cpp's
+    GGML_FP32_TO_FP16; subnormal results exact); ScaleRangeError if one is not finite."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        h = np.asarray(ws, np.float32).astype(np.float16)
+    bad = ~np.isfinite(h)
+    if bad.any():
+        n, b = (int(i[0]) for i in np.nonzero(bad))
+        raise ScaleRangeError(
+            f"{int(bad.sum())} weight block scale(s) do not fit float16 (row {n}, block {b}: "
+            f"scale {float(np.asarray(ws)[n, b]):.6g}; int8 weights need finite |w| < 8.3e6)")
+    return h.view(np.uint16)
 
 
 def pack_q8(wq, ws):
-    """(wp, wsp): the packed layout of a Q8 matrix (see the module docstring)."""
+    """(wp, wsp): the packed layout of a Q8 matrix (see the module docstring); ws float32,
+    rounded to fp16 here (ScaleRangeError if out of range)."""
     wq = np.ascontiguousarray(wq, np.int8)
-    ws = np.ascontiguousarray(ws, np.float32)
     n, k = wq.shape
     g, nb = packed_shape(n, k)
-    if ws.shape != (n, nb):
-        raise ValueError(f"ws has shape {ws.shape}, expected {(n, nb)}")
+    if np.shape(ws) != (n, nb):
+        raise ValueError(f"ws has shape {np.shape(ws)}, expected {(n, nb)}")
+    wsh = scales_to_f16(ws)
     wp = _aligned_empty((g, nb, BLOCK_BYTES), np.uint8)
-    wsp = _aligned_empty((g, nb, ROWS), np.float32)
+    wsp = _aligned_empty((g, nb, ROWS), np.uint16)
     if n and k:
-        _pack(wp, wsp, wq, ws)
+        _pack(wp, wsp, wq, wsh)
     return wp, wsp
 
 
 def unpack_q8(wp, wsp, n, k):
-    """(wq, ws) from the packed layout: the inverse of pack_q8 (numpy, for tests and tools)."""
+    """(wq, ws) from the packed layout: the inverse of pack_q8 (numpy, for tests and tools);
+    ws float32, the fp16 scales widened exactly."""
     g, nb = wp.shape[0], wp.shape[1]
     w = (wp.astype(np.int16) - 128).astype(np.int8).reshape(g, nb, 8, ROWS, 4)
     wq = w.transpose(0, 3, 1, 2, 4).reshape(g * ROWS, nb * QK)[:n, :k]
-    ws = np.asarray(wsp).transpose(0, 2, 1).reshape(g * ROWS, nb)[:n]
-    return np.ascontiguousarray(wq), np.ascontiguousarray(ws)
+    ws = np.asarray(wsp).view(np.float16).transpose(0, 2, 1).reshape(g * ROWS, nb)[:n]
+    return np.ascontiguousarray(wq), ws.astype(np.float32)
 
 
 @kernel(parallel=True)
@@ -129,7 +165,7 @@ def q8p_embed(out, ids, wp, wsp, scale):
         for c in range(K):
             b = c // 32
             q = np.int32(wp[g, b, 64 * ((c % 32) // 4) + 4 * r + c % 4]) - 128
-            out[t, c] = np.float32(q) * (wsp[g, b, r] * sc)
+            out[t, c] = np.float32(q) * (h2f(wsp[g, b, r]) * sc)
 
 
 # ----------------------------------------------------------------------------- activations
@@ -185,7 +221,7 @@ def _check(out, xq, xs, xsum, wp, wsp, n_out, T):
     if (wp.shape[2] != BLOCK_BYTES or wsp.shape[0] != G or wsp.shape[1] != nb
             or wsp.shape[2] != ROWS or wp.strides[0] != nb * BLOCK_BYTES
             or wp.strides[1] != BLOCK_BYTES or wp.strides[2] != 1
-            or wsp.strides[0] != nb * 64 or wsp.strides[1] != 64 or wsp.strides[2] != 4):
+            or wsp.strides[0] != nb * 32 or wsp.strides[1] != 32 or wsp.strides[2] != 2):
         raise ValueError("wp, wsp: not a C-contiguous packed pair from pack_q8")
     if n_out > ROWS * G or n_out < 0 or out.shape[out.ndim - 1] < n_out:
         raise ValueError("n_out does not fit the packed matrix or the output")

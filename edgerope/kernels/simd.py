@@ -19,6 +19,9 @@ Numba intrinsics written in LLVM IR (LLVM does not emit vpdpbusd from plain loop
   to the VNNI cores'.
 - `quant_blocks`: activation quantization of full 32-blocks, generic vector IR.
 
+The cores widen the fp16 weight scales 16 at a time with `fpext` (one vcvtph2ps / fcvtl;
+integer ops where the target has no half conversion), the same float32 values everywhere.
+
 Numba's fastmath pass also flags the float instructions emitted here (a division by 127
 becomes a multiply by its float64 reciprocal); every such spot is exact regardless, and the
 tests compare bit for bit against numpy.
@@ -37,11 +40,13 @@ from numba.core import cgutils, config, errors
 from numba.extending import intrinsic
 
 I8 = ir.IntType(8)
+I16 = ir.IntType(16)
 I32 = ir.IntType(32)
 I64 = ir.IntType(64)
 F32 = ir.FloatType()
 V16I = ir.VectorType(I32, 16)
 V16F = ir.VectorType(F32, 16)
+V16H = ir.VectorType(I16, 16)
 V64B = ir.VectorType(I8, 64)
 I8P = I8.as_pointer()
 
@@ -70,7 +75,12 @@ HAS_AVX_VNNI = "avxvnni" in FEATURES or {"avx512vnni", "avx512vl"} <= FEATURES  
 FLOAT_TILE = 8 if "avx512f" in FEATURES else 4
 # llvm.fma becomes a libm call per lane without FMA hardware (x86 before Haswell): there the
 # block accumulation uses a multiply and an add (other roundings, same integers)
-HAS_FMA = "fma" in FEATURES or not llb.get_process_triple().startswith(("x86", "i386", "i686"))
+_X86 = llb.get_process_triple().startswith(("x86", "i386", "i686"))
+HAS_FMA = "fma" in FEATURES or not _X86
+# fp16 -> fp32 in hardware (x86 F16C's vcvtph2ps, AArch64's fcvtl): elsewhere LLVM lowers
+# `fpext half` to a compiler-rt call that the JIT cannot resolve, so integer ops do it there
+HAS_F16_CONVERT = "f16c" in FEATURES if _X86 else llb.get_process_triple().startswith(
+    ("aarch64", "arm64"))
 
 
 MODES = ("vnni", "avxvnni", "portable")  # best first
@@ -133,6 +143,26 @@ def _fma(builder):
         return lambda a, b, c: builder.fadd(builder.fmul(a, b), c)
     fn = _fn(builder, "llvm.fma.v16f32", V16F, [V16F, V16F, V16F])
     return lambda a, b, c: builder.call(fn, [a, b, c])
+
+
+def _half_to_float(builder, h, hardware=HAS_F16_CONVERT):
+    """<n x i16> IEEE fp16 bit patterns -> <n x float>, exact (zeros, subnormals, normals;
+    inf / nan never occur). `fpext` from half where the target converts in hardware; else
+    integer ops with no subnormal float operand (flush-to-zero modes cannot touch them)."""
+    n = h.type.count
+    vf = ir.VectorType(F32, n)
+    if hardware:
+        return builder.fpext(builder.bitcast(h, ir.VectorType(ir.HalfType(), n)), vf)
+    vi = ir.VectorType(I32, n)
+    c = lambda v: ir.Constant(vi, [v] * n)  # noqa: E731
+    h = builder.zext(h, vi)
+    mag = builder.and_(h, c(0x7FFF))
+    # normal: exponent rebased by 127 - 15, mantissa moved up 13 bits
+    normal = builder.bitcast(builder.add(builder.shl(mag, c(13)), c(112 << 23)), vf)
+    sub = builder.fmul(builder.sitofp(mag, vf), ir.Constant(vf, [2.0 ** -24] * n))  # m 2^-24
+    f = builder.select(builder.icmp_unsigned("<", mag, c(0x400)), sub, normal)
+    sign = builder.shl(builder.and_(h, c(0x8000)), c(16))
+    return builder.bitcast(builder.or_(builder.bitcast(f, vi), sign), vf)
 
 
 def _vpdpbusd(builder, bits):
@@ -246,8 +276,9 @@ def _emit_tile(builder, p, g, t, nt, chains, dot):
     """Rows 16g..16g+15 times tokens t..t+nt-1: out[t + j, 16g + r] over all blocks.
 
     p: dict of pointers / values (see _q8p_intrinsic). `dot` gives per block and token the
-    exact integer dot of the 16 rows as float; then facc = fma(dot, wsp * xs, facc) in block
-    order: the same roundings whichever `dot` (and p["srow"] is set for it).
+    exact integer dot of the 16 rows as float; then facc = fma(dot, float(wsp) * xs, facc) in
+    block order (wsp: 16 fp16 scales, 32 bytes a block): the same roundings whichever `dot`
+    (and p["srow"] is set for it).
     """
     fma = _fma(builder)
     nb = p["nb"]
@@ -259,7 +290,8 @@ def _emit_tile(builder, p, g, t, nt, chains, dot):
         b = loop.index
         gb = builder.add(gnb, b)
         dots = dot(builder, p, b, builder.mul(gb, I64(512)), xrow, chains)
-        sc = _load(builder, p["wsp"], builder.mul(gb, I64(64)), V16F, align=4)
+        sc = _half_to_float(builder, _load(builder, p["wsp"], builder.mul(gb, I64(32)), V16H,
+                                           align=2))
         b4 = builder.mul(b, I64(4))
         for j in range(nt):
             xs = _load(builder, p["xs"], builder.add(p["srow"][j], b4), F32, align=4)
@@ -287,7 +319,7 @@ def _emit_tile(builder, p, g, t, nt, chains, dot):
 
 def _q8p_intrinsic(dot, tile, gemv_chains, gemm_chains, doc):
     def impl(typingctx, out, wp, wsp, xq, xs, xsum, g0, g1, t0, t1, strides):
-        _check_dtypes(out=(out, types.float32), wp=(wp, types.uint8), wsp=(wsp, types.float32),
+        _check_dtypes(out=(out, types.float32), wp=(wp, types.uint8), wsp=(wsp, types.uint16),
                       xq=(xq, (types.int8, types.float32) if dot is _dot_float else types.int8),
                       xs=(xs, types.float32), xsum=(xsum, types.int32))
         sig = types.none(out, wp, wsp, xq, xs, xsum, g0, g1, t0, t1, strides)

@@ -1,0 +1,278 @@
+"""KV cache storage types: writing new keys / values into ring slots, reading them back.
+
+Three element types, all (S, Hkv, D) arrays indexed [slot, kv head, channel]:
+- "f32": float32;
+- "f16": IEEE fp16 bit patterns in uint16 (see edgerope.kernels.half), rounded to nearest;
+- "int8": int8 with one float32 scale per (slot, head, block of KV_BLOCK channels) in a
+  (S, Hkv, ceil(D / KV_BLOCK)) array: x = q * scale. Blocks, not one scale per head: keys
+  after q/k-norms carry outlier channels (Gemma 3: channel maxima 5x the median) that would
+  coarsen every other channel; per-block scales halve the error (bench/RESULTS.md).
+  Key scales are *rotation-safe*: a block's scale bounds, for each rotary channel, the norm
+  of its (channel, partner) pair rather than the channel alone, so re-rotating a stored key
+  (context shift) never needs a larger scale: the scale stays put and pass-through channels
+  keep their exact int8 values. Value scales are max|x| / 127.
+
+`kv_load(arr, i, h, d)` reads one element as float32 (unscaled) and `kv_scale(arr, scales, i,
+h, b)` its block's scale (1.0 for float types), dispatched at compile time on the array dtype;
+the attention kernel multiplies each block's partial dot product (or each probability) by
+the scale once instead of once per channel.
+"""
+import numpy as np
+from numba import types
+from numba.extending import overload
+
+from .half import f2h, h2f
+from .jit import FASTMATH, kernel
+
+KV_DTYPES = {"f32": np.float32, "f16": np.uint16, "int8": np.int8}
+KV_BLOCK = 32  # channels per int8 scale
+
+
+def scale_shape(kv_type, capacity, n_kv, head_dim):
+    """Shape of a cache's scale array (a 1-element placeholder for float types)."""
+    if kv_type == "int8":
+        return (capacity, n_kv, (head_dim + KV_BLOCK - 1) // KV_BLOCK)
+    return (1, 1, 1)
+
+
+def partners(head_dim, ia, ib):
+    """(D,) int64: the channel each rotary channel pairs with, -1 for pass-through ones."""
+    p = np.full(head_dim, -1, np.int64)
+    p[np.asarray(ia)] = ib
+    p[np.asarray(ib)] = ia
+    return p
+
+
+def kv_load(arr, i, h, d):  # pragma: no cover - replaced inside kernels
+    raise NotImplementedError
+
+
+def kv_scale(arr, scales, i, h, b):  # pragma: no cover - replaced inside kernels
+    raise NotImplementedError
+
+
+_OPTS = {"fastmath": set(FASTMATH), "error_model": "numpy"}
+
+
+@overload(kv_load, jit_options=_OPTS, inline="always")
+def _ov_load(arr, i, h, d):
+    if arr.dtype == types.uint16:
+        return lambda arr, i, h, d: h2f(arr[i, h, d])
+    if arr.dtype == types.int8:
+        return lambda arr, i, h, d: np.float32(arr[i, h, d])
+    return lambda arr, i, h, d: arr[i, h, d]
+
+
+@overload(kv_scale, jit_options=_OPTS, inline="always")
+def _ov_scale(arr, scales, i, h, b):
+    if arr.dtype == types.int8:
+        return lambda arr, scales, i, h, b: scales[i, h, b]
+    return lambda arr, scales, i, h, b: np.float32(1.0)
+
+
+def kv_dot4(q, t, h, kk, ks, j, kvh):  # pragma: no cover - replaced inside kernels
+    raise NotImplementedError
+
+
+def kv_dot(q, t, h, kk, ks, j, kvh):  # pragma: no cover - replaced inside kernels
+    raise NotImplementedError
+
+
+def kv_axpy4(out, t, h, p0, p1, p2, p3, vv, vs, j, kvh):  # pragma: no cover
+    raise NotImplementedError
+
+
+def kv_axpy(out, t, h, p, vv, vs, j, kvh):  # pragma: no cover - replaced inside kernels
+    raise NotImplementedError
+
+
+# The attention kernel's inner loops, per element type: float types run one plain loop over
+# the channels (LLVM vectorizes it); int8 runs it per block of KV_BLOCK channels and applies
+# the block's scale to the partial sum (dot) or to the probability (axpy).
+
+@overload(kv_dot4, jit_options=_OPTS)
+def _ov_dot4(q, t, h, kk, ks, j, kvh):
+    """The scaled dot products of query (t, h) with keys j..j+3 of kv head kvh."""
+    if kk.dtype == types.int8:
+        def dot4_q8(q, t, h, kk, ks, j, kvh):
+            D = q.shape[2]
+            a0 = a1 = a2 = a3 = np.float32(0.0)
+            for b in range(ks.shape[2]):
+                s0 = s1 = s2 = s3 = np.float32(0.0)
+                for d in range(b * KV_BLOCK, min(D, b * KV_BLOCK + KV_BLOCK)):
+                    qd = q[t, h, d]
+                    s0 += qd * np.float32(kk[j, kvh, d])
+                    s1 += qd * np.float32(kk[j + 1, kvh, d])
+                    s2 += qd * np.float32(kk[j + 2, kvh, d])
+                    s3 += qd * np.float32(kk[j + 3, kvh, d])
+                a0 += s0 * ks[j, kvh, b]
+                a1 += s1 * ks[j + 1, kvh, b]
+                a2 += s2 * ks[j + 2, kvh, b]
+                a3 += s3 * ks[j + 3, kvh, b]
+            return a0, a1, a2, a3
+        return dot4_q8
+
+    def dot4(q, t, h, kk, ks, j, kvh):
+        a0 = a1 = a2 = a3 = np.float32(0.0)
+        for d in range(q.shape[2]):
+            qd = q[t, h, d]
+            a0 += qd * kv_load(kk, j, kvh, d)
+            a1 += qd * kv_load(kk, j + 1, kvh, d)
+            a2 += qd * kv_load(kk, j + 2, kvh, d)
+            a3 += qd * kv_load(kk, j + 3, kvh, d)
+        return a0, a1, a2, a3
+    return dot4
+
+
+@overload(kv_dot, jit_options=_OPTS)
+def _ov_dot(q, t, h, kk, ks, j, kvh):
+    def dot(q, t, h, kk, ks, j, kvh):
+        D = q.shape[2]
+        a = np.float32(0.0)
+        for b in range((D + KV_BLOCK - 1) // KV_BLOCK):
+            s0 = np.float32(0.0)
+            for d in range(b * KV_BLOCK, min(D, b * KV_BLOCK + KV_BLOCK)):
+                s0 += q[t, h, d] * kv_load(kk, j, kvh, d)
+            a += s0 * kv_scale(kk, ks, j, kvh, b)
+        return a
+    return dot
+
+
+@overload(kv_axpy4, jit_options=_OPTS)
+def _ov_axpy4(out, t, h, p0, p1, p2, p3, vv, vs, j, kvh):
+    """out[t, h] += p0 v[j] + p1 v[j + 1] + p2 v[j + 2] + p3 v[j + 3]."""
+    if vv.dtype == types.int8:
+        def axpy4_q8(out, t, h, p0, p1, p2, p3, vv, vs, j, kvh):
+            Dv = out.shape[2]
+            for b in range(vs.shape[2]):
+                w0 = p0 * vs[j, kvh, b]
+                w1 = p1 * vs[j + 1, kvh, b]
+                w2 = p2 * vs[j + 2, kvh, b]
+                w3 = p3 * vs[j + 3, kvh, b]
+                for d in range(b * KV_BLOCK, min(Dv, b * KV_BLOCK + KV_BLOCK)):
+                    out[t, h, d] += (w0 * np.float32(vv[j, kvh, d])
+                                     + w1 * np.float32(vv[j + 1, kvh, d])) \
+                        + (w2 * np.float32(vv[j + 2, kvh, d])
+                           + w3 * np.float32(vv[j + 3, kvh, d]))
+        return axpy4_q8
+
+    def axpy4(out, t, h, p0, p1, p2, p3, vv, vs, j, kvh):
+        for d in range(out.shape[2]):
+            out[t, h, d] += (p0 * kv_load(vv, j, kvh, d) + p1 * kv_load(vv, j + 1, kvh, d)) \
+                + (p2 * kv_load(vv, j + 2, kvh, d) + p3 * kv_load(vv, j + 3, kvh, d))
+    return axpy4
+
+
+@overload(kv_axpy, jit_options=_OPTS)
+def _ov_axpy(out, t, h, p, vv, vs, j, kvh):
+    def axpy(out, t, h, p, vv, vs, j, kvh):
+        Dv = out.shape[2]
+        for b in range((Dv + KV_BLOCK - 1) // KV_BLOCK):
+            w = p * kv_scale(vv, vs, j, kvh, b)
+            for d in range(b * KV_BLOCK, min(Dv, b * KV_BLOCK + KV_BLOCK)):
+                out[t, h, d] += w * kv_load(vv, j, kvh, d)
+    return axpy
+
+
+@kernel
+def _slot(n, sinks, S):
+    """Ring slot of the n-th token ever stored: the first `sinks` stay, the rest cycle."""
+    return n if n < sinks else sinks + (n - sinks) % (S - sinks)
+
+
+@kernel
+def _q8_row(dst, dsc, s, h, x, t, partner):
+    """Quantize x[t, h, :] into dst[s, h, :], one scale per block bounding |x_c| (and the
+    pair norm for rotary channels: partner[c] >= 0)."""
+    D = x.shape[2]
+    for cb in range(0, D, KV_BLOCK):
+        ce = min(D, cb + KV_BLOCK)
+        m = np.float32(0.0)
+        for c in range(cb, ce):
+            a = x[t, h, c]
+            if partner.shape[0] and partner[c] >= 0:
+                b = x[t, h, partner[c]]
+                m = max(m, np.float32(np.sqrt(a * a + b * b)))
+            else:
+                m = max(m, abs(a))
+        d = np.float32(np.float64(m) / 127.0)  # correctly rounded (fastmath would not be)
+        dsc[s, h, cb // KV_BLOCK] = d
+        inv = np.float32(1.0) / d if d > 0 else np.float32(0.0)
+        for c in range(cb, ce):
+            r = np.float32(np.round(x[t, h, c] * inv))
+            dst[s, h, c] = np.int8(min(max(r, np.float32(-127.0)), np.float32(127.0)))
+
+
+def kv_put(arr, scales, s, h, x, t, partner):  # pragma: no cover - replaced inside kernels
+    raise NotImplementedError
+
+
+def kv_reput(arr, scales, s, h, x, i):  # pragma: no cover - replaced inside kernels
+    raise NotImplementedError
+
+
+@overload(kv_put, jit_options=_OPTS)
+def _ov_put(arr, scales, s, h, x, t, partner):
+    """arr[s, h, :] = x[t, h, :] in arr's type (int8: new rotation-safe scales)."""
+    if arr.dtype == types.int8:
+        return lambda arr, scales, s, h, x, t, partner: _q8_row(arr, scales, s, h, x, t,
+                                                                partner)
+    if arr.dtype == types.uint16:
+        def put_f16(arr, scales, s, h, x, t, partner):
+            for c in range(arr.shape[2]):
+                arr[s, h, c] = f2h(x[t, h, c])
+        return put_f16
+
+    def put_f32(arr, scales, s, h, x, t, partner):
+        for c in range(arr.shape[2]):
+            arr[s, h, c] = x[t, h, c]
+    return put_f32
+
+
+@overload(kv_reput, jit_options=_OPTS)
+def _ov_reput(arr, scales, s, h, x, i):
+    """arr[s, h, :] = x[i, h, :] keeping the row's scales (int8: round(x / scale), clamped;
+    exact for values already on the grid)."""
+    if arr.dtype == types.int8:
+        def reput_q8(arr, scales, s, h, x, i):
+            for c in range(arr.shape[2]):
+                d = scales[s, h, c // KV_BLOCK]
+                inv = np.float32(1.0) / d if d > 0 else np.float32(0.0)
+                r = np.float32(np.round(x[i, h, c] * inv))
+                arr[s, h, c] = np.int8(min(max(r, np.float32(-127.0)), np.float32(127.0)))
+        return reput_q8
+    return lambda arr, scales, s, h, x, i: kv_put(arr, scales, s, h, x, i, None)
+
+
+@kernel
+def kv_store(kc, vc, ks, vs, cpos, k_new, v_new, q_pos, n0, sinks, partner):
+    """Write tokens t = 0..T-1 (stream index n0 + t, position q_pos[t]) into their ring slots.
+
+    kc / vc: the cache arrays (any KV dtype); ks / vs: their scales (`scale_shape`);
+    partner: the rotary pairing of the key channels (`partners`; int8 key scales cover it)."""
+    T, H, _ = k_new.shape
+    S = kc.shape[0]
+    for t in range(T):
+        s = _slot(n0 + t, sinks, S)
+        cpos[s] = q_pos[t]
+        for h in range(H):
+            kv_put(kc, ks, s, h, k_new, t, partner)
+            kv_put(vc, vs, s, h, v_new, t, partner[:0])
+
+
+@kernel
+def kv_dequant(out, kc, ks, slots):
+    """out (n, Hkv, D) float32 = stored rows kc[slots] (any KV dtype), for shifting / tests."""
+    for i in range(slots.shape[0]):
+        s = slots[i]
+        for h in range(kc.shape[1]):
+            for c in range(kc.shape[2]):
+                out[i, h, c] = kv_load(kc, s, h, c) * kv_scale(kc, ks, s, h, c // KV_BLOCK)
+
+
+@kernel
+def kv_requant(kc, ks, slots, x):
+    """Write float32 rows x (n, Hkv, D) back into kc[slots], keeping each row's scales."""
+    for i in range(slots.shape[0]):
+        for h in range(kc.shape[1]):
+            kv_reput(kc, ks, slots[i], h, x, i)

@@ -1,0 +1,216 @@
+"""KV cache element types, ring slots with sinks, and context shift (edgerope.cache,
+edgerope.kernels.kvstore / half), against numpy twins."""
+import numpy as np
+import pytest
+
+from edgerope import kernels as K
+from edgerope.cache import KV_TYPES, LayerCache, layer_capacity
+from edgerope.kernels import half
+from edgerope.kernels.kvstore import KV_BLOCK, kv_dequant, partners
+from edgerope.rope import RopeSpec
+
+import naive
+
+SPECS = {  # the three channel sets of rope.md: prefix half-split, interleaved, proportional
+    "prefix": RopeSpec(32, 16, 1e4, "half"),
+    "interleaved": RopeSpec(32, 16, 1e4, "interleaved"),
+    "proportional": RopeSpec(32, 32, 1e4, "half", rope_type="proportional",
+                             partial_rotary_factor=0.25),
+}
+
+
+def pairs(spec):
+    ia, ib = spec.pairs()
+    return ia.astype(np.int64), ib.astype(np.int64)
+
+
+def randn(r, *shape):
+    return r.standard_normal(shape).astype(np.float32)
+
+
+# ----------------------------------------------------------------------------- fp16 scalars
+
+@pytest.mark.parametrize("hardware", [True, False])
+def test_half_conversions_match_numpy(hardware):
+    """h2f over every finite pattern; f2h on random values, all halves, overflow and exact
+    midpoints (ties to even) -- the hardware and the integer versions alike."""
+    import numba
+    h2f, f2h = half.make(hardware)
+
+    @numba.njit
+    def dec(out, h):
+        for i in range(h.size):
+            out[i] = h2f(h[i])
+
+    @numba.njit
+    def enc(out, x):
+        for i in range(x.size):
+            out[i] = f2h(x[i])
+
+    h = np.arange(65536, dtype=np.uint32).astype(np.uint16)
+    ref = h.view(np.float16).astype(np.float32)
+    fin = np.isfinite(ref)
+    out = np.empty(65536, np.float32)
+    dec(out, h)
+    np.testing.assert_array_equal(out[fin].view(np.uint32), ref[fin].view(np.uint32))
+    r = np.random.default_rng(0)
+    vals = ref[fin & (ref >= 0)].astype(np.float64)
+    vals.sort()
+    mids = ((vals[:-1] + vals[1:]) / 2).astype(np.float32)  # exact ties in float32
+    x = np.concatenate([randn(r, 20000) * s for s in (1e-7, 1e-4, 1.0, 1e3, 1e5)]
+                       + [ref[fin], mids, -mids,
+                          np.array([65519, 65520, 1e6, np.inf, -np.inf], np.float32)])
+    o = np.empty(x.size, np.uint16)
+    enc(o, x)
+    with np.errstate(over="ignore"):
+        np.testing.assert_array_equal(o, x.astype(np.float16).view(np.uint16))
+
+
+# ----------------------------------------------------------------------------- storing
+
+def twin_store(kv_type, x, ia=(), ib=()):
+    """(stored float32 values, raw elements, scales) of x (H, D) the numpy way."""
+    if kv_type == "f32":
+        return x, x, None
+    if kv_type == "f16":
+        h = x.astype(np.float16)
+        return h.astype(np.float32), h.view(np.uint16), None
+    mag = np.abs(x)
+    if len(ia):  # rotary channels: bound the pair norm
+        pn = np.sqrt(x[..., ia] ** 2 + x[..., ib] ** 2)
+        mag[..., ia] = pn
+        mag[..., ib] = pn
+    H, D = x.shape
+    nb = -(-D // KV_BLOCK)
+    d = np.stack([mag[:, b * KV_BLOCK:(b + 1) * KV_BLOCK].max(-1) for b in range(nb)], -1)
+    d = (d.astype(np.float64) / 127).astype(np.float32)
+    inv = np.where(d > 0, np.float32(1) / np.where(d > 0, d, 1), 0).astype(np.float32)
+    inv_c, d_c = np.repeat(inv, KV_BLOCK, -1)[:, :D], np.repeat(d, KV_BLOCK, -1)[:, :D]
+    q = np.clip(np.round(x * inv_c), -127, 127).astype(np.int8)
+    return q.astype(np.float32) * d_c, q, d
+
+
+@pytest.mark.parametrize("kv_type", KV_TYPES)
+def test_store_matches_twin_and_slots(kv_type):
+    r = np.random.default_rng(1)
+    S, H, D, sinks = 7, 2, 80, 2  # 80 channels: blocks of 32, 32, 16
+    ia, ib = pairs(RopeSpec(80, 40, 1e4, "half"))
+    part = partners(D, ia, ib)
+    c = LayerCache(S, H, D, None, kv_type, sinks)
+    k, v = randn(r, 20, H, D) * 3, randn(r, 20, H, D)
+    pos = np.arange(100, 120, dtype=np.int64)
+    c.store(k[:3], v[:3], pos[:3], part)      # a chunk
+    for t in range(3, 9):                       # then tokens one by one
+        c.store(k[t:t + 1], v[t:t + 1], pos[t:t + 1], part)
+    c.store(k[9:20], v[9:20], pos[9:20], part)  # a chunk longer than the ring
+    # slots: tokens 0, 1 stay (sinks); the ring of 5 holds the last 5 tokens, n % 5 order
+    want = {0: 0, 1: 1}
+    for n in range(15, 20):
+        want[sinks + (n - sinks) % (S - sinks)] = n
+    assert c.n == 20
+    for slot, n in want.items():
+        assert c.pos[slot] == pos[n]
+        kf, kraw, kd = twin_store(kv_type, k[n], ia, ib)
+        vf, vraw, vd = twin_store(kv_type, v[n])
+        np.testing.assert_array_equal(c.k[slot], kraw)
+        np.testing.assert_array_equal(c.v[slot], vraw)
+        if kv_type == "int8":
+            # (the pair norms may round differently: fused multiply-adds)
+            np.testing.assert_allclose(c.ks[slot], kd, rtol=1e-6)
+            np.testing.assert_array_equal(c.vs[slot], vd)
+        back = np.empty((1, H, D), np.float32)
+        kv_dequant(back, c.k, c.ks, np.array([slot]))
+        np.testing.assert_allclose(back[0], kf, rtol=1e-6, atol=1e-7)
+
+
+def test_layer_capacity():
+    assert layer_capacity(None, 512, 4) == 512
+    assert layer_capacity(8, 512, 4) == 12     # window + sinks
+    assert layer_capacity(512, 512, 4) == 512  # a window as long as the context: global
+    assert layer_capacity(510, 512, 4) == 512
+
+
+@pytest.mark.parametrize("kv_type", ["f16", "int8"])
+@pytest.mark.parametrize("window,softcap", [(0, 0.0), (5, 30.0)])
+def test_attention_over_quantized_cache(kv_type, window, softcap):
+    """The kernel on an f16 / int8 cache equals the float64 twin over the dequantized cache."""
+    r = np.random.default_rng(2)
+    S, T, Hq, Hkv, D = 37, 3, 4, 2, 32
+    c = LayerCache(S, Hkv, D, None, kv_type)
+    kc, vc = randn(r, S, Hkv, D), randn(r, S, Hkv, D)
+    cpos = r.permutation(40)[:S].astype(np.int64)
+    ia, ib = pairs(SPECS["interleaved"])
+    c.store(kc, vc, cpos, partners(D, ia, ib))
+    c.pos[[3, 9]] = -1  # holes
+    q, kn, vn = randn(r, T, Hq, D), randn(r, T, Hkv, D), randn(r, T, Hkv, D)
+    qpos = np.arange(40, 40 + T, dtype=np.int64)
+    out = np.empty((T, Hq, D), np.float32)
+    K.attention(out, q, c.k, c.v, c.ks, c.vs, c.pos, kn, vn, qpos, 0.2, window, softcap,
+                np.zeros((3, S + T), np.float32))
+    kd, vd = np.empty_like(kc), np.empty_like(vc)
+    kv_dequant(kd, c.k, c.ks, np.arange(S))
+    kv_dequant(vd, c.v, c.vs, np.arange(S))
+    ref = naive.attention(q, kd, vd, c.pos, kn, vn, qpos, 0.2, window, softcap)
+    np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5)
+
+
+# ----------------------------------------------------------------------------- shifting
+
+@pytest.mark.parametrize("kv_type", KV_TYPES)
+@pytest.mark.parametrize("channels", list(SPECS))
+def test_shift_equals_rotation_at_new_position(kv_type, channels):
+    """Keys roped at p and shifted by -n equal keys roped at p - n on the rotary channels;
+    pass-through channels (and int8 scales) stay bit-identical; dropped slots are emptied."""
+    spec = SPECS[channels]
+    ia, ib = pairs(spec)
+    r = np.random.default_rng(3)
+    S, H, D, keep, n = 24, 2, spec.head_dim, 3, 7
+    raw = randn(r, S, H, D)
+    pos = np.arange(S, dtype=np.int64)
+    cos, sin = spec.table(S)
+    roped = raw.copy()
+    K.rope_apply(roped, pos, cos, sin, ia, ib)
+    c = LayerCache(S, H, D, None, kv_type, keep)
+    c.store(roped, raw, pos, partners(D, ia, ib))
+    k_before, ks_before = c.k.copy(), c.ks.copy()
+    c.shift(keep, n, *spec.shift(-n), ia, ib)
+    assert (c.pos[:keep] == np.arange(keep)).all()
+    assert (c.pos[keep:keep + n] == -1).all()
+    np.testing.assert_array_equal(c.pos[keep + n:], np.arange(keep, S - n))
+    moved = np.arange(keep + n, S)
+    got = np.empty((len(moved), H, D), np.float32)
+    kv_dequant(got, c.k, c.ks, moved)
+    want = raw[moved].copy()
+    K.rope_apply(want, moved - n, cos, sin, ia, ib)
+    rot = np.union1d(ia, ib)
+    tol = {"f32": 1e-5, "f16": 2e-3, "int8": 2e-2}[kv_type]
+    scale = np.abs(want).max()
+    np.testing.assert_allclose(got[..., rot], want[..., rot], atol=tol * scale)
+    still = np.setdiff1d(np.arange(D), rot)
+    if len(still):
+        np.testing.assert_array_equal(c.k[moved][..., still], k_before[moved][..., still])
+    np.testing.assert_array_equal(c.k[:keep], k_before[:keep])  # sinks untouched
+    np.testing.assert_array_equal(c.ks, ks_before)
+
+
+@pytest.mark.parametrize("channels", list(SPECS))
+def test_shift_kernel_identity_property(channels):
+    """rope_shift by delta == rotating at p + delta, over random positions and deltas."""
+    spec = SPECS[channels]
+    ia, ib = pairs(spec)
+    r = np.random.default_rng(4)
+    P = 300
+    cos, sin = spec.table(P)
+    for _ in range(20):
+        p = int(r.integers(50, P))
+        d = -int(r.integers(1, 50))
+        x = randn(r, 1, 3, spec.head_dim)
+        a = x.copy()
+        K.rope_apply(a, np.array([p]), cos, sin, ia, ib)
+        K.rope_shift(a, *spec.shift(d), ia, ib)
+        b = x.copy()
+        K.rope_apply(b, np.array([p + d]), cos, sin, ia, ib)
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+        rot = np.union1d(ia, ib)
+        still = np.setdiff1d(np.arange(spec.head_dim), rot)
+        np.testing.assert_array_equal(a[..., still], x[..., still])
