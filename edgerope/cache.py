@@ -18,9 +18,10 @@ pass-through channels of partial RoPE are never touched (int8 keys: their scales
 rotation-safe, see kvstore, so those int8 values stay bit-identical too). The alternative,
 unrotated keys rotated at attention time, costs a rotation of every visible key per query per
 layer; a shift rotates each kept key once per shift, i.e. about once per n_ctx / 2 tokens
-(llama.cpp's choice of n = half the non-sink tokens): measured on Gemma 3 270M, n_ctx 512,
-a whole shift takes ~1 ms against ~9 ms per decoded token, while rotating 512 keys per layer
-per token would add more than the whole attention step (bench/RESULTS.md, "context shift").
+(llama.cpp's choice of n = half the non-sink tokens). Measured on Gemma 3 270M, n_ctx 512,
+2 threads: one shift (254 tokens dropped, 18 layers) takes ~10 ms, i.e. ~0.04 ms per decoded
+token, while rotating the 512 cached keys of every layer costs ~1.5 ms -- per token, on a
+~13 ms decode step -- for the alternative (bench/RESULTS.md, "context shift").
 
 Owns: the buffers, writing a chunk of new keys/values, shifting. Not: when to shift (Session).
 """
@@ -34,9 +35,11 @@ from .kernels.kvstore import (KV_BLOCK, KV_DTYPES, kv_dequant, kv_requant, kv_st
                               scale_shape)
 
 KV_TYPES = tuple(KV_DTYPES)  # "f32", "f16", "int8"
-# measured (bench/RESULTS.md): f16 is lossless in practice (mean KL 4e-7 vs f32 on the real
-# models), halves the memory and decodes as fast or faster; int8 quarters it at KL ~1e-3
-DEFAULT_KV_TYPE = "f16"
+# measured (bench/RESULTS.md, Gemma 3 270M, 2 threads): f32 decodes fastest (tg128 113 t/s,
+# 65 at depth 1024; f16 85 / 44, int8 81 / 49: their element conversions do not vectorize as
+# well yet); f16 is as exact in practice (mean KL 4e-7) at half the memory, int8 a quarter
+# (KL ~1e-3). Memory is the reason to pick them on small boards.
+DEFAULT_KV_TYPE = "f32"
 
 
 class LayerCache:
