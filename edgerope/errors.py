@@ -16,3 +16,7 @@ class WeightsError(EdgeropeError, ValueError):
 
 class ContextFullError(EdgeropeError, RuntimeError):
     """The KV cache has no room left for more tokens."""
+
+
+class TokenizerError(EdgeropeError, ValueError):
+    """A tokenizer file (or GGUF vocabulary) that is missing, malformed or unsupported."""

@@ -164,8 +164,30 @@ def load_native(ck: Checkpoint, cfg, dtype: str) -> ModelWeights:
             **{k: norm(p + k) for k in _LAYER_NORMS if k != "attn_norm"}))
     W = ModelWeights(embed=embed, layers=layers, out_norm=norm("out_norm"),
                      lm_head=embed if meta.get("tied") else lin("lm_head"))
+    _check_norms(W, cfg, path)
     _check_shapes(W, cfg, path)
     return W
+
+
+def required_norms(cfg) -> tuple[str, ...]:
+    """The per-layer norms the forward pass of this architecture reads."""
+    need = ["attn_norm"]
+    if not (cfg.residual == "parallel" and cfg.shared_norm):
+        need.append("ffn_norm")
+    if cfg.sandwich:
+        need += ["post_attn_norm", "post_ffn_norm"]
+    if cfg.qk_norm:
+        need += ["q_norm", "k_norm"]
+    return tuple(need)
+
+
+def _check_norms(W: ModelWeights, cfg, path: str) -> None:
+    if W.out_norm is None:
+        raise WeightsError(f"{path}: norm 'out_norm' is missing")
+    for i, lw in enumerate(W.layers):
+        for key in required_norms(cfg):
+            if getattr(lw, key) is None:
+                raise WeightsError(f"{path}: norm 'layers.{i}.{key}' is missing")
 
 
 def _check_shapes(W: ModelWeights, cfg, path: str) -> None:

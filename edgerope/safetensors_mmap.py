@@ -160,17 +160,23 @@ class Checkpoint:
     def __contains__(self, name):
         return name in self._where
 
+    def _file(self, name) -> SafetensorsFile:
+        try:
+            return self._where[name]
+        except KeyError:
+            raise WeightsError(f"{self.dir}: tensor '{name}' is missing") from None
+
     def shape(self, name) -> tuple[int, ...]:
-        return self._where[name].entries[name][1]
+        return self._file(name).entries[name][1]
 
     def dtype(self, name) -> str:
-        return self._where[name].entries[name][0]
+        return self._file(name).entries[name][0]
 
     def raw(self, name) -> np.ndarray:
-        return self._where[name].raw(name)
+        return self._file(name).raw(name)
 
     def float32(self, name) -> np.ndarray:
-        sf = self._where[name]
+        sf = self._file(name)
         return to_float32(sf.raw(name), sf.dtype(name))
 
     @property

@@ -23,6 +23,8 @@ from typing import Iterable
 
 import sentencepiece as spm
 
+from .errors import TokenizerError
+
 __all__ = ["Tokenizer", "SentencePieceTokenizer", "BPETokenizer", "StreamDecoder",
            "load_tokenizer", "tokenizer_from_gguf", "EOG_TEXTS"]
 
@@ -160,16 +162,16 @@ class SentencePieceTokenizer(Tokenizer):
             try:
                 self.sp.LoadFromSerializedProto(bytes(model_proto))
             except (OSError, RuntimeError) as e:
-                raise ValueError(f"cannot load SentencePiece model proto: {e}") from None
+                raise TokenizerError(f"cannot load SentencePiece model proto: {e}") from None
         else:
             if path is None:
-                raise ValueError("SentencePieceTokenizer needs a path or model_proto")
+                raise TokenizerError("SentencePieceTokenizer needs a path or model_proto")
             path = os.fspath(path)
             self.path = path
             try:
                 self.sp.Load(path)
             except (OSError, RuntimeError) as e:  # sentencepiece reports I/O and parse errors alike
-                raise ValueError(f"cannot load SentencePiece model {path}: {e}") from None
+                raise TokenizerError(f"cannot load SentencePiece model {path}: {e}") from None
         sp = self.sp
         self.vocab_size = sp.get_piece_size()
         self.add_bos_default = bool(add_bos_default)
@@ -345,7 +347,7 @@ def _read_json(path):
     except FileNotFoundError:
         return {}
     except (OSError, ValueError) as e:
-        raise ValueError(f"cannot read {path}: {e}") from None
+        raise TokenizerError(f"cannot read {path}: {e}") from None
     return data if isinstance(data, dict) else {}
 
 
@@ -391,6 +393,17 @@ def _chat_template(model_dir, tcfg):
 
 
 def load_tokenizer(model_dir) -> Tokenizer:
+    """`_load_tokenizer`, with what a malformed file makes the tokenizer libraries raise
+    reported as one TokenizerError."""
+    try:
+        return _load_tokenizer(model_dir)
+    except (IndexError, KeyError, UnicodeDecodeError, RuntimeError, OverflowError) as e:
+        raise TokenizerError(f"{os.fspath(model_dir)}: malformed tokenizer "
+                             f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
+                             ) from None
+
+
+def _load_tokenizer(model_dir) -> Tokenizer:
     """Tokenizer for a Hugging Face-style model directory (or a path to a tokenizer.model or
     tokenizer.json file): tokenizer.model -> SentencePieceTokenizer, else tokenizer.json ->
     BPETokenizer.
@@ -414,7 +427,7 @@ def load_tokenizer(model_dir) -> Tokenizer:
     json_path = os.path.join(model_dir, "tokenizer.json")
     use_sp = os.path.isfile(sp_path)
     if not use_sp and not os.path.isfile(json_path):
-        raise ValueError(f"no tokenizer found in {model_dir} (expected tokenizer.model)")
+        raise TokenizerError(f"no tokenizer found in {model_dir} (expected tokenizer.model)")
 
     gen = _read_json(os.path.join(model_dir, "generation_config.json"))
     cfg = _read_json(os.path.join(model_dir, "config.json"))
@@ -459,7 +472,7 @@ def load_tokenizer(model_dir) -> Tokenizer:
         try:
             hf = HFTokenizer.from_file(json_path)
         except Exception as e:  # tokenizers raises a bare Exception for parse errors
-            raise ValueError(f"cannot load tokenizer {json_path}: {e}") from None
+            raise TokenizerError(f"cannot load tokenizer {json_path}: {e}") from None
         known = hf.get_added_tokens_decoder()
         for key, spec in added.items():  # entries tokenizer.json lacks as added tokens
             name = _token_text(spec)

@@ -26,6 +26,7 @@ from typing import Iterable
 
 import numpy as np
 
+from .errors import TokenizerError
 from .tokenizer import (EOG_TEXTS, SentencePieceTokenizer, Tokenizer, _eog_ids_by_text,
                         _sorted_specials, _split_special, _write_json)
 
@@ -114,7 +115,7 @@ class BPETokenizer(Tokenizer):
         try:
             hf = HFTokenizer.from_file(path)
         except Exception as e:  # tokenizers raises a bare Exception for parse errors
-            raise ValueError(f"cannot load tokenizer {path}: {e}") from None
+            raise TokenizerError(f"cannot load tokenizer {path}: {e}") from None
         return cls(hf, path=path, **kwargs)
 
     def __repr__(self):
@@ -222,7 +223,7 @@ def tokenizer_from_gguf(reader):
     model = _field(reader, "tokenizer.ggml.model")
     tokens = _field(reader, "tokenizer.ggml.tokens")
     if model is None or tokens is None:
-        raise ValueError("GGUF file has no tokenizer (tokenizer.ggml.model / tokens missing)")
+        raise TokenizerError("GGUF file has no tokenizer (tokenizer.ggml.model / tokens missing)")
     tokens = [t if t else f"[EMPTY_{i}]" for i, t in enumerate(tokens)]  # as llama.cpp
     n = len(tokens)
     types = _field(reader, "tokenizer.ggml.token_type")
@@ -258,7 +259,7 @@ def tokenizer_from_gguf(reader):
         pre = _field(reader, "tokenizer.ggml.pre") or "default"
         merges = _field(reader, "tokenizer.ggml.merges")
         if merges is None:
-            raise ValueError("GGUF gpt2 vocabulary without tokenizer.ggml.merges")
+            raise TokenizerError("GGUF gpt2 vocabulary without tokenizer.ggml.merges")
         regexes, ignore_merges = PRE_TOKENIZER_REGEXES.get(pre, PRE_TOKENIZER_REGEXES["default"])
         if pre not in PRE_TOKENIZER_REGEXES:
             import warnings
@@ -270,7 +271,7 @@ def tokenizer_from_gguf(reader):
         hf = _hf_bpe(tokens, merges, types, regexes, ignore_merges)
         return BPETokenizer(hf, bos_id=ids["bos"], eos_ids=eos,
                             add_bos_default=bool(add_bos), chat_template=chat_template)
-    raise ValueError(f"unsupported GGUF tokenizer model {model!r} (supported: llama, gpt2)")
+    raise TokenizerError(f"unsupported GGUF tokenizer model {model!r} (supported: llama, gpt2)")
 
 
 # --- SentencePiece ModelProto, hand-serialized ------------------------------------------------
@@ -317,7 +318,7 @@ def _spm_types(types, unk_id):
     types[(types < NORMAL) | (types > BYTE)] = NORMAL  # UNDEFINED (0) and unknown values
     types[types == UNKNOWN] = CONTROL
     if unk_id is None:
-        raise ValueError("SentencePiece vocabulary without an unknown token")
+        raise TokenizerError("SentencePiece vocabulary without an unknown token")
     types[unk_id] = UNKNOWN
     return types
 
