@@ -1,0 +1,123 @@
+"""Robustness (issue 6, part): an interrupted convert leaves nothing loadable, sessions are
+independent across threads, results do not depend on the thread count, odd options give
+defined results."""
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+
+pytest.importorskip("torch")
+
+from click.testing import CliRunner  # noqa: E402
+
+import edgerope  # noqa: E402
+from edgerope import kernels as K  # noqa: E402
+from edgerope.cli import main  # noqa: E402
+from test_generate import tiny_dir  # noqa: E402,F401 - a tiny model with a tokenizer
+from tiny_models import build  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    d = str(tmp_path_factory.mktemp("robust-llama"))
+    build("llama", d)
+    return d
+
+
+def test_killed_convert_leaves_nothing_loadable(tmp_path):
+    """SIGKILL while `convert` writes: no destination appears (the temporary directory it
+    writes into is only renamed into place when complete)."""
+    import tiny_models
+    tiny_models.CASES["robust-big"] = ("llama", dict(hidden_size=768, intermediate_size=3072,
+                                                     num_hidden_layers=6, vocab_size=8192))
+    src = str(tmp_path / "src")
+    build("robust-big", src)
+    dst = str(tmp_path / "dst")
+    proc = subprocess.Popen([sys.executable, "-m", "edgerope.cli", "convert", src, dst,
+                             "--dtype", "float32"], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:  # until it starts writing
+        if any(n.startswith(".tmp-dst-") for n in os.listdir(tmp_path)):
+            break
+        time.sleep(0.005)
+    killed = proc.poll() is None
+    print("convert killed mid-write:", killed)
+    if killed:
+        proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    if killed:
+        assert not os.path.exists(dst)
+        with pytest.raises(edgerope.EdgeropeError):
+            edgerope.load(dst)
+    else:  # it finished first: then it must be complete and loadable
+        edgerope.load(dst)
+
+
+def test_two_sessions_in_two_threads_equal_running_alone(tiny):
+    m = edgerope.load(tiny, dtype="int8")
+    prompts = [[1, 5, 9, 14, 3], [1, 22, 7, 7, 40, 2, 8]]
+
+    def decode(prompt, out):
+        s = m.new_session(n_ctx=64)
+        logits = s.eval(prompt)
+        toks = []
+        for _ in range(12):
+            t = int(np.argmax(logits))
+            toks.append(t)
+            logits = s.eval([t])
+        out.append((toks, logits.copy()))
+
+    alone = []
+    for p in prompts:
+        decode(p, alone)
+    together = [[], []]
+    threads = [threading.Thread(target=decode, args=(p, o)) for p, o in zip(prompts, together)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for (a_toks, a_logits), [(b_toks, b_logits)] in zip(alone, together):
+        assert a_toks == b_toks
+        np.testing.assert_array_equal(a_logits, b_logits)
+
+
+def test_same_tokens_for_any_thread_count(tiny_dir):
+    m = edgerope.load(tiny_dir[0], dtype="int8")
+    before = K.get_threads()
+    out = []
+    try:
+        for n in (1, 2):
+            K.set_threads(n)
+            out.append("".join(m.generate("The lighthouse", max_tokens=16, temperature=0.9,
+                                          seed=5)))
+    finally:
+        K.set_threads(before)
+    assert out[0] == out[1]
+
+
+@pytest.mark.parametrize("args,code,check", [
+    (["-p", "", "-n", "4", "--temp", "0"], 0, "generation: 4 tokens"),   # empty: from BOS
+    (["-p", "The", "-n", "0"], 0, "generation: 0 tokens"),
+    (["-p", "The", "-n", "3", "-t", "64"], 0, "threads: "),              # capped to the cores
+    (["-p", "The", "-n", "-2"], 1, "max_tokens"),
+    (["-p", "The", "--top-k", "-5"], 1, "top_k"),
+])
+def test_odd_options_are_defined(tiny_dir, args, code, check):
+    r = CliRunner().invoke(main, ["generate", "-m", tiny_dir[0]] + args)
+    assert r.exit_code == code, r.output
+    assert check in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_non_utf8_prompt_file(tiny_dir, tmp_path):
+    p = tmp_path / "prompt.txt"
+    p.write_bytes(b"The \xff\xfe lighthouse \xc3")
+    r = CliRunner().invoke(main, ["generate", "-m", tiny_dir[0], "-f", str(p), "-n", "3",
+                                  "--temp", "0"])
+    assert r.exit_code == 0 and "generation: 3 tokens" in r.stderr
