@@ -17,7 +17,7 @@ import numpy as np
 from .config import ModelConfig
 from .errors import WeightsError
 from .kernels import ScaleRangeError
-from .linear import Linear
+from .linear import Linear, check_finite
 from .safetensors_mmap import Checkpoint, to_float32
 
 _L = "model.layers.{i}."
@@ -160,7 +160,13 @@ class _Reader:
         return name
 
     def array(self, key, shape, i=None, h=None, suffix="weight") -> np.ndarray:
-        return self.src.float32(self._check(self.name(key, i, h, suffix), shape))
+        name = self._check(self.name(key, i, h, suffix), shape)
+        a = self.src.float32(name)
+        try:
+            check_finite(a)
+        except ScaleRangeError as e:
+            raise WeightsError(f"{self.src.where}: tensor '{name}': {e}") from None
+        return a
 
     def linear(self, key, shape, dtype, i=None, bias=False, perm=None) -> Linear:
         name = self._check(self.name(key, i), shape)

@@ -47,6 +47,16 @@ class Activations:
         return views
 
 
+def check_finite(a: np.ndarray, row0: int = 0) -> None:
+    """ScaleRangeError (a ValueError; loaders name the tensor) if `a` holds NaN or inf."""
+    bad = ~np.isfinite(a)
+    if bad.any():
+        where = np.argwhere(bad)[0]
+        where[0] += row0
+        raise K.ScaleRangeError(f"{int(bad.sum())} weight(s) are NaN or infinite (first at "
+                                f"index {[int(v) for v in where]})")
+
+
 class Linear:
     """A weight matrix in float32 or int8 blocks, with an optional float32 bias."""
 
@@ -92,6 +102,7 @@ class Linear:
             w = np.empty((n, k), np.float32)
             for r in range(0, n, _CHUNK_ROWS):
                 w[r:r + _CHUNK_ROWS] = convert(src[r:r + _CHUNK_ROWS])
+                check_finite(w[r:r + _CHUNK_ROWS], r)
             return cls(w=w, bias=bias)
         if dtype != "int8":
             raise ValueError(f"unsupported dtype {dtype!r} (supported: {', '.join(DTYPES)})")
@@ -99,6 +110,7 @@ class Linear:
         ws = np.empty((n, -(-k // BLOCK)), np.float32)
         for r in range(0, n, _CHUNK_ROWS):
             rows = np.ascontiguousarray(convert(src[r:r + _CHUNK_ROWS]), dtype=np.float32)
+            check_finite(rows, r)
             K.quantize_q8(wq[r:r + _CHUNK_ROWS], ws[r:r + _CHUNK_ROWS], rows)
         return cls(wq=wq, ws=ws, bias=bias)  # packed by the constructor
 

@@ -135,11 +135,12 @@ def load_native(ck: Checkpoint, cfg, dtype: str) -> ModelWeights:
                     or ck.dtype(name + ".wsp") != "F16"):
                 raise WeightsError(f"{path}: tensors '{name}.wp', '{name}.wsp' must be U8 "
                                    f"and F16")
-            wp = ck.raw(name + ".wp")
+            wp, wsp = ck.raw(name + ".wp"), ck.raw(name + ".wsp").view(np.uint16)
+            if ((wsp & 0x7C00) == 0x7C00).any():  # fp16 exponent all ones: inf or NaN
+                raise WeightsError(f"{path}: tensor '{name}.wsp' holds NaN or infinite scales")
             if wp.ctypes.data % 64:  # written by another tool: 64-byte loads need alignment
                 wp = aligned_copy(wp)
-            return Linear(wp=wp, wsp=ck.raw(name + ".wsp").view(np.uint16),
-                          shape=tuple(shapes[name]), bias=bias)
+            return Linear(wp=wp, wsp=wsp, shape=tuple(shapes[name]), bias=bias)
         if name + ".w" in ck:
             if dtype == "int8":
                 try:
@@ -153,7 +154,11 @@ def load_native(ck: Checkpoint, cfg, dtype: str) -> ModelWeights:
         if name not in kinds:
             return None
         kind, eps = kinds[name]
-        return Norm(kind, ck.raw(name + ".weight"), ck.raw(name + ".bias"), float(eps))
+        w, b = ck.raw(name + ".weight"), ck.raw(name + ".bias")
+        for t, a in ((".weight", w), (".bias", b)):
+            if not np.isfinite(a).all():
+                raise WeightsError(f"{path}: tensor '{name}{t}' holds NaN or infinite values")
+        return Norm(kind, w, b, float(eps))
 
     embed = lin("embed")
     layers = []
