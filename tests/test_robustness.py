@@ -121,3 +121,16 @@ def test_non_utf8_prompt_file(tiny_dir, tmp_path):
     r = CliRunner().invoke(main, ["generate", "-m", tiny_dir[0], "-f", str(p), "-n", "3",
                                   "--temp", "0"])
     assert r.exit_code == 0 and "generation: 3 tokens" in r.stderr
+
+
+def test_ctrl_c_during_generation_exits_130_with_timings(tiny_dir):
+    """SIGINT mid-generation: the text so far is flushed, the timing line printed, exit 130."""
+    proc = subprocess.Popen([sys.executable, "-m", "edgerope.cli", "generate", "-m",
+                             tiny_dir[0], "-p", "The lighthouse", "-n", "1000000", "-c", "64",
+                             "-t", "1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    first = proc.stdout.read(8)  # generation has started
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err.decode()
+    assert len(first + out) > 8
+    assert b"generation:" in err and b"Traceback" not in err
