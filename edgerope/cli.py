@@ -111,9 +111,7 @@ def generate(model_path, prompt, prompt_file, n_predict, threads, ctx_size, batc
     if model.tokenizer is None:
         raise EdgeropeError(f"{model_path}: no tokenizer found (expected tokenizer.model or tokenizer.json)")
     stats = GenerationStats()
-    if keep < -1:
-        raise EdgeropeError(f"--keep must be >= 0, or -1 for the whole prompt; got {keep}")
-    n_ctx = ctx_size or model.default_ctx()
+    n_ctx = ctx_size or model.default_ctx()  # (keep < -1: generate() says so)
     if keep >= n_ctx:
         raise EdgeropeError(f"--keep {keep} must be smaller than the context size ({n_ctx})")
     session = model.new_session(n_ctx=n_ctx, n_batch=batch_size, kv_type=kv_type,

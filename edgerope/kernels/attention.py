@@ -14,7 +14,7 @@ on which heads share its run or chunk, hence results do not depend on the thread
 import numpy as np
 
 from .jit import kernel, prange
-from .kvstore import KV_BLOCK, kv_axpy, kv_axpy4, kv_dot, kv_dot4  # noqa: F401
+from .kvstore import kv_axpy, kv_axpy4, kv_dot, kv_dot4
 
 _KEY_BLOCK = 128  # keys per block: K and V blocks (128 x D floats each) stay in L2
 _RUN = 8          # max query heads walking the key blocks together
@@ -38,7 +38,6 @@ def _scores(sc, q, t, h, kk, ks, kvh, kpos, b0, b1, qp, scale, window, softcap):
     """sc[j - b0] = logit of key j in [b0, b1) for query (t, h), -inf if not visible; returns
     the max. Four keys per pass share each q load. kk: any KV element type (kvstore), ks its
     int8 scales."""
-    D = q.shape[2]
     neg = np.float32(-np.inf)
     mb = neg
     j = b0
@@ -78,7 +77,6 @@ def _scores(sc, q, t, h, kk, ks, kvh, kpos, b0, b1, qp, scale, window, softcap):
 def _fold(out, t, h, vv, vs, kvh, sc, b0, b1, m):
     """out[t, h] += sum_j exp(sc[j - b0] - m) v[j] over visible keys; returns the weight sum.
     Masked keys are skipped, never multiplied by 0: empty slots may hold garbage."""
-    Dv = out.shape[2]
     neg = np.float32(-np.inf)
     tot = np.float32(0.0)
     j = b0
