@@ -1,11 +1,15 @@
 """Side-by-side throughput: edgerope vs llama.cpp (llama-cpp-python) vs transformers.
 
 Same model bits where possible: the registry's Gemma 3 270M Q4_K_M is requantized once by
-llama.cpp to Q8_0 (ftype 7), and edgerope imports that Q8_0 file bit for bit. transformers
-runs the same GGUF dequantized to float32. Engines alternate round by round so drift on a
-shared machine hits all of them alike; the table reports medians and ratios to llama.cpp.
+llama.cpp to Q8_0 (ftype 7), and edgerope imports that Q8_0 file bit for bit. `--dtype int4`:
+llama.cpp's default Q4_0 requantization instead (ftype 2: Q4_0 matrices; embedding/output
+Q8_0 where Q6_K cannot hold them, as for Gemma 3's 640 columns), which edgerope imports bit
+for bit as int4 (+ int8). transformers runs the same GGUF dequantized to float32. Engines
+alternate round by round so drift on a shared machine hits all of them alike; the table
+reports medians and ratios to llama.cpp.
 
-    python bench/compare.py [-m gemma3-270m] [-p 512] [-n 128] [-t 2] [-r 3] [--no-hf]
+    python bench/compare.py [-m gemma3-270m] [--dtype int8|int4] [-p 512] [-n 128] [-t 2]
+                            [-r 3] [--no-hf]
 """
 from __future__ import annotations
 
@@ -18,14 +22,19 @@ import time
 import numpy as np
 
 
-def q8_0_copy(src: str) -> str:
-    """llama.cpp's own Q8_0 requantization of `src`, cached beside the converted models."""
+FTYPES = {"int8": ("q8_0", 7), "int4": ("q4_0", 2)}  # edgerope dtype -> llama.cpp file type
+
+
+def llama_cpp_copy(src: str, dtype: str = "int8") -> str:
+    """llama.cpp's own Q8_0 / Q4_0 requantization of `src`, cached beside converted models."""
     from edgerope.registry import weights_dir
-    dst = os.path.join(weights_dir(), os.path.basename(src).replace(".gguf", "") + ".q8_0.gguf")
+    suffix, ftype = FTYPES[dtype]
+    dst = os.path.join(weights_dir(),
+                       os.path.basename(src).replace(".gguf", "") + f".{suffix}.gguf")
     if not os.path.exists(dst):
         import llama_cpp
         params = llama_cpp.llama_model_quantize_default_params()
-        params.ftype = 7  # LLAMA_FTYPE_MOSTLY_Q8_0
+        params.ftype = ftype  # LLAMA_FTYPE_MOSTLY_Q8_0 / _Q4_0
         params.allow_requantize = True
         os.makedirs(os.path.dirname(dst), exist_ok=True)
         rc = llama_cpp.llama_model_quantize(src.encode(), (dst + ".tmp").encode(), params)
@@ -36,12 +45,11 @@ def q8_0_copy(src: str) -> str:
 
 
 class Edgerope:
-    name = "edgerope int8"
-
-    def __init__(self, path, threads):
+    def __init__(self, path, threads, dtype="int8"):
         import edgerope
         edgerope.set_threads(threads)
-        self.m = edgerope.load(path, dtype="int8")
+        self.name = f"edgerope {dtype}"
+        self.m = edgerope.load(path, dtype=dtype)
         self.vocab = self.m.config.vocab_size
         self.pp(16), self.tg(2)  # JIT warm-up
 
@@ -62,10 +70,9 @@ class Edgerope:
 
 
 class LlamaCpp:
-    name = "llama.cpp Q8_0"
-
-    def __init__(self, path, threads):
+    def __init__(self, path, threads, dtype="int8"):
         from llama_cpp import Llama
+        self.name = "llama.cpp " + FTYPES[dtype][0].upper()
         self.m = Llama(model_path=path, n_threads=threads, n_threads_batch=threads, n_ctx=2048,
                        n_batch=512, verbose=False)
         self.vocab = self.m.n_vocab()
@@ -122,6 +129,7 @@ class Transformers:
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("-m", "--model", default="gemma3-270m")
+    ap.add_argument("--dtype", choices=sorted(FTYPES), default="int8")
     ap.add_argument("-p", "--n-prompt", type=int, default=512)
     ap.add_argument("-n", "--n-gen", type=int, default=128)
     ap.add_argument("-t", "--threads", type=int, default=2)
@@ -130,21 +138,21 @@ def main():
     a = ap.parse_args()
     from edgerope.registry import is_registered, locate
     src = locate(a.model) if is_registered(a.model) else a.model
-    q8 = q8_0_copy(src)
-    engines = [Edgerope(q8, a.threads)]
+    q = llama_cpp_copy(src, a.dtype)
+    engines = [Edgerope(q, a.threads, a.dtype)]
     try:
-        engines.append(LlamaCpp(q8, a.threads))
+        engines.append(LlamaCpp(q, a.threads, a.dtype))
     except ImportError:
         print("llama-cpp-python not installed: skipping llama.cpp", file=sys.stderr)
     if not a.no_hf:
-        engines.append(Transformers(q8, a.threads))
+        engines.append(Transformers(q, a.threads))
     res = {(e.name, k): [] for e in engines for k in ("pp", "tg")}
     for _ in range(a.repetitions):
         for e in engines:  # alternate engines round by round
             res[(e.name, "pp")].append(e.pp(a.n_prompt))
             res[(e.name, "tg")].append(e.tg(a.n_gen))
-    ref = "llama.cpp Q8_0"
-    print(f"model {os.path.basename(q8)}, {a.threads} threads, median of {a.repetitions}\n")
+    ref = "llama.cpp " + FTYPES[a.dtype][0].upper()
+    print(f"model {os.path.basename(q)}, {a.threads} threads, median of {a.repetitions}\n")
     print(f"| engine | pp{a.n_prompt} t/s | tg{a.n_gen} t/s | pp vs llama.cpp | "
           f"tg vs llama.cpp |\n|---|---:|---:|---:|---:|")
     for e in engines:

@@ -467,6 +467,21 @@ class Chat:
 
 # -- the terminal loop -------------------------------------------------------------------------
 
+def _clean_line(line: str, encoding: str | None) -> str:
+    """`line` with the lone surrogates of undecodable bytes (errors="surrogateescape")
+    replaced by U+FFFD, one per bad byte sequence as a replacing decode gives."""
+    try:
+        line.encode("utf-8")
+        return line
+    except UnicodeEncodeError:
+        pass
+    enc = encoding or "utf-8"
+    try:
+        return line.encode(enc, "surrogateescape").decode(enc, "replace")
+    except (UnicodeError, LookupError):
+        return line.encode("utf-8", "replace").decode("utf-8")
+
+
 def run_chat(model, system: str | None = None, input=None, output=None, err=None,
              interactive: bool | None = None, **sampling) -> int:
     """The loop behind `edgerope chat`: one user turn per line of `input`, replies streamed to
@@ -482,6 +497,13 @@ def run_chat(model, system: str | None = None, input=None, output=None, err=None
     input = sys.stdin if input is None else input
     output = sys.stdout if output is None else output
     err = sys.stderr if err is None else err
+    if input is sys.stdin:
+        # bytes that are not valid in the terminal's encoding arrive as lone surrogates
+        # (instead of an exception ending the chat); `_clean_line` turns them into U+FFFD
+        try:
+            input.reconfigure(errors="surrogateescape")
+        except (AttributeError, ValueError, OSError):
+            pass
     if interactive is None:
         try:
             interactive = bool(input.isatty())
@@ -500,7 +522,7 @@ def run_chat(model, system: str | None = None, input=None, output=None, err=None
         stream.write(text)
         stream.flush()
 
-    def read_line() -> str:
+    def raw_line() -> str:
         if use_builtin:
             try:
                 return builtins.input("> ") + "\n"
@@ -509,6 +531,19 @@ def run_chat(model, system: str | None = None, input=None, output=None, err=None
         if interactive:
             say(output, "> ")
         return input.readline()
+
+    n_lines = 0
+
+    def read_line() -> str:
+        nonlocal n_lines
+        line = raw_line()
+        n_lines += 1
+        clean = _clean_line(line, getattr(input, "encoding", None))
+        if clean != line:
+            enc = (getattr(input, "encoding", None) or "utf-8").upper()
+            say(err, f"warning: stdin line {n_lines}: not valid {enc}; invalid bytes replaced "
+                     f"by U+FFFD\n")
+        return clean
 
     while True:
         try:

@@ -9,13 +9,15 @@ in float32. Tensors are read from memory maps one at a time.
 from __future__ import annotations
 
 import os
+import re
 import sys
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
 
 from .config import ModelConfig
-from .errors import WeightsError
+from .errors import EdgeropeWarning, WeightsError
 from .kernels import ScaleRangeError
 from .linear import Linear, check_finite
 from .safetensors_mmap import Checkpoint, to_float32
@@ -115,9 +117,14 @@ class SafetensorsSource:
 
     def __init__(self, ckpt: Checkpoint):
         self.ckpt, self.where = ckpt, ckpt.dir
+        # the file to name in messages about the whole checkpoint (the directory if sharded)
+        self.label = ckpt.files[0].path if len(ckpt.files) == 1 else ckpt.dir
 
     def __contains__(self, name):
         return name in self.ckpt
+
+    def names(self):
+        return self.ckpt.names()
 
     def shape(self, name):
         return tuple(self.ckpt.shape(name))
@@ -139,6 +146,7 @@ class _Reader:
 
     def __init__(self, src, names: dict[str, str], prefixes=_PREFIXES):
         self.src, self.names = src, names
+        self.used: set[str] = set()  # tensors read (the rest are reported as unused)
         self.prefix = next((p for p in prefixes if p + names["embed"] + ".weight" in src), None)
         if self.prefix is None:
             raise WeightsError(f"{src.where}: tensor '{names['embed']}.weight' not found "
@@ -157,6 +165,7 @@ class _Reader:
         if shape is not None and tuple(found) != tuple(shape):
             raise WeightsError(f"{self.src.where}: tensor '{name}' has shape {list(found)}, "
                                f"expected {list(shape)}")
+        self.used.add(name)
         return name
 
     def array(self, key, shape, i=None, h=None, suffix="weight") -> np.ndarray:
@@ -189,6 +198,9 @@ def _progress(n: int, desc: str):
                 disable=None)
 
 
+EMBED_DTYPE = {"int4": "int8"}  # weight dtype -> dtype of the embedding and output matrices
+
+
 def load_weights(src, cfg: ModelConfig, dtype: str, names: dict[str, str] | None = None,
                  norm_plus_one_stored: bool = False) -> ModelWeights:
     """Read every tensor the configured architecture needs from `src` (a Checkpoint or a
@@ -213,7 +225,8 @@ def load_weights(src, cfg: ModelConfig, dtype: str, names: dict[str, str] | None
             b = r.array(key, (n,), i, suffix="bias")[None, :] if has_b else np.zeros_like(w)
         return Norm("layer" if kind.startswith("layer") else kind, w, b, cfg.norm_eps)
 
-    embed = r.linear("embed", (V, H), dtype)
+    edtype = EMBED_DTYPE.get(dtype, dtype)
+    embed = r.linear("embed", (V, H), edtype)
     layers = []
     for i in _progress(cfg.num_hidden_layers, f"loading {os.path.basename(str(src.where))}"):
         if cfg.fused_qkv == "per_head":
@@ -249,6 +262,32 @@ def load_weights(src, cfg: ModelConfig, dtype: str, names: dict[str, str] | None
     out_norm = norm("out_norm", H)
     # Tied heads share the embedding's arrays (transformers ties them even when a file also
     # stores an lm_head tensor).
-    lm_head = embed if cfg.tie_word_embeddings else r.linear("lm_head", (V, H), dtype,
+    lm_head = embed if cfg.tie_word_embeddings else r.linear("lm_head", (V, H), edtype,
                                                              bias=cfg.lm_head_bias)
+    unused = set(src.names()) - r.used
+    if cfg.tie_word_embeddings:  # a stored copy of the tied head is harmless
+        unused = {n for n in unused if not n.endswith(r.names["lm_head"] + ".weight")}
+    if r.prefix:  # a multimodal checkpoint: the other towers are not ours to report
+        unused = {n for n in unused if n.startswith(r.prefix)}
+    warn_unused(getattr(src, "label", src.where), unused, cfg.model_type)
     return ModelWeights(embed=embed, layers=layers, out_norm=out_norm, lm_head=lm_head)
+
+
+# Tensors checkpoints carry that no model reads: buffers older transformers saved (rotary
+# inv_freq tables, position_ids, GPT-2/GPT-J/GPT-NeoX causal-mask buffers `attn.bias`,
+# `attn.masked_bias`); transformers ignores the same ones when it loads
+# (`_keys_to_ignore_on_load_unexpected`, and the inv_freq / position_ids patterns of
+# PreTrainedModel._adjust_missing_and_unexpected_keys).
+_HARMLESS = re.compile(r"(rotary_emb\.(original_)?inv_freq|(^|\.)position_ids"
+                       r"|\.attn\.(masked_)?bias|\.attention\.(masked_)?bias)$")
+
+
+def warn_unused(where: str, names, arch: str, show: int = 3) -> None:
+    """One EdgeropeWarning naming the file, how many tensors the architecture does not read
+    and the first few names (known-harmless buffers are not counted)."""
+    names = sorted(n for n in names if not _HARMLESS.search(n))
+    if not names:
+        return
+    head = ", ".join(names[:show]) + (", ..." if len(names) > show else "")
+    warnings.warn(f"{where}: {len(names)} tensor{'s' if len(names) > 1 else ''} not used by "
+                  f"{arch}: {head}", EdgeropeWarning, stacklevel=3)

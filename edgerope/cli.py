@@ -4,12 +4,14 @@ traceback); Ctrl-C stops cleanly with exit code 130."""
 from __future__ import annotations
 
 import functools
+import os
 import sys
 import warnings
 
 import click
 
-from .errors import EdgeropeError
+from .errors import EdgeropeError, EdgeropeWarning
+from .linear import DTYPES
 
 
 def _fail(msg: str, code: int = 1):
@@ -65,16 +67,57 @@ def _threads(n):
     return kernels.set_threads(n)
 
 
+def _decode(data: bytes, where: str) -> str:
+    """UTF-8 text; invalid bytes become U+FFFD, with one warning naming `where`."""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        warnings.warn(f"{where}: not valid UTF-8 (first bad byte at offset {e.start}); "
+                      f"invalid bytes replaced by U+FFFD", EdgeropeWarning)
+        return data.decode("utf-8", errors="replace")
+
+
+def _read_text(path: str) -> str:
+    """A text file, or stdin for "-", as _decode reads it."""
+    if path == "-":
+        return _decode(sys.stdin.buffer.read(), "stdin")
+    with open(path, "rb") as f:
+        return _decode(f.read(), path)
+
+
+def _arg_text(text, option: str):
+    """An argument given on the command line: bytes that were not UTF-8 (Python keeps them as
+    lone surrogates) become U+FFFD, with a warning."""
+    if text is None:
+        return None
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return _decode(os.fsencode(text), option)
+
+
+def _check_memory(force, model_path, dtype, ctx_size, kv_type, batch_size, keep):
+    """Refuse, before loading, a model that plainly cannot fit in the available memory."""
+    if not force:
+        from .memory import preflight
+        preflight(model_path, dtype, ctx_size, kv_type, batch_size, max(keep, 4))
+
+
+_THREADS_HELP = "Threads (default: physical performance cores)."
+_FORCE_HELP = "Start even if the model does not seem to fit in the available memory."
+
+
 @main.command()
 @click.option("-m", "--model", "model_path", default=None,
               help="Model: a GGUF file, a Hugging Face or edgerope directory, or a registry "
                    "name (default: the registry's default model).")
 @click.option("-p", "--prompt", default=None, help="Prompt text.")
 @click.option("-f", "--file", "prompt_file", type=click.Path(), default=None,
-              help="Read the prompt from a file.")
+              help="Read the prompt from a file (- = stdin).")
 @click.option("-n", "--n-predict", default=128, show_default=True, type=int,
               help="Number of tokens to generate.")
-@click.option("-t", "--threads", default=None, type=int, help="Threads (default: all cores).")
+@click.option("-t", "--threads", default=None, type=int, help=_THREADS_HELP)
 @click.option("-c", "--ctx-size", default=None, type=int,
               help="Context size in tokens (default: min(model's, 4096)).")
 @click.option("-b", "--batch-size", default=512, show_default=True, type=int,
@@ -89,24 +132,25 @@ def _threads(n):
 @click.option("-s", "--seed", default=None, type=int, help="RNG seed (default: random).")
 @click.option("-r", "--reverse-prompt", "stop", multiple=True,
               help="Stop when this text is generated (repeatable).")
-@click.option("--dtype", type=click.Choice(["int8", "float32"]), default="int8",
+@click.option("--dtype", type=click.Choice(DTYPES), default="int8",
               show_default=True, help="Weight format in memory.")
 @_kv_options(4, "-1 = the whole prompt.")
 @click.option("--profile", is_flag=True, help="Print time per operation per generated token.")
 @click.option("-v", "--verbose", is_flag=True, help="Print model and KV cache memory.")
+@click.option("--force", is_flag=True, help=_FORCE_HELP)
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 @handle_errors
 def generate(model_path, prompt, prompt_file, n_predict, threads, ctx_size, batch_size, temp,
              top_k, top_p, min_p, repeat_penalty, repeat_last_n, seed, stop, dtype, kv_type,
-             keep, context_shift, profile, verbose, debug):
+             keep, context_shift, profile, verbose, force, debug):
     """Generate text from a prompt, streaming to stdout; timings on stderr."""
     from .generate import GenerationStats, generate as gen
 
     if prompt_file is not None:
-        with open(prompt_file, encoding="utf-8", errors="replace") as f:
-            prompt = f.read()
-    prompt = prompt or ""
+        prompt = _read_text(prompt_file)
+    prompt = _arg_text(prompt, "-p") or ""
     n_threads = _threads(threads)
+    _check_memory(force, model_path, dtype, ctx_size, kv_type, batch_size, keep)
     model = _load(model_path, dtype)
     if model.tokenizer is None:
         raise EdgeropeError(f"{model_path}: no tokenizer found (expected tokenizer.model or tokenizer.json)")
@@ -162,7 +206,7 @@ def generate(model_path, prompt, prompt_file, n_predict, threads, ctx_size, batc
                    "default: the model's own.")
 @click.option("-n", "--n-predict", default=-1, show_default=True, type=int,
               help="Max tokens per reply (-1 = until end of turn).")
-@click.option("-t", "--threads", default=None, type=int)
+@click.option("-t", "--threads", default=None, type=int, help=_THREADS_HELP)
 @click.option("-c", "--ctx-size", default=None, type=int)
 @click.option("-b", "--batch-size", default=512, show_default=True, type=int)
 @click.option("--temp", default=0.8, show_default=True, type=float)
@@ -173,18 +217,21 @@ def generate(model_path, prompt, prompt_file, n_predict, threads, ctx_size, batc
 @click.option("--repeat-last-n", default=64, show_default=True, type=int)
 @click.option("-s", "--seed", default=None, type=int)
 @click.option("-r", "--reverse-prompt", "stop", multiple=True)
-@click.option("--dtype", type=click.Choice(["int8", "float32"]), default="int8",
+@click.option("--dtype", type=click.Choice(DTYPES), default="int8",
               show_default=True)
 @_kv_options(-1, "-1 = the system prompt.")
+@click.option("--force", is_flag=True, help=_FORCE_HELP)
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 @handle_errors
 def chat(model_path, system, chat_template, n_predict, threads, ctx_size, batch_size, temp,
          top_k, top_p, min_p, repeat_penalty, repeat_last_n, seed, stop, dtype, kv_type, keep,
-         context_shift, debug):
+         context_shift, force, debug):
     """Interactive chat with the model's chat template; /reset clears, /exit or Ctrl-D ends.
     Reads one user turn per line when stdin is not a terminal."""
     from .chat import run_chat
+    system = _arg_text(system, "--system")
     _threads(threads)
+    _check_memory(force, model_path, dtype, ctx_size, kv_type, batch_size, keep)
     try:
         model = _load(model_path, dtype)
     except KeyboardInterrupt:
@@ -228,7 +275,7 @@ def _kv_list(ctx, param, value):
 @click.option("-n", "--n-gen", default="128", callback=_int_list, show_default=True,
               help="Generation lengths (comma list): tgN tests.")
 @click.option("-t", "--threads", default=None, callback=_int_list,
-              help="Thread counts (comma list; default: all cores).")
+              help="Thread counts (comma list; default: physical performance cores).")
 @click.option("-d", "--n-depth", default="0", callback=_int_list, show_default=True,
               help="Context depths (comma list): tokens already in the KV cache.")
 @click.option("--kv-type", "kv_types", default=None, callback=_kv_list,
@@ -238,7 +285,7 @@ def _kv_list(ctx, param, value):
 @click.option("-o", "--output", type=click.Choice(["md", "json"]), default="md",
               show_default=True)
 @click.option("--profile", is_flag=True, help="Also print time per operation for each test.")
-@click.option("--dtype", type=click.Choice(["int8", "float32"]), default="int8",
+@click.option("--dtype", type=click.Choice(DTYPES), default="int8",
               show_default=True)
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 @handle_errors
@@ -270,9 +317,10 @@ def _load(spec, dtype, tokenizer=True):
 
 @main.command()
 @click.argument("model_path", required=False)
-@click.option("-c", "--ctx-size", default=4096, show_default=True, type=int,
-              help="Context size for the memory estimate.")
-@click.option("--dtype", type=click.Choice(["int8", "float32"]), default="int8",
+@click.option("-c", "--ctx-size", default=None, type=int,
+              help="Context size for the memory estimate (default: the model's default, "
+                   "min(trained, 4096)).")
+@click.option("--dtype", type=click.Choice(DTYPES), default="int8",
               show_default=True)
 @click.option("--kv-type", default=None, help="KV cache type of the memory estimate.")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
@@ -280,7 +328,7 @@ def _load(spec, dtype, tokenizer=True):
 def info(model_path, ctx_size, dtype, kv_type, debug):
     """Architecture, parameters, RoPE, quantization, file size and RAM of a model."""
     from .info import describe
-    if ctx_size <= 0:
+    if ctx_size is not None and ctx_size <= 0:
         raise EdgeropeError(f"--ctx-size must be positive, got {ctx_size}")
     model = _load(model_path, dtype)
     rows = describe(model, n_ctx=ctx_size, kv_type=_kv_list(None, None, kv_type)[0])
@@ -292,7 +340,7 @@ def info(model_path, ctx_size, dtype, kv_type, debug):
 @main.command()
 @click.argument("src")
 @click.argument("dst", required=False)
-@click.option("--dtype", type=click.Choice(["int8", "float32"]), default="int8",
+@click.option("--dtype", type=click.Choice(DTYPES), default="int8",
               show_default=True)
 @click.option("--overwrite", is_flag=True, help="Replace DST if it exists.")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
@@ -319,13 +367,13 @@ def convert(src, dst, dtype, overwrite, debug):
 @main.command()
 @click.option("-m", "--model", "model_path", default=None, help="Model (as for generate).")
 @click.option("-f", "--file", "text_file", required=True, type=click.Path(),
-              help="Text file to score.")
+              help="Text file to score (- = stdin).")
 @click.option("-c", "--ctx-size", default=512, show_default=True, type=int,
               help="Window size in tokens.")
 @click.option("-b", "--batch-size", default=512, show_default=True, type=int)
 @click.option("--chunks", default=None, type=int, help="Score at most this many windows.")
-@click.option("-t", "--threads", default=None, type=int)
-@click.option("--dtype", type=click.Choice(["int8", "float32"]), default="int8",
+@click.option("-t", "--threads", default=None, type=int, help=_THREADS_HELP)
+@click.option("--dtype", type=click.Choice(DTYPES), default="int8",
               show_default=True)
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 @handle_errors
@@ -333,8 +381,7 @@ def perplexity(model_path, text_file, ctx_size, batch_size, chunks, threads, dty
     """llama-perplexity-style windowed perplexity of a text file."""
     from .perplexity import perplexity as ppl
     _threads(threads)
-    with open(text_file, encoding="utf-8", errors="replace") as f:
-        text = f.read()
+    text = _read_text(text_file)
     model = _load(model_path, dtype)
     r = ppl(model, text, n_ctx=ctx_size, n_batch=batch_size, max_chunks=chunks)
     click.echo(f"{r.n_chunks} chunks of {ctx_size} tokens, {r.n_scored} scored, "

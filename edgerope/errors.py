@@ -20,3 +20,8 @@ class ContextFullError(EdgeropeError, RuntimeError):
 
 class TokenizerError(EdgeropeError, ValueError):
     """A tokenizer file (or GGUF vocabulary) that is missing, malformed or unsupported."""
+
+
+class EdgeropeWarning(UserWarning):
+    """Something in the input that works but deserves a look (unused tensors, bytes that are
+    not UTF-8). The CLI prints it as one "warning: ..." line."""

@@ -5,9 +5,10 @@ The metadata is translated into a Hugging Face-style config dict, so one parser
 than stores is filled in here (Gemma 3: local RoPE base 10000, sliding pattern 6, attention
 scale 1/sqrt(head_dim); norm weights stored as 1 + w).
 
-Tensors: Q8_0 becomes edgerope int8 blocks bit for bit (edgerope keeps fp16 scales too; they
-pass through float32 exactly); every other type `gguf.quants` can read is dequantized and
-requantized to int8 (or kept float32). llama-architecture Q/K rows, permuted by llama.cpp's
+Tensors: Q8_0 becomes edgerope int8 blocks bit for bit, and Q4_0 edgerope int4 blocks
+(`dtype="int4"`) (edgerope keeps fp16 scales too; they pass through float32 exactly); every
+other type `gguf.quants` can read is dequantized and requantized to the dtype asked for (or
+kept float32). llama-architecture Q/K rows, permuted by llama.cpp's
 converter into the interleaved RoPE layout, are permuted back so every model uses one
 (Hugging Face) layout.
 """
@@ -32,54 +33,94 @@ GGUF_NAMES = {
     "w_down": _G + "ffn_down",
 }
 SUPPORTED_ARCHS = ("gemma3", "llama")
-_Q8_0, _F32, _F16, _BF16 = 8, 0, 1, 30
+_Q8_0, _Q4_0, _F32, _F16, _BF16 = 8, 2, 0, 1, 30
+
+
+def _kind(v) -> str:
+    """How a metadata value reads in a message: its GGUF kind and the value."""
+    if isinstance(v, (list, np.ndarray)):
+        return f"an array of {len(v)} value{'s' if len(v) != 1 else ''}"
+    name = {bool: "a bool", str: "a string", float: "a float", int: "an integer"}.get(
+        type(v), type(v).__name__)
+    return f"{name} ({v!r})"
+
+
+_MISSING = object()
+
+
+def _number(g: GGUFFile, key: str, kind=int, default=_MISSING, positive: bool = True):
+    """Metadata `key` as one int (kind=int) or float, checked: present unless a default is
+    given, a single number (not a string, bool or per-layer array), > 0 when `positive`."""
+    v = g.get(key)
+    if v is None:
+        if default is _MISSING:
+            raise ConfigError(f"{g.path}: metadata key '{key}' is missing")
+        return default
+    want = "an integer" if kind is int else "a number"
+    if isinstance(v, (list, np.ndarray)):
+        raise ConfigError(f"{g.path}: metadata key '{key}' should be {want}, found "
+                          f"{_kind(v)} (per-layer values are not supported)")
+    ok = isinstance(v, (int, float)) and not isinstance(v, bool)
+    if ok and kind is int and isinstance(v, float):
+        ok = v.is_integer()
+    if not ok:
+        raise ConfigError(f"{g.path}: metadata key '{key}' should be {want}, found {_kind(v)}")
+    if positive and not v > 0:
+        raise ConfigError(f"{g.path}: metadata key '{key}' must be positive, found {v}")
+    return kind(v)
 
 
 def gguf_config_dict(g: GGUFFile) -> dict:
     """A Hugging Face-style config.json dict describing the GGUF model."""
     arch = g.get("general.architecture")
+    if arch is None:
+        raise ConfigError(f"{g.path}: metadata key 'general.architecture' is missing")
     if arch not in SUPPORTED_ARCHS:
         raise ConfigError(f"{g.path}: unsupported GGUF architecture {arch!r} "
                           f"(supported: {', '.join(SUPPORTED_ARCHS)})")
 
-    def need(key):
-        v = g.get(f"{arch}.{key}")
-        if v is None:
-            raise ConfigError(f"{g.path}: metadata key '{arch}.{key}' is missing")
-        return v
+    def need(key, kind=int):
+        return _number(g, f"{arch}.{key}", kind)
 
-    n_head = int(need("attention.head_count"))
-    hidden = int(need("embedding_length"))
-    head_dim = int(g.get(f"{arch}.attention.key_length") or (hidden // max(n_head, 1)))
+    def opt(key, default=None, kind=int, positive=True):
+        return _number(g, f"{arch}.{key}", kind, default, positive)
+
+    n_head = need("attention.head_count")
+    hidden = need("embedding_length")
+    head_dim = opt("attention.key_length") or hidden // n_head
     tokens = g.get("tokenizer.ggml.tokens")
-    vocab = len(tokens) if tokens is not None else g.get(f"{arch}.vocab_size")
+    if tokens is not None and not (isinstance(tokens, list)
+                                   and all(isinstance(t, str) for t in tokens[:1])):
+        raise ConfigError(f"{g.path}: metadata key 'tokenizer.ggml.tokens' should be an array "
+                          f"of strings, found {_kind(tokens)}")
+    vocab = len(tokens) if tokens is not None else opt("vocab_size")
     if vocab is None and "token_embd.weight" in g.tensors:
         vocab = g.tensors["token_embd.weight"].shape[0]
     raw = dict(
         vocab_size=vocab, hidden_size=hidden,
-        intermediate_size=int(need("feed_forward_length")),
-        num_hidden_layers=int(need("block_count")), num_attention_heads=n_head,
-        num_key_value_heads=int(g.get(f"{arch}.attention.head_count_kv") or n_head),
-        head_dim=head_dim, max_position_embeddings=int(need("context_length")),
-        rms_norm_eps=float(need("attention.layer_norm_rms_epsilon")),
+        intermediate_size=need("feed_forward_length"),
+        num_hidden_layers=need("block_count"), num_attention_heads=n_head,
+        num_key_value_heads=opt("attention.head_count_kv", n_head),
+        head_dim=head_dim, max_position_embeddings=need("context_length"),
+        rms_norm_eps=need("attention.layer_norm_rms_epsilon", float),
         tie_word_embeddings="output.weight" not in g.tensors,
-        bos_token_id=g.get("tokenizer.ggml.bos_token_id"),
-        eos_token_id=g.get("tokenizer.ggml.eos_token_id"),
+        bos_token_id=_number(g, "tokenizer.ggml.bos_token_id", int, None, positive=False),
+        eos_token_id=_number(g, "tokenizer.ggml.eos_token_id", int, None, positive=False),
     )
-    theta = float(g.get(f"{arch}.rope.freq_base", 10000.0))
+    theta = opt("rope.freq_base", 10000.0, float)
     rope = {"rope_type": "default", "rope_theta": theta}
     scaling = g.get(f"{arch}.rope.scaling.type")
     if scaling not in (None, "none"):
         if scaling not in ("linear", "yarn"):
             raise ConfigError(f"{g.path}: unsupported GGUF RoPE scaling {scaling!r}")
-        rope.update(rope_type=scaling, factor=float(g.get(f"{arch}.rope.scaling.factor", 1.0)))
-        ompe = g.get(f"{arch}.rope.scaling.original_context_length")
+        rope.update(rope_type=scaling, factor=opt("rope.scaling.factor", 1.0, float))
+        ompe = opt("rope.scaling.original_context_length", positive=False)
         if ompe:
             rope["original_max_position_embeddings"] = int(ompe)
     if "rope_freqs.weight" in g.tensors:
         raise ConfigError(f"{g.path}: per-frequency RoPE factors (rope_freqs) are not supported")
-    rot = g.get(f"{arch}.rope.dimension_count")
-    if rot is not None and int(rot) != head_dim:
+    rot = opt("rope.dimension_count")
+    if rot is not None and rot != head_dim:
         raise ConfigError(f"{g.path}: partial RoPE ({rot} of {head_dim} channels) is not "
                           f"supported for GGUF architecture {arch!r}")
     if arch == "llama":
@@ -87,8 +128,9 @@ def gguf_config_dict(g: GGUFFile) -> dict:
     else:  # gemma3
         raw.update(model_type="gemma3_text", hidden_activation="gelu_pytorch_tanh",
                    query_pre_attn_scalar=head_dim, sliding_window_pattern=6,
-                   sliding_window=int(need("attention.sliding_window")),
-                   final_logit_softcapping=g.get(f"{arch}.final_logit_softcapping"),
+                   sliding_window=need("attention.sliding_window"),
+                   final_logit_softcapping=opt("final_logit_softcapping", kind=float,
+                                               positive=False),
                    rope_parameters={"sliding_attention": {"rope_type": "default",
                                                           "rope_theta": 10000.0},
                                     "full_attention": rope})
@@ -104,6 +146,9 @@ class GGUFSource:
 
     def __contains__(self, name):
         return name in self.g.tensors
+
+    def names(self):
+        return self.g.tensors.keys()
 
     def shape(self, name):
         return self.g.tensors[name].shape
@@ -136,6 +181,12 @@ class GGUFSource:
             ws = blocks[:, :, :2].copy().view(np.float16)[:, :, 0].astype(np.float32)
             wq = np.ascontiguousarray(blocks[:, :, 2:].view(np.int8)).reshape(t.shape)
             return Linear(wq=wq, ws=ws, bias=bias)
+        if t.ggml_type == _Q4_0 and dtype == "int4":
+            blocks = t.raw().reshape(t.shape[0], -1, 18)
+            if perm is not None:
+                blocks = blocks[perm]
+            ws = blocks[:, :, :2].copy().view(np.float16)[:, :, 0].astype(np.float32)
+            return Linear(qs=blocks[:, :, 2:], ws=ws, shape=t.shape, bias=bias)
         w = self.float32(name)
         return Linear.from_float(w if perm is None else w[perm], dtype, bias)
 

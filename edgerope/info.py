@@ -1,12 +1,14 @@
 """What a loaded model is: architecture, size, RoPE, quantization, memory at a context.
 
-Owns the numbers `edgerope info` prints; everything is computed from the loaded Model.
+Owns the rows `edgerope info` prints, computed from the loaded Model (memory figures:
+edgerope.memory).
 """
 from __future__ import annotations
 
 import os
 
 from .cache import DEFAULT_KV_TYPE, KV_TYPES, kv_bytes
+from .memory import estimate
 
 
 _MB = 1024 * 1024
@@ -24,25 +26,6 @@ def parameter_count(model) -> int:
     return n + sum(x.weight.size for x in norms if x is not None)
 
 
-def activation_bytes(cfg, n_ctx: int, n_batch: int = 512) -> int:
-    """Float32 buffers of a session (edgerope.model._Buffers), int8 activation copies, the
-    attention scratch and the last-token logits."""
-    B = min(n_batch, n_ctx)
-    inner = cfg.intermediate_size * (2 if cfg.mlp == "gated" else 1)
-    per_row = (4 * cfg.hidden_size + 3 * cfg.q_dim + 4 * cfg.kv_dim + inner
-               + cfg.intermediate_size)
-    quantized = B * (cfg.hidden_size + cfg.q_dim + cfg.intermediate_size) * 5 // 4
-    return 4 * (B * per_row + cfg.vocab_size + 16 * (n_ctx + B)) + quantized
-
-
-def memory_estimate(model, n_ctx: int, n_batch: int = 512, kv_type: str = DEFAULT_KV_TYPE,
-                    n_keep: int = 4) -> dict:
-    w = model.weights.nbytes
-    kv = kv_bytes(model.config, n_ctx, kv_type, n_keep)
-    act = activation_bytes(model.config, n_ctx, n_batch)
-    return {"weights": w, "kv_cache": kv, "activations": act, "total": w + kv + act}
-
-
 def file_size(path) -> int:
     if path is None or not os.path.exists(path):
         return 0
@@ -51,9 +34,12 @@ def file_size(path) -> int:
     return sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(path) for f in fs)
 
 
-def describe(model, n_ctx: int = 4096, kv_type: str = DEFAULT_KV_TYPE) -> list[tuple[str, str]]:
-    """(label, value) rows for `edgerope info`."""
+def describe(model, n_ctx: int | None = None,
+             kv_type: str = DEFAULT_KV_TYPE) -> list[tuple[str, str]]:
+    """(label, value) rows for `edgerope info`; n_ctx: the context of the memory figures
+    (default: the model's default context)."""
     cfg = model.config
+    n_ctx = n_ctx or model.default_ctx()
     rows = [("path", str(model.path)), ("architecture", cfg.model_type),
             ("parameters", f"{parameter_count(model) / 1e6:.1f} M"),
             ("file size", f"{file_size(model.path) / _MB:.1f} MiB"),
@@ -78,11 +64,8 @@ def describe(model, n_ctx: int = 4096, kv_type: str = DEFAULT_KV_TYPE) -> list[t
                      f"theta {s.theta:g}, {scaling}"
                      + (f", attention factor {s.attention_factor:.4g}"
                         if s.attention_factor != 1.0 else "")))
-    mem = memory_estimate(model, n_ctx, kv_type=kv_type)
-    rows.append((f"RAM at context {n_ctx}",
-                 f"{mem['total'] / _MB:.1f} MiB (weights {mem['weights'] / _MB:.1f} + KV cache "
-                 f"{kv_type} {mem['kv_cache'] / _MB:.1f} + buffers "
-                 f"{mem['activations'] / _MB:.1f})"))
+    mem = estimate(model, n_ctx, kv_type=kv_type)
+    rows.append((f"RAM needed at context {n_ctx}", mem.summary()))
     rows.append((f"KV cache at context {n_ctx}",
                  ", ".join(f"{t} {kv_bytes(cfg, n_ctx, t, 4) / _MB:.1f} MiB" for t in KV_TYPES)
                  + " (4 sinks)"))

@@ -1,6 +1,6 @@
 """Weight matrices and the one linear layer: y = x Wᵀ (+ b).
 
-A weight W (N outputs, K inputs) is held in one of two formats:
+A weight W (N outputs, K inputs) is held in one of three formats:
 
 - ``float32``: ``w`` (N, K) float32 — the exactness path.
 - ``int8``: the Q8_0 block layout. Logically ``wq`` (N, K) int8 and ``ws`` (N, ceil(K/32))
@@ -10,6 +10,10 @@ A weight W (N outputs, K inputs) is held in one of two formats:
   block, scales rounded to fp16, see edgerope.kernels.q8dot): exactly llama.cpp's Q8_0, 8.5
   bits a weight, so a GGUF Q8_0 tensor maps onto it without loss. Activations are quantized
   to int8 blocks once per matmul input (`Activations`), as llama.cpp does for Q8_0.
+- ``int4``: llama.cpp's Q4_0 blocks (one fp16 scale per 32 inputs, 4-bit codes,
+  W = (q - 8) * d; 4.5 bits a weight), packed the same way (``wp`` holds two codes a byte,
+  see edgerope.kernels.q4dot) and multiplied by the same integer-dot cores. A GGUF Q4_0
+  tensor maps onto it bit for bit; float weights are quantized with ggml's Q4_0 rounding.
 
 Quantization reads the source in row chunks, so a float32 copy of a large tensor (or of the
 whole model) never exists at once. Owns: the formats, quantize/concatenate/dequantize, matmul
@@ -22,7 +26,7 @@ import numpy as np
 from . import kernels as K
 
 BLOCK = 32
-DTYPES = ("int8", "float32")
+DTYPES = ("int8", "int4", "float32")
 _CHUNK_ROWS = 4096
 
 
@@ -58,13 +62,16 @@ def check_finite(a: np.ndarray, row0: int = 0) -> None:
 
 
 class Linear:
-    """A weight matrix in float32 or int8 blocks, with an optional float32 bias."""
+    """A weight matrix in float32, int8 or int4 blocks, with an optional float32 bias."""
 
     __slots__ = ("w", "wp", "wsp", "bias", "out_features", "in_features")
 
-    def __init__(self, *, w=None, wq=None, ws=None, wp=None, wsp=None, shape=None, bias=None):
+    def __init__(self, *, w=None, wq=None, ws=None, qs=None, wp=None, wsp=None, shape=None,
+                 bias=None):
         """float32 `w`; or int8 as (wq, ws), packed here (ws rounded to fp16; ScaleRangeError
-        beyond its range); or already packed (wp, wsp uint16 fp16 bits, shape)."""
+        beyond its range); or int4 as Q4_0 bytes (qs (N, nb, 16), ws) and `shape`, packed
+        here; or already packed (wp, wsp uint16 fp16 bits, shape: int8 when wp's blocks
+        are 512 bytes, int4 when 256)."""
         self.w, self.wp, self.wsp = w, wp, wsp
         if w is not None:
             self.out_features, self.in_features = w.shape
@@ -73,11 +80,19 @@ class Linear:
             self.wp, self.wsp = K.pack_q8(wq, ws)
         else:
             self.out_features, self.in_features = shape
+            if qs is not None:
+                self.wp, self.wsp = K.pack_q4(qs, ws)
+        if self.wp is not None and self.wp.shape[2] not in (K.Q4_BLOCK_BYTES,
+                                                            K.Q8_BLOCK_BYTES):
+            raise ValueError(f"packed blocks of {self.wp.shape[2]} bytes: expected "
+                             f"{K.Q8_BLOCK_BYTES} (int8) or {K.Q4_BLOCK_BYTES} (int4)")
         self.bias = None if bias is None else np.ascontiguousarray(bias, dtype=np.float32)
 
     @property
     def dtype(self) -> str:
-        return "float32" if self.w is not None else "int8"
+        if self.w is not None:
+            return "float32"
+        return "int4" if self.wp.shape[2] == K.Q4_BLOCK_BYTES else "int8"
 
     @property
     def nbytes(self) -> int:
@@ -88,6 +103,10 @@ class Linear:
         """(wq, ws) of an int8 matrix, unpacked (for conversion and tests); ws float32 holding
         the fp16 scales exactly."""
         return K.unpack_q8(self.wp, self.wsp, self.out_features, self.in_features)
+
+    def q4(self):
+        """(qs, ws) of an int4 matrix: Q4_0 bytes (N, nb, 16) and float32 scales (fp16 values)."""
+        return K.unpack_q4(self.wp, self.wsp, self.out_features)
 
     @classmethod
     def from_float(cls, src, dtype: str, bias=None, convert=None) -> "Linear":
@@ -104,6 +123,14 @@ class Linear:
                 w[r:r + _CHUNK_ROWS] = convert(src[r:r + _CHUNK_ROWS])
                 check_finite(w[r:r + _CHUNK_ROWS], r)
             return cls(w=w, bias=bias)
+        if dtype == "int4":
+            qs = np.empty((n, -(-k // BLOCK), 16), np.uint8)
+            ws = np.empty((n, -(-k // BLOCK)), np.float32)
+            for r in range(0, n, _CHUNK_ROWS):
+                rows = np.ascontiguousarray(convert(src[r:r + _CHUNK_ROWS]), dtype=np.float32)
+                check_finite(rows, r)
+                qs[r:r + _CHUNK_ROWS], ws[r:r + _CHUNK_ROWS] = K.quantize_q4(rows)
+            return cls(qs=qs, ws=ws, shape=(n, k), bias=bias)
         if dtype != "int8":
             raise ValueError(f"unsupported dtype {dtype!r} (supported: {', '.join(DTYPES)})")
         wq = np.empty((n, k), np.int8)
@@ -122,8 +149,19 @@ class Linear:
         if any(p.bias is not None for p in parts):
             bias = np.concatenate([p.bias if p.bias is not None else
                                    np.zeros(p.out_features, np.float32) for p in parts])
+        kinds = {p.dtype for p in parts}
+        if len(kinds) > 1:  # e.g. a GGUF mixing Q4_0 and Q8_0 in q|k|v: requantize to one
+            dtype = "int8" if "int8" in kinds else "float32"
+            parts = [p if p.dtype == dtype else cls.from_float(p.dequantize(), dtype, p.bias)
+                     for p in parts]
         if parts[0].w is not None:
             return cls(w=np.concatenate([p.w for p in parts]), bias=bias)
+        if parts[0].dtype == "int4":
+            q4 = [p.q4() for p in parts]
+            return cls(qs=np.concatenate([q for q, _ in q4]),
+                       ws=np.concatenate([s for _, s in q4]),
+                       shape=(sum(p.out_features for p in parts), parts[0].in_features),
+                       bias=bias)
         q8 = [p.q8() for p in parts]
         return cls(wq=np.concatenate([q for q, _ in q8]), ws=np.concatenate([s for _, s in q8]),
                    bias=bias)
@@ -131,6 +169,9 @@ class Linear:
     def dequantize(self) -> np.ndarray:
         if self.w is not None:
             return np.asarray(self.w)
+        if self.dtype == "int4":
+            qs, ws = self.q4()
+            return K.dequantize_q4(qs, ws, self.in_features)
         wq, ws = self.q8()
         out = np.empty((self.out_features, self.in_features), np.float32)
         K.dequantize_q8(out, wq, ws)
@@ -148,10 +189,11 @@ class Linear:
         else:
             xq, xs, xsum = (acts or Activations(T)).get(self.in_features, T)
             K.quantize_act(xq, xs, xsum, x)
+            gemv, gemm = _PRODUCTS[self.wp.shape[2]]
             if T == 1:
-                K.q8p_gemv(out[0], xq, xs, xsum, self.wp, self.wsp, self.out_features)
+                gemv(out[0], xq, xs, xsum, self.wp, self.wsp, self.out_features)
             else:
-                K.q8p_gemm(out, xq, xs, xsum, self.wp, self.wsp, self.out_features)
+                gemm(out, xq, xs, xsum, self.wp, self.wsp, self.out_features)
         if self.bias is not None:
             K.add_bias(out, self.bias)
 
@@ -159,5 +201,12 @@ class Linear:
         """Rows `ids` of the matrix (an embedding table), times `scale`."""
         if self.w is not None:
             K.f32_embed(out, ids, self.w, scale)
+        elif self.wp.shape[2] == K.Q4_BLOCK_BYTES:
+            K.q4p_embed(out, ids, self.wp, self.wsp, scale)
         else:
             K.q8p_embed(out, ids, self.wp, self.wsp, scale)
+
+
+# packed block bytes -> (gemv, gemm) of the CPU's SIMD mode
+_PRODUCTS = {K.Q8_BLOCK_BYTES: (K.q8p_gemv, K.q8p_gemm),
+             K.Q4_BLOCK_BYTES: (K.q4p_gemv, K.q4p_gemm)}

@@ -9,7 +9,7 @@ import os
 
 from .checkpoint import load_weights
 from .config import ConfigError, parse_config, read_config_dict
-from .errors import EdgeropeError, WeightsError
+from .errors import EdgeropeError, TokenizerError, WeightsError
 from .linear import DTYPES
 from .model import Model
 from .native import FORMAT, load_native
@@ -56,5 +56,9 @@ def _load_gguf(path: str, dtype: str, tokenizer: bool) -> Model:
     tok = None
     if tokenizer:
         from .tokenizer import tokenizer_from_gguf
-        tok = tokenizer_from_gguf(g)
+        try:
+            tok = tokenizer_from_gguf(g)
+        except TokenizerError as e:  # name the file, as every load error does
+            msg = str(e)
+            raise TokenizerError(msg if path in msg else f"{path}: {msg}") from None
     return Model(cfg, weights, tok, dtype=dtype, path=path, config_dict=gguf_config_dict(g))

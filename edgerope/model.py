@@ -28,6 +28,11 @@ from .profile import direct
 _ATT_CHUNKS = 16  # parallel work units of the attention kernel (each owns a scratch row)
 
 
+def default_ctx(cfg: ModelConfig) -> int:
+    """The default context of a model: its trained length, at most 4096."""
+    return min(cfg.max_position_embeddings, 4096)
+
+
 def apply_norm(n: Norm, out: np.ndarray, x: np.ndarray) -> None:
     """out = norm(x) over the last axis of 2-D x."""
     if n.kind == "layer":
@@ -65,7 +70,7 @@ class Model:
 
     def default_ctx(self) -> int:
         """The default context: the model's trained length, at most 4096."""
-        return min(self.config.max_position_embeddings, 4096)
+        return default_ctx(self.config)
 
     def new_session(self, n_ctx: int | None = None, n_batch: int = 512, *,
                     kv_type: str = DEFAULT_KV_TYPE, n_keep: int = 4,

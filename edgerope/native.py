@@ -7,7 +7,9 @@
 Matmul weights are stored exactly as they are held in memory: int8 in the packed Q8 layout
 (`<name>.wp` uint8 (G, nb, 512) and `<name>.wsp` F16 (G, nb, 16), the fp16 block scales,
 held in memory as their uint16 bit patterns; 8.5 bits a weight, see edgerope.kernels.q8dot;
-logical shapes in the metadata) or float32 `<name>.w`, so loading is a memory map: no
+logical shapes in the metadata), int4 in the packed Q4_0 layout (`<name>.wp` (G, nb, 256),
+two codes a byte, same `.wsp`; 4.5 bits a weight, edgerope.kernels.q4dot) or float32
+`<name>.w`, so loading is a memory map: no
 dequantization, no requantization, no repacking, resident memory only for the pages touched.
 Norms keep their kind (Gemma GGUF norms are stored as 1 + w), biases and norm weights are
 float32.
@@ -16,26 +18,34 @@ Format versions: 3 = fp16 scales; 2 (float32 scales, 9 bits a weight) is refused
 message to convert again (the registry's conversion cache does that by itself).
 
 Writing is atomic: everything goes to a temporary sibling directory that is renamed into
-place at the end, so an interrupted conversion never leaves a directory that loads.
+place at the end, so an interrupted conversion never leaves a directory that loads. The
+temporary directory's name carries the writer's pid (`.tmp-<name>-pid<pid>-<random>`); the
+next conversion into the same parent removes those whose writer is gone (killed), and nothing
+else (`remove_stale_tmp`).
 """
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import tempfile
+import time
 
 import numpy as np
 
-from .checkpoint import LayerWeights, ModelWeights, Norm
+from .checkpoint import LayerWeights, ModelWeights, Norm, warn_unused
 from .errors import WeightsError
 from .kernels import ScaleRangeError
+from .kernels import Q4_BLOCK_BYTES, Q8_BLOCK_BYTES, packed_shape
 from .kernels.q8dot import aligned_copy
 from .linear import Linear
 from .safetensors_mmap import Checkpoint, write_aligned
 
 FORMAT = "edgerope"
 VERSION = 3
+# packed bytes per block a model of each dtype may hold (int4 models keep int8 embeddings)
+_BLOCK_BYTES = {"int8": (Q8_BLOCK_BYTES,), "int4": (Q4_BLOCK_BYTES, Q8_BLOCK_BYTES)}
 _LAYER_LINEARS = ("wqkv", "wo", "w_in", "w_down")
 _LAYER_NORMS = ("attn_norm", "ffn_norm", "q_norm", "k_norm", "post_attn_norm", "post_ffn_norm")
 
@@ -90,7 +100,8 @@ def save_native(model, dst: str, overwrite: bool = False) -> str:
             _put_norm(tensors, kinds, f"layers.{i}.{key}", getattr(lw, key))
     meta = {FORMAT: json.dumps({"version": VERSION, "dtype": model.dtype, "tied": tied,
                                 "norms": kinds, "shapes": shapes})}
-    tmp = tempfile.mkdtemp(prefix=".tmp-" + os.path.basename(dst) + "-", dir=parent)
+    remove_stale_tmp(parent, os.path.basename(dst))
+    tmp = tempfile.mkdtemp(prefix=f".tmp-{os.path.basename(dst)}-pid{os.getpid()}-", dir=parent)
     try:
         write_aligned(os.path.join(tmp, "model.safetensors"), tensors, meta)
         with open(os.path.join(tmp, "config.json"), "w", encoding="utf-8") as f:
@@ -99,11 +110,66 @@ def save_native(model, dst: str, overwrite: bool = False) -> str:
             model.tokenizer.save(tmp)
         if os.path.exists(dst):
             shutil.rmtree(dst)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp's 0700 would hide the model from other users
         os.replace(tmp, dst)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return dst
+
+
+_TMP_PID = re.compile(r"\.tmp-.+-pid(\d+)-[a-z0-9_]{8}")  # tempfile.mkdtemp's 8 random chars
+_LEGACY_AGE = 3600.0
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True  # exists (another user's), or not a pid we can judge: keep
+    return True
+
+
+def _last_write(path: str) -> float:
+    times = [os.path.getmtime(path)]
+    for d, _, files in os.walk(path):
+        times += [os.path.getmtime(os.path.join(d, f)) for f in files]
+    return max(times)
+
+
+def remove_stale_tmp(parent: str, name: str | None = None) -> list[str]:
+    """Remove the temporary directories killed conversions left in `parent`: every
+    `.tmp-<any>-pid<pid>-xxxxxxxx` directory whose pid no longer exists, and (older edgerope
+    versions, no pid in the name) `.tmp-<name>-xxxxxxxx` ones nothing wrote to for an hour.
+    Returns the paths removed; anything else is never touched."""
+    removed = []
+    legacy = re.compile(re.escape(f".tmp-{name}-") + r"[a-z0-9_]{8}") if name else None
+    try:
+        entries = os.listdir(parent)
+    except OSError:
+        return removed
+    for entry in entries:
+        path = os.path.join(parent, entry)
+        if not entry.startswith(".tmp-") or os.path.islink(path) or not os.path.isdir(path):
+            continue
+        try:
+            m = _TMP_PID.fullmatch(entry)
+            if m:
+                stale = not _pid_alive(int(m.group(1)))
+            elif legacy is not None and legacy.fullmatch(entry):
+                stale = time.time() - _last_write(path) > _LEGACY_AGE
+            else:
+                continue
+            if stale:
+                shutil.rmtree(path)
+                removed.append(path)
+        except OSError:
+            continue  # vanished meanwhile, or not ours to remove: leave it
+    return removed
 
 
 def load_native(ck: Checkpoint, cfg, dtype: str) -> ModelWeights:
@@ -122,12 +188,18 @@ def load_native(ck: Checkpoint, cfg, dtype: str) -> ModelWeights:
         raise WeightsError(f"{path}: written by {age} edgerope (format version {version}, this "
                            f"one reads {VERSION}); convert the original model again (edgerope convert)")
     stored = meta.get("dtype")
-    if dtype == "float32" and stored != "float32":
-        raise WeightsError(f"{path}: holds {stored} weights, not float32 "
-                           f"(convert the original model again with --dtype float32)")
+    if stored != "float32" and dtype != stored:
+        raise WeightsError(f"{path}: holds {stored} weights, not {dtype} "
+                           f"(convert the original model again with --dtype {dtype})")
+
+    used = set()  # tensors read; the rest are reported as unused
+
+    def raw(name):
+        used.add(name)
+        return ck.raw(name)
 
     def lin(name) -> Linear:
-        bias = ck.raw(name + ".bias") if name + ".bias" in ck else None
+        bias = raw(name + ".bias") if name + ".bias" in ck else None
         if name + ".wp" in ck:
             if name not in shapes:
                 raise WeightsError(f"{path}: no shape recorded for tensor '{name}'")
@@ -135,26 +207,34 @@ def load_native(ck: Checkpoint, cfg, dtype: str) -> ModelWeights:
                     or ck.dtype(name + ".wsp") != "F16"):
                 raise WeightsError(f"{path}: tensors '{name}.wp', '{name}.wsp' must be U8 "
                                    f"and F16")
-            wp, wsp = ck.raw(name + ".wp"), ck.raw(name + ".wsp").view(np.uint16)
+            wp, wsp = raw(name + ".wp"), raw(name + ".wsp").view(np.uint16)
             if ((wsp & 0x7C00) == 0x7C00).any():  # fp16 exponent all ones: inf or NaN
                 raise WeightsError(f"{path}: tensor '{name}.wsp' holds NaN or infinite scales")
+            want = packed_shape(*shapes[name])
+            blocks = _BLOCK_BYTES.get(stored, ())
+            if (wp.ndim != 3 or wp.shape[:2] != want or wp.shape[2] not in blocks
+                    or wsp.shape != (*want, 16)):
+                raise WeightsError(f"{path}: tensor '{name}.wp' has shape {list(wp.shape)} "
+                                   f"('{name}.wsp' {list(wsp.shape)}), expected "
+                                   f"[{want[0]}, {want[1]}, {' or '.join(map(str, blocks))}] "
+                                   f"for {stored} weights of shape {shapes[name]}")
             if wp.ctypes.data % 64:  # written by another tool: 64-byte loads need alignment
                 wp = aligned_copy(wp)
             return Linear(wp=wp, wsp=wsp, shape=tuple(shapes[name]), bias=bias)
         if name + ".w" in ck:
-            if dtype == "int8":
+            if dtype != "float32":
                 try:
-                    return Linear.from_float(ck.raw(name + ".w"), "int8", bias)
+                    return Linear.from_float(raw(name + ".w"), dtype, bias)
                 except ScaleRangeError as e:
                     raise WeightsError(f"{path}: tensor '{name}.w': {e}") from None
-            return Linear(w=ck.raw(name + ".w"), bias=bias)
+            return Linear(w=raw(name + ".w"), bias=bias)
         raise WeightsError(f"{path}: tensor '{name}' is missing")
 
     def norm(name) -> Norm | None:
         if name not in kinds:
             return None
         kind, eps = kinds[name]
-        w, b = ck.raw(name + ".weight"), ck.raw(name + ".bias")
+        w, b = raw(name + ".weight"), raw(name + ".bias")
         for t, a in ((".weight", w), (".bias", b)):
             if not np.isfinite(a).all():
                 raise WeightsError(f"{path}: tensor '{name}{t}' holds NaN or infinite values")
@@ -171,6 +251,7 @@ def load_native(ck: Checkpoint, cfg, dtype: str) -> ModelWeights:
                      lm_head=embed if meta.get("tied") else lin("lm_head"))
     _check_norms(W, cfg, path)
     _check_shapes(W, cfg, path)
+    warn_unused(ck.files[0].path, set(ck.names()) - used, cfg.model_type)
     return W
 
 

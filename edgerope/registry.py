@@ -113,6 +113,11 @@ def _verified(path: str, e: dict) -> bool:
     return True
 
 
+def converted_dir(name: str, dtype: str = "int8") -> str:
+    """Where a registry model's converted copy lives (it may not exist yet)."""
+    return os.path.join(weights_dir(), f"{name}-{dtype}")
+
+
 def load_named(name: str, dtype: str = "int8", tokenizer: bool = True):
     """Load a registry model through its converted copy, converting on first use.
 
@@ -120,7 +125,7 @@ def load_named(name: str, dtype: str = "int8", tokenizer: bool = True):
     still writes it into the converted copy."""
     from .loading import load
     from .native import save_native
-    cached = os.path.join(weights_dir(), f"{name}-{dtype}")
+    cached = converted_dir(name, dtype)
     if os.path.isdir(cached):
         try:
             return load(cached, dtype=dtype, tokenizer=tokenizer)

@@ -244,3 +244,63 @@ def q8p_gemm(xq, xs, wq, ws):
     """(T, N) float64: sum over blocks of exact integer dots * ws[n, b] * xs[t, b]."""
     idot = q8p_block_dots(xq, wq).astype(np.float64)
     return (idot * ws[None].astype(np.float64) * xs[:, None, :].astype(np.float64)).sum(axis=2)
+
+
+def quantize_q4_0(w):
+    """llama.cpp's quantize_row_q4_0_ref, one block at a time: d = (the value of largest
+    magnitude, first if tied) / -8, id = 1 / d (0 if d == 0), code = min(15, trunc(x * id +
+    8.5)) in float32; returns (codes uint8 (N, nb, 32) in column order, d float32 (N, nb))."""
+    w = np.asarray(w, np.float32)
+    n, k = w.shape
+    nb = -(-k // QK)
+    codes = np.zeros((n, nb, QK), np.uint8)
+    d = np.zeros((n, nb), np.float32)
+    for r in range(n):
+        for b in range(nb):
+            x = np.zeros(QK, np.float32)
+            blk = w[r, b * QK:(b + 1) * QK]
+            x[:len(blk)] = blk
+            amax, mx = np.float32(0), np.float32(0)
+            for v in x:
+                if amax < abs(v):
+                    amax, mx = abs(v), v
+            db = np.float32(mx / np.float32(-8))
+            inv = np.float32(1) / db if db != 0 else np.float32(0)
+            for j in range(QK):
+                codes[r, b, j] = min(15, int(np.float32(np.float32(x[j] * inv) + np.float32(8.5))))
+            d[r, b] = db
+    return codes, d
+
+
+def q4_0_bytes(codes):
+    """Q4_0 `qs` bytes (N, nb, 16) of codes (N, nb, 32): column j low, column j + 16 high."""
+    return (codes[..., :16] | (codes[..., 16:] << 4)).astype(np.uint8)
+
+
+def pack_q4(codes, ws):
+    """(wp, wsp) by the definition: wp[g, b, 64 s + 4 r + i] = code[16g + r, b, 4s + i] |
+    code[16g + r, b, 16 + 4s + i] << 4 (padding rows code 8); scales as fp16 bits."""
+    n, nb = codes.shape[:2]
+    g = -(-n // 16)
+    wp = np.zeros((g, nb, 256), np.uint8)
+    wsp = np.zeros((g, nb, 16), np.uint16)
+    bits = fp32_to_fp16(ws)
+    for gi in range(g):
+        for b in range(nb):
+            for s in range(4):
+                for r in range(16):
+                    for i in range(4):
+                        row = 16 * gi + r
+                        lo, hi = (codes[row, b, 4 * s + i], codes[row, b, 16 + 4 * s + i]) \
+                            if row < n else (8, 8)
+                        wp[gi, b, 64 * s + 4 * r + i] = lo | (hi << 4)
+            for r in range(16):
+                if 16 * gi + r < n:
+                    wsp[gi, b, r] = bits[16 * gi + r, b]
+    return wp, wsp
+
+
+def q4_weights(codes, k):
+    """int8 (N, k) weights code - 8 (the integers the int4 kernels multiply)."""
+    n = codes.shape[0]
+    return (codes.astype(np.int16) - 8).astype(np.int8).reshape(n, -1)[:, :k]

@@ -16,18 +16,6 @@ def rel_err(a, b):
     return float(np.linalg.norm(a - b) / np.linalg.norm(b))
 
 
-@pytest.fixture(scope="module")
-def built(tmp_path_factory):
-    cache = {}
-
-    def get(name):
-        if name not in cache:
-            d = tmp_path_factory.mktemp(name)
-            cache[name] = (str(d), build(name, str(d)))
-        return cache[name]
-    return get
-
-
 def _ids(n=SEQ, vocab=128, seed=1):
     return np.random.default_rng(seed).integers(0, vocab, n)
 

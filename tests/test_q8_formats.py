@@ -32,10 +32,12 @@ def q8_0_blocks(r, rows, cols):
     return out
 
 
-def write_gguf(path, mats, f32=None):
-    """A one-layer llama GGUF: Q8_0 matrices `mats` {name: (rows, nb, 34) blocks}, F32 ones
-    `f32` {name: array} (any matrix missing from both is made up)."""
-    w = gguf.GGUFWriter(path, "llama")
+def write_gguf(path, mats, f32=None, edit=None, arch="llama"):
+    """A one-layer llama GGUF: Q8_0 / Q4_0 matrices `mats` {name: (rows, nb, 34 or 18)
+    blocks}, F32 ones `f32` {name: array} (any matrix missing from both is made up).
+    `edit(writer)` runs last, before writing (to change metadata in `writer.kv_data[0]` or
+    add tensors)."""
+    w = gguf.GGUFWriter(path, arch)
     w.add_context_length(128)
     w.add_embedding_length(H)
     w.add_block_count(1)
@@ -53,11 +55,14 @@ def write_gguf(path, mats, f32=None):
     w.add_eos_token_id(2)
     for name, data in mats.items():
         flat = data.reshape(data.shape[0], -1)
-        w.add_tensor(name, flat, raw_shape=flat.shape, raw_dtype=gguf.GGMLQuantizationType.Q8_0)
+        qt = {34: gguf.GGMLQuantizationType.Q8_0, 18: gguf.GGMLQuantizationType.Q4_0}
+        w.add_tensor(name, flat, raw_shape=flat.shape, raw_dtype=qt[data.shape[-1]])
     for name, a in (f32 or {}).items():
         w.add_tensor(name, a)
     for name in ("output_norm.weight", "blk.0.attn_norm.weight", "blk.0.ffn_norm.weight"):
         w.add_tensor(name, np.ones(H, np.float32))
+    if edit is not None:
+        edit(w)
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()

@@ -22,9 +22,15 @@ from edgerope.registry import locate  # noqa: E402
 # rescaling every weight scale by a random 1e-6 (which re-draws the activation rounding) moves
 # SmolLM2's top-1 over 0.9625-0.975 (six draws), so its bar sits below that spread; KL, the
 # stable figure, keeps the tight bar.
+# int4 (Q4_0 matrices, int8 embedding/output: llama.cpp's default Q4_0 file layout): llama.cpp
+# itself on its Q4_0 requantization of the same files, same tokens, same reference measured
+# Gemma top-1 0.747, KL 0.415, ppl ratio 1.476 and SmolLM2 0.769, 0.262, 1.232 (4 bits are
+# coarse for models this small); the limits allow 10% more KL than llama.cpp, no more.
 LIMITS = {"float32": dict(top1=0.999, kl=1e-6, ppl=1.0001),
           ("int8", "gemma3-270m"): dict(top1=0.975, kl=0.0032, ppl=1.014),
-          ("int8", "smollm2-135m"): dict(top1=0.955, kl=0.0046, ppl=1.01)}
+          ("int8", "smollm2-135m"): dict(top1=0.955, kl=0.0046, ppl=1.01),
+          ("int4", "gemma3-270m"): dict(top1=0.72, kl=0.457, ppl=1.52),
+          ("int4", "smollm2-135m"): dict(top1=0.74, kl=0.288, ppl=1.26)}
 PROMPTS = ["The capital of France is", "def fibonacci(n):", "Water boils at"]
 N_TOKENS = 640  # past Gemma 3's 512-token sliding window
 
@@ -57,7 +63,7 @@ def _log_softmax(x):
     return x - np.log(np.exp(x).sum(axis=1, keepdims=True))
 
 
-@pytest.mark.parametrize("dtype", ["float32", "int8"])
+@pytest.mark.parametrize("dtype", ["float32", "int8", "int4"])
 def test_logits_against_transformers(real, dtype):
     name, path, ref = real
     m = edgerope.load(path, dtype=dtype)

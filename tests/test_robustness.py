@@ -1,6 +1,7 @@
-"""Robustness (issue 6, part): an interrupted convert leaves nothing loadable, sessions are
-independent across threads, results do not depend on the thread count, odd options give
-defined results."""
+"""Robustness (issue 6): an interrupted convert leaves nothing loadable and the next convert
+removes what it left, sessions are independent across threads, results do not depend on the
+thread count, odd options give defined results, bytes that are not UTF-8 (prompt files,
+stdin) become U+FFFD with a warning."""
 import os
 import signal
 import subprocess
@@ -121,6 +122,63 @@ def test_non_utf8_prompt_file(tiny_dir, tmp_path):
     r = CliRunner().invoke(main, ["generate", "-m", tiny_dir[0], "-f", str(p), "-n", "3",
                                   "--temp", "0"])
     assert r.exit_code == 0 and "generation: 3 tokens" in r.stderr
+    assert f"warning: {p}: not valid UTF-8 (first bad byte at offset 4); invalid bytes " \
+           f"replaced by U+FFFD" in r.stderr
+
+
+def _run(args, stdin: bytes):
+    return subprocess.run([sys.executable, "-m", "edgerope.cli"] + args, input=stdin,
+                          capture_output=True, timeout=300)
+
+
+def test_non_utf8_stdin_prompt_is_read_as_the_file_is(tiny_dir, tmp_path):
+    """`generate -f -` reads the prompt from stdin, decoded as a -f file is: invalid bytes
+    become U+FFFD with one warning, and the text generated is the file's."""
+    raw = b"\xff\xfe hello\n"
+    p = tmp_path / "prompt.txt"
+    p.write_bytes(raw)
+    args = ["generate", "-m", tiny_dir[0], "-n", "4", "--temp", "0", "-t", "1"]
+    piped = _run(args + ["-f", "-"], raw)
+    from_file = _run(args + ["-f", str(p)], b"")
+    err = piped.stderr.decode()
+    assert piped.returncode == 0, err
+    assert "warning: stdin: not valid UTF-8 (first bad byte at offset 0)" in err
+    assert "generation: 4 tokens" in err and "Traceback" not in err
+    assert piped.stdout == from_file.stdout and from_file.returncode == 0
+
+
+def test_non_utf8_chat_turn_on_stdin(tiny_dir):
+    r = _run(["chat", "-m", tiny_dir[0], "-n", "3", "--temp", "0", "-t", "1",
+              "--chat-template", "chatml"], b"\xff\xfe hello\nfine\n")
+    err = r.stderr.decode()
+    assert r.returncode == 0, err
+    assert "warning: stdin line 1: not valid UTF-8; invalid bytes replaced by U+FFFD" in err
+    assert "line 2" not in err and "Traceback" not in err
+    assert r.stdout.count(b"\n") == 2  # two replies
+
+
+def test_convert_removes_what_killed_converts_left(tiny, tmp_path):
+    """Temporary directories of dead writers (pid in the name) go; a live writer's, a young
+    one of an older edgerope (no pid) and anything not named like ours stay."""
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    out = tmp_path / "out"
+    names = {f".tmp-dst-pid{dead.pid}-abcd_123": False, f".tmp-other-pid{dead.pid}-zzzzzzzz": False,
+             f".tmp-dst-pid{os.getpid()}-abcdefgh": True, ".tmp-dst-k3j4h5g6": True,
+             ".tmp-dst-old12345": False, ".tmp-dst-pid1-not-ours": True, "dst-backup": True,
+             f".tmp-dst-pid{dead.pid}-x": True}
+    for n in names:
+        (out / n).mkdir(parents=True)
+        (out / n / "model.safetensors").write_bytes(b"partial")
+    old = time.time() - 7200
+    os.utime(out / ".tmp-dst-old12345" / "model.safetensors", (old, old))
+    os.utime(out / ".tmp-dst-old12345", (old, old))
+    r = CliRunner().invoke(main, ["convert", tiny, str(out / "dst")])
+    assert r.exit_code == 0, r.output
+    for n, kept in names.items():
+        assert (out / n).exists() == kept, n
+    assert edgerope.load(str(out / "dst"))
+    assert sorted(os.listdir(out)) == sorted([n for n, k in names.items() if k] + ["dst"])
 
 
 def test_ctrl_c_during_generation_exits_130_with_timings(tiny_dir):

@@ -62,7 +62,7 @@ def test_info_reports_partial_rope_and_memory(tiny):
     out = r.stdout
     assert "gpt_neox" in out
     assert "4 of 16 channels rotate, half pairing" in out  # rotary_pct 0.25 of head dim 16
-    assert "RAM at context 128" in out
+    assert "RAM needed at context 128" in out
     r = CliRunner().invoke(main, ["info", tiny["phi"]])
     assert "8 of 20 channels rotate" in r.stdout  # partial_rotary_factor 0.4 of 20
 

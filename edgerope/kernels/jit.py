@@ -37,9 +37,18 @@ def max_threads():
     return numba.config.NUMBA_NUM_THREADS
 
 
+def default_threads():
+    """Physical performance cores (edgerope.system.physical_cores), at most the pool size:
+    SMT siblings and LITTLE cores share a core's matmul units or lag behind, and the slowest
+    thread sets the pace of a parallel matmul."""
+    from ..system import physical_cores
+    return max(1, min(physical_cores(), max_threads()))
+
+
 def set_threads(n=None):
-    """Set the number of threads kernels use; None = all available. Returns the count used."""
-    n = max_threads() if n is None else int(n)
+    """Set the number of threads kernels use; None = `default_threads()`. Returns the count
+    used."""
+    n = default_threads() if n is None else int(n)
     n = max(1, min(n, max_threads()))
     numba.set_num_threads(n)
     return n
@@ -50,3 +59,7 @@ def get_threads():
 
 
 prange = numba.prange
+
+# The API's default too, not only the CLI's: kernels called without set_threads() run on the
+# physical cores (numba's own default is every logical CPU; the setting is per Python thread).
+set_threads(None)

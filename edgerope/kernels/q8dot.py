@@ -42,7 +42,7 @@ Compared with q8_gemv / q8_gemm (float activations, float32 scales) the activati
 adds about 0.5% relative RMS error on Gaussian inputs, more for blocks holding outliers, and
 the fp16 scales at most 2^-11 relative per block -- what llama.cpp does for Q8_0 weights too.
 
-Deliberately ignored: other weight types (Q4 etc.), int8 KV caches.
+Int4 weights (Q4_0) use the same cores through edgerope.kernels.q4dot.
 """
 import numpy as np
 
@@ -215,14 +215,15 @@ def act_buffers(t, k):
 # ----------------------------------------------------------------------------- products
 
 @kernel
-def _check(out, xq, xs, xsum, wp, wsp, n_out, T):
-    """Shapes and strides the IR cores rely on (they index raw memory)."""
+def _check(out, xq, xs, xsum, wp, wsp, n_out, T, block_bytes):
+    """Shapes and strides the IR cores rely on (they index raw memory); block_bytes: 512
+    (int8) or 256 (int4)."""
     G, nb = wp.shape[0], wp.shape[1]
-    if (wp.shape[2] != BLOCK_BYTES or wsp.shape[0] != G or wsp.shape[1] != nb
-            or wsp.shape[2] != ROWS or wp.strides[0] != nb * BLOCK_BYTES
-            or wp.strides[1] != BLOCK_BYTES or wp.strides[2] != 1
+    if (wp.shape[2] != block_bytes or wsp.shape[0] != G or wsp.shape[1] != nb
+            or wsp.shape[2] != ROWS or wp.strides[0] != nb * block_bytes
+            or wp.strides[1] != block_bytes or wp.strides[2] != 1
             or wsp.strides[0] != nb * 32 or wsp.strides[1] != 32 or wsp.strides[2] != 2):
-        raise ValueError("wp, wsp: not a C-contiguous packed pair from pack_q8")
+        raise ValueError("wp, wsp: not a C-contiguous packed pair from pack_q8 / pack_q4")
     if n_out > ROWS * G or n_out < 0 or out.shape[out.ndim - 1] < n_out:
         raise ValueError("n_out does not fit the packed matrix or the output")
     if (xq.shape[xq.ndim - 1] != 32 * nb or xs.shape[xs.ndim - 1] != nb
@@ -240,7 +241,7 @@ def _check(out, xq, xs, xsum, wp, wsp, n_out, T):
 @kernel(parallel=True)
 def q8p_gemv_vnni(out, xq, xs, xsum, wp, wsp, n_out):
     """out (n_out,) = W x for one token: row 0 of xq (1, 32 nb), xs and xsum (1, nb)."""
-    _check(out, xq, xs, xsum, wp, wsp, n_out, 1)
+    _check(out, xq, xs, xsum, wp, wsp, n_out, 1, BLOCK_BYTES)
     G = wp.shape[0]
     strides = (wp.shape[1], n_out, 0, 0, 0)
     for g in prange(G):
@@ -251,7 +252,7 @@ def q8p_gemv_vnni(out, xq, xs, xsum, wp, wsp, n_out):
 def q8p_gemm_vnni(out, xq, xs, xsum, wp, wsp, n_out):
     """out (T, n_out) = x Wᵀ for T = out.shape[0] tokens (rows of xq / xs / xsum)."""
     T = out.shape[0]
-    _check(out, xq, xs, xsum, wp, wsp, n_out, T)
+    _check(out, xq, xs, xsum, wp, wsp, n_out, T, BLOCK_BYTES)
     G = wp.shape[0]
     strides = (wp.shape[1], n_out, out.strides[0], xq.strides[0], xs.strides[0])
     nch = (G + _GEMM_GROUPS - 1) // _GEMM_GROUPS
@@ -266,7 +267,7 @@ def q8p_gemm_vnni(out, xq, xs, xsum, wp, wsp, n_out):
 @kernel(parallel=True)
 def q8p_gemv_avxvnni(out, xq, xs, xsum, wp, wsp, n_out):
     """q8p_gemv with 256-bit vpdpbusd (AVX-VNNI)."""
-    _check(out, xq, xs, xsum, wp, wsp, n_out, 1)
+    _check(out, xq, xs, xsum, wp, wsp, n_out, 1, BLOCK_BYTES)
     G = wp.shape[0]
     strides = (wp.shape[1], n_out, 0, 0, 0)
     for g in prange(G):
@@ -277,7 +278,7 @@ def q8p_gemv_avxvnni(out, xq, xs, xsum, wp, wsp, n_out):
 def q8p_gemm_avxvnni(out, xq, xs, xsum, wp, wsp, n_out):
     """q8p_gemm with 256-bit vpdpbusd (AVX-VNNI)."""
     T = out.shape[0]
-    _check(out, xq, xs, xsum, wp, wsp, n_out, T)
+    _check(out, xq, xs, xsum, wp, wsp, n_out, T, BLOCK_BYTES)
     G = wp.shape[0]
     strides = (wp.shape[1], n_out, out.strides[0], xq.strides[0], xs.strides[0])
     nch = (G + _GEMM_GROUPS - 1) // _GEMM_GROUPS
@@ -292,7 +293,7 @@ def q8p_gemm_avxvnni(out, xq, xs, xsum, wp, wsp, n_out):
 @kernel(parallel=True)
 def q8p_gemv_portable(out, xq, xs, xsum, wp, wsp, n_out):
     """q8p_gemv for any CPU (generic vector IR, float32 FMAs on exact integers)."""
-    _check(out, xq, xs, xsum, wp, wsp, n_out, 1)
+    _check(out, xq, xs, xsum, wp, wsp, n_out, 1, BLOCK_BYTES)
     G = wp.shape[0]
     strides = (wp.shape[1], n_out, 0, 0, 0)
     for g in prange(G):
@@ -304,7 +305,7 @@ def q8p_gemm_portable(out, xq, xs, xsum, wp, wsp, n_out):
     """q8p_gemm for any CPU. Allocates a float32 copy of xq per call: the FMAs then take
     activations as broadcast memory operands (1.3x faster than converting per block)."""
     T = out.shape[0]
-    _check(out, xq, xs, xsum, wp, wsp, n_out, T)
+    _check(out, xq, xs, xsum, wp, wsp, n_out, T, BLOCK_BYTES)
     G = wp.shape[0]
     kp = xq.shape[1]
     xf = np.empty((T, kp), np.float32)

@@ -17,6 +17,8 @@ Numba intrinsics written in LLVM IR (LLVM does not emit vpdpbusd from plain loop
 - `float_q8p`: the same loop in generic vector IR (any target): float32 FMAs on the integer
   values, exact because every block sum stays below 2^24, so its results are bit-identical
   to the VNNI cores'.
+- `vnni_q4p`, `avxvnni_q4p`, `float_q4p`: the same cores over int4 weights (two codes a
+  byte, unpacked with a mask and a shift into the same eight steps; edgerope.kernels.q4dot).
 - `quant_blocks`: activation quantization of full 32-blocks, generic vector IR.
 
 The cores widen the fp16 weight scales 16 at a time with `fpext` (one vcvtph2ps / fcvtl;
@@ -198,18 +200,48 @@ def _vpdpbusd(builder, bits):
     return dp
 
 
+class _Fmt:
+    """A packed weight format as the cores see it: bytes per (16-row, 32-column) block, the
+    offset `bias` its unsigned codes carry (weight = code - bias), and `steps`: the block's
+    eight (16 rows x 4 columns) code vectors, each with the column offset of its 4 columns."""
+
+    def __init__(self, name, block_bytes, bias, steps):
+        self.name, self.block_bytes, self.bias, self.steps = name, block_bytes, bias, steps
+
+
+def _q8_steps(builder, p, woff):
+    """Q8: wp[64 s + 4 r + i] = w[r, 4 s + i] + 128, one 64-byte vector per step."""
+    for s in range(8):
+        yield _load(builder, p["wp"], builder.add(woff, I64(64 * s)), V64B), 4 * s
+
+
+def _q4_steps(builder, p, woff):
+    """Q4: wp[64 s + 4 r + i] = (w[r, 4 s + i] + 8) | (w[r, 16 + 4 s + i] + 8) << 4 (Q4_0's
+    own pairing of columns j and j + 16): low then high nibbles of one 64-byte vector."""
+    lo = ir.Constant(V64B, [0x0F] * 64)
+    for s in range(4):
+        v = _load(builder, p["wp"], builder.add(woff, I64(64 * s)), V64B)
+        yield builder.and_(v, lo), 4 * s
+        yield builder.lshr(v, ir.Constant(V64B, [4] * 64)), 16 + 4 * s
+
+
+Q8 = _Fmt("q8", 512, 128, _q8_steps)
+Q4 = _Fmt("q4", 256, 8, _q4_steps)
+
+
 def _dot_vnni(builder, p, b, woff, xrow, chains, bits=512):
-    """Exact block dots, nt tokens: eight vpdpbusd each (weights unsigned = int8 + 128,
-    activations signed, 4 bytes broadcast to all 16 rows), minus 128 * block sum."""
+    """Exact block dots, nt tokens: eight vpdpbusd each (weight codes unsigned = int + bias,
+    activations signed, 4 bytes broadcast to all 16 rows), minus bias * block sum."""
     dp = _vpdpbusd(builder, bits)
+    fmt = p["fmt"]
     nt = len(xrow)
     accs = [[ir.Constant(V16I, None)] * chains for _ in range(nt)]
-    for s in range(8):
-        wv = _load(builder, p["wp"], builder.add(woff, I64(64 * s)), V64B)
-        xo = builder.add(builder.mul(b, I64(32)), I64(4 * s))
+    for s, (wv, col) in enumerate(fmt.steps(builder, p, woff)):
+        xo = builder.add(builder.mul(b, I64(32)), I64(col))
         for j in range(nt):
             xw = _load(builder, p["xq"], builder.add(xrow[j], xo), I32, align=1)
             accs[j][s % chains] = dp(accs[j][s % chains], wv, _splat(builder, xw, V16I))
+    shift = I32(fmt.bias.bit_length() - 1)  # bias is a power of two
     dots = []
     for j in range(nt):
         idot = accs[j][0]
@@ -217,21 +249,22 @@ def _dot_vnni(builder, p, b, woff, xrow, chains, bits=512):
             idot = builder.add(idot, accs[j][c])
         xsum = _load(builder, p["xsum"], builder.add(p["srow"][j], builder.mul(b, I64(4))),
                      I32, align=4)
-        idot = builder.sub(idot, _splat(builder, builder.shl(xsum, I32(7)), V16I))
+        idot = builder.sub(idot, _splat(builder, builder.shl(xsum, shift), V16I))
         dots.append(builder.sitofp(idot, V16F))
     return dots
 
 
 def _dot_float(builder, p, b, woff, xrow, chains):
     """The same block dots in generic LLVM vector IR with float32 FMAs (any target, no
-    integer dot instruction needed): weights int8 = byte ^ 0x80 and activations are integers
-    of magnitude <= 128 and <= 127, so every 32-term sum is below 2^24 and exact -- the same
-    numbers as _dot_vnni.
+    integer dot instruction needed): weights (codes - bias, as bytes) and activations are
+    integers of magnitude <= 128 and <= 127, so every 32-term sum is below 2^24 and exact --
+    the same numbers as _dot_vnni.
 
     The FMAs take activations as broadcast memory operands: from `xq` itself when the caller
     passes float32 copies of the int8 activations (GEMM), else from a stack buffer the
     block's int8 activations are converted into (GEMV; no allocation)."""
     fma = _fma(builder)  # exact either way: integer operands and sums below 2^24
+    fmt = p["fmt"]
     nt = len(xrow)
     if p["x_float"]:
         fx = builder.bitcast(p["xq"], F32.as_pointer())
@@ -251,16 +284,18 @@ def _dot_float(builder, p, b, woff, xrow, chains):
         fx = builder.bitcast(buf, F32.as_pointer())
         xaddr = [I64(32 * j) for j in range(nt)]
     accs = [[ir.Constant(V16F, None)] * chains for _ in range(nt)]
-    for s in range(8):
-        wv = _load(builder, p["wp"], builder.add(woff, I64(64 * s)), V64B)
-        wv = builder.xor(wv, ir.Constant(V64B, [0x80] * 64))
+    bias = ir.Constant(V64B, [fmt.bias % 256] * 64)
+    step = 0
+    for wv, col in fmt.steps(builder, p, woff):
+        wv = builder.sub(wv, bias)  # signed weights (mod 256: 128 flips the sign bit)
         for i in range(4):
             wf = builder.sitofp(builder.shuffle_vector(
                 wv, ir.Constant(V64B, ir.Undefined),
                 ir.Constant(ir.VectorType(I32, 16), [4 * r + i for r in range(16)])), V16F)
-            c = (4 * s + i) % chains
+            c = step % chains
+            step += 1
             for j in range(nt):
-                xf = builder.load(builder.gep(fx, [builder.add(xaddr[j], I64(4 * s + i))]),
+                xf = builder.load(builder.gep(fx, [builder.add(xaddr[j], I64(col + i))]),
                                   align=4)
                 accs[j][c] = fma(wf, _splat(builder, xf, V16F), accs[j][c])
     dots = []
@@ -289,7 +324,7 @@ def _emit_tile(builder, p, g, t, nt, chains, dot):
     with cgutils.for_range(builder, nb) as loop:
         b = loop.index
         gb = builder.add(gnb, b)
-        dots = dot(builder, p, b, builder.mul(gb, I64(512)), xrow, chains)
+        dots = dot(builder, p, b, builder.mul(gb, I64(p["fmt"].block_bytes)), xrow, chains)
         sc = _half_to_float(builder, _load(builder, p["wsp"], builder.mul(gb, I64(32)), V16H,
                                            align=2))
         b4 = builder.mul(b, I64(4))
@@ -317,7 +352,7 @@ def _emit_tile(builder, p, g, t, nt, chains, dot):
                                   builder.bitcast(dst, F32.as_pointer()), align=4)
 
 
-def _q8p_intrinsic(dot, tile, gemv_chains, gemm_chains, doc):
+def _packed_intrinsic(fmt, dot, tile, gemv_chains, gemm_chains, doc):
     def impl(typingctx, out, wp, wsp, xq, xs, xsum, g0, g1, t0, t1, strides):
         _check_dtypes(out=(out, types.float32), wp=(wp, types.uint8), wsp=(wsp, types.uint16),
                       xq=(xq, (types.int8, types.float32) if dot is _dot_float else types.int8),
@@ -332,7 +367,7 @@ def _q8p_intrinsic(dot, tile, gemv_chains, gemm_chains, doc):
             st = [context.cast(builder, builder.extract_value(astr, i), ty[10][i],
                                types.int64) for i in range(5)]
             p.update(nb=st[0], n_out=st[1], o_stride=st[2], x_stride=st[3], s_stride=st[4],
-                     x_float=ty[3].dtype == types.float32)
+                     x_float=ty[3].dtype == types.float32, fmt=fmt)
             g0v, g1v, t0v, t1v = (context.cast(builder, args[6 + i], ty[6 + i], types.int64)
                                   for i in range(4))
             nt_total = builder.sub(t1v, t0v)
@@ -364,7 +399,7 @@ def _q8p_intrinsic(dot, tile, gemv_chains, gemm_chains, doc):
         return sig, codegen
 
     impl.__doc__ = doc
-    impl.__name__ = impl.__qualname__ = dot.__name__.replace("_dot_", "q8p_core_")
+    impl.__name__ = impl.__qualname__ = dot.__name__.replace("_dot_", fmt.name + "p_core_")
     return intrinsic(impl)
 
 
@@ -379,13 +414,24 @@ def _dot_vnni256(builder, p, b, woff, xrow, chains):
     return _dot_vnni(builder, p, b, woff, xrow, chains, bits=256)
 
 
-vnni_q8p = _q8p_intrinsic(_dot_vnni, GEMM_TILE, GEMV_CHAINS, 1, _CORE_DOC)
-avxvnni_q8p = _q8p_intrinsic(_dot_vnni256, AVXVNNI_TILE, GEMV_CHAINS, 1, _CORE_DOC + """
+_VNNI256_DOC = """
 
-    256-bit vpdpbusd (AVX-VNNI, or AVX-512 VNNI + VL): the same numbers as vnni_q8p.""")
-float_q8p = _q8p_intrinsic(_dot_float, FLOAT_TILE, 4, 1, _CORE_DOC + """
+    256-bit vpdpbusd (AVX-VNNI, or AVX-512 VNNI + VL): the same numbers as with 512 bits."""
+_FLOAT_DOC = """
 
-    Generic vector IR (float32 FMAs on exact integers): no target-specific instructions.""")
+    Generic vector IR (float32 FMAs on exact integers): no target-specific instructions."""
+vnni_q8p = _packed_intrinsic(Q8, _dot_vnni, GEMM_TILE, GEMV_CHAINS, 1, _CORE_DOC)
+avxvnni_q8p = _packed_intrinsic(Q8, _dot_vnni256, AVXVNNI_TILE, GEMV_CHAINS, 1,
+                                _CORE_DOC + _VNNI256_DOC)
+float_q8p = _packed_intrinsic(Q8, _dot_float, FLOAT_TILE, 4, 1, _CORE_DOC + _FLOAT_DOC)
+_Q4_DOC = """
+
+    Int4 weights: wp (G, nb, 256), two 4-bit codes a byte (layout in edgerope.kernels.q4dot)."""
+vnni_q4p = _packed_intrinsic(Q4, _dot_vnni, GEMM_TILE, GEMV_CHAINS, 1, _CORE_DOC + _Q4_DOC)
+avxvnni_q4p = _packed_intrinsic(Q4, _dot_vnni256, AVXVNNI_TILE, GEMV_CHAINS, 1,
+                                _CORE_DOC + _Q4_DOC + _VNNI256_DOC)
+float_q4p = _packed_intrinsic(Q4, _dot_float, FLOAT_TILE, 4, 1,
+                              _CORE_DOC + _Q4_DOC + _FLOAT_DOC)
 
 
 def _emit_quant(builder, pq, ps, psum, px, n):

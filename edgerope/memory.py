@@ -1,0 +1,179 @@
+"""The RAM a model needs at a context, and the check that refuses to start what cannot fit.
+
+    weights   resident weight bytes: exact for a loaded model (ModelWeights.nbytes), from the
+              config and the in-memory dtype before loading (same layouts: int8 / int4 packed
+              in groups of 16 rows x 32 columns with fp16 scales, float32 plain)
+    KV cache  edgerope.cache.kv_bytes at that context, KV type and sinks
+    buffers   a session's activation and scratch buffers (`activation_bytes`)
+    tokenizer its vocabulary as Python objects: ~256 bytes a token + 8 MiB (measured: Gemma 3's
+              262k SentencePiece pieces 56-68 MiB, SmolLM2's 49k BPE tokens and merges 30-38)
+    runtime   Python + numpy + numba + LLVM once the kernels are loaded: measured ~153 MB
+              (libllvmlite 68 MB, heap 70 MB, other libraries 15 MB), `RUNTIME_BYTES`
+
+Pages of the KV cache that no token has reached yet are not resident, so a short run stays
+below the figure; it is what the whole context takes.
+
+`estimate(model_or_config, n_ctx, kv_type)` serves `edgerope info`, the CLI's check and
+tests; `preflight(spec, ...)` runs that check from the model's config alone, before any
+weight is read, so a model that cannot fit is refused rather than killed by the kernel's
+out-of-memory killer.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from .cache import DEFAULT_KV_TYPE, kv_bytes
+from .errors import EdgeropeError
+
+_MiB = 1 << 20
+RUNTIME_BYTES = 150 * _MiB
+# bytes of one packed group (16 rows x 32 columns) incl. its 16 fp16 scales (kernels.q8dot,
+# kernels.q4dot)
+_GROUP_BYTES = {"int8": 512 + 32, "int4": 256 + 32}
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    n_ctx: int
+    kv_type: str
+    weights: int
+    kv_cache: int
+    buffers: int
+    tokenizer: int
+    runtime: int = RUNTIME_BYTES
+
+    @property
+    def total(self) -> int:
+        return self.weights + self.kv_cache + self.buffers + self.tokenizer + self.runtime
+
+    def parts(self) -> str:
+        """'weights 272, KV f32 39, buffers 29, tokenizer 72, runtime 150' (MiB)."""
+        mib = lambda n: f"{n / _MiB:.0f}"  # noqa: E731
+        return (f"weights {mib(self.weights)}, KV {self.kv_type} {mib(self.kv_cache)}, "
+                f"buffers {mib(self.buffers)}, tokenizer {mib(self.tokenizer)}, "
+                f"runtime {mib(self.runtime)}")
+
+    def summary(self) -> str:
+        """'~562 MiB (weights 272, KV f32 39, buffers 29, tokenizer 72, runtime 150)'."""
+        return f"~{self.total / _MiB:.0f} MiB ({self.parts()})"
+
+    def line(self) -> str:
+        return f"RAM needed at context {self.n_ctx}: {self.summary()}"
+
+
+def human(n: int) -> str:
+    """1.1 GiB, 480 MiB."""
+    return f"{n / (1 << 30):.1f} GiB" if n >= 1 << 30 else f"{n / _MiB:.0f} MiB"
+
+
+def _matrix_bytes(n: int, k: int, dtype: str) -> int | None:
+    if dtype == "float32":
+        return 4 * n * k
+    if dtype not in _GROUP_BYTES:
+        return None
+    return -(-n // 16) * -(-k // 32) * _GROUP_BYTES[dtype]
+
+
+def weight_bytes(cfg, dtype: str) -> int | None:
+    """Bytes of the weight matrices and biases of a model of this config held as `dtype`
+    (what ModelWeights.nbytes reports once loaded); None for an unknown dtype."""
+    from .checkpoint import EMBED_DTYPE
+    H, I, V = cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size
+    inner = I * (2 if cfg.mlp == "gated" else 1)
+    qkv = cfg.q_dim + 2 * cfg.kv_dim
+    edtype = EMBED_DTYPE.get(dtype, dtype)  # embedding and output matrices (int4: int8)
+    sizes = [_matrix_bytes(V, H, edtype)] * (1 if cfg.tie_word_embeddings else 2)
+    sizes += [_matrix_bytes(n, k, dtype) for n, k in ((qkv, H), (H, cfg.q_dim), (inner, H),
+                                                     (H, I))] * cfg.num_hidden_layers
+    if None in sizes:
+        return None
+    per_layer_bias = (qkv if cfg.qkv_bias else 0) + (H if cfg.o_bias else 0) + (
+        inner + H if cfg.mlp_bias else 0)
+    biases = per_layer_bias * cfg.num_hidden_layers + (
+        V if cfg.lm_head_bias and not cfg.tie_word_embeddings else 0)
+    return sum(sizes) + 4 * biases
+
+
+def tokenizer_bytes(cfg) -> int:
+    return 256 * cfg.vocab_size + 8 * _MiB
+
+
+def activation_bytes(cfg, n_ctx: int, n_batch: int = 512) -> int:
+    """Float32 buffers of a session (edgerope.model._Buffers), int8 activation copies, the
+    attention scratch and the last-token logits."""
+    B = min(n_batch, n_ctx)
+    inner = cfg.intermediate_size * (2 if cfg.mlp == "gated" else 1)
+    per_row = (4 * cfg.hidden_size + 3 * cfg.q_dim + 4 * cfg.kv_dim + inner
+               + cfg.intermediate_size)
+    quantized = B * (cfg.hidden_size + cfg.q_dim + cfg.intermediate_size) * 5 // 4
+    return 4 * (B * per_row + cfg.vocab_size + 16 * (n_ctx + B)) + quantized
+
+
+def estimate(model_or_config, n_ctx: int | None = None, kv_type: str = DEFAULT_KV_TYPE,
+             n_batch: int = 512, n_keep: int = 4, dtype: str = "int8") -> MemoryEstimate:
+    """RAM to run a model at context `n_ctx` (default: the model's default context).
+    `model_or_config`: a loaded Model (its weights are measured; `dtype` is ignored) or a
+    ModelConfig (weights computed for `dtype`; ValueError for a dtype of unknown layout)."""
+    from .model import default_ctx
+    if hasattr(model_or_config, "weights"):
+        cfg, weights = model_or_config.config, model_or_config.weights.nbytes
+    else:
+        cfg, weights = model_or_config, weight_bytes(model_or_config, dtype)
+        if weights is None:
+            raise ValueError(f"no weight layout known for dtype {dtype!r}")
+    n_ctx = n_ctx or default_ctx(cfg)
+    return MemoryEstimate(n_ctx=n_ctx, kv_type=kv_type, weights=weights,
+                          kv_cache=kv_bytes(cfg, n_ctx, kv_type, max(n_keep, 0)),
+                          buffers=activation_bytes(cfg, n_ctx, n_batch),
+                          tokenizer=tokenizer_bytes(cfg))
+
+
+def config_of(spec: str | None, dtype: str = "int8"):
+    """The ModelConfig of what `registry.load_any(spec, dtype)` would load, read from the
+    config or GGUF header alone (no weights); None when `spec` names nothing loadable (the
+    load then says why)."""
+    from .config import parse_config, read_config_dict
+    from .registry import converted_dir, default_model, is_registered, locate
+    if spec is None:
+        spec = default_model()
+    if os.path.exists(spec):
+        path = spec
+    elif is_registered(spec):
+        path = converted_dir(spec, dtype)
+        if not os.path.isdir(path):
+            path = locate(spec)
+    else:
+        return None
+    if os.path.isfile(path):
+        from .gguf_loader import gguf_config_dict
+        from .gguf_reader import GGUFFile
+        return parse_config(gguf_config_dict(GGUFFile(path)))
+    return parse_config(read_config_dict(path))
+
+
+def preflight(spec: str | None, dtype: str = "int8", n_ctx: int | None = None,
+              kv_type: str = DEFAULT_KV_TYPE, n_batch: int = 512, n_keep: int = 4,
+              available: int | None = None) -> MemoryEstimate | None:
+    """Before loading: raise EdgeropeError when the model plainly cannot fit in the memory
+    available (edgerope.system.mem_available: MemAvailable, or $EDGEROPE_MEM_AVAILABLE).
+    Returns the estimate, or None when it cannot be made (no memory figure, a dtype of
+    unknown layout, a file the load will report on)."""
+    from .system import mem_available
+    if available is None:
+        available = mem_available()
+    if available is None:
+        return None
+    try:
+        cfg = config_of(spec, dtype)
+        est = None if cfg is None else estimate(cfg, n_ctx, kv_type, n_batch, n_keep, dtype)
+    except (EdgeropeError, ValueError, OSError):
+        return None  # the load reports a bad file with its own message
+    if est is not None and est.total > available:
+        ways = ["a smaller -c"] + (["--kv-type int8"] if kv_type != "int8" else []) + (
+            ["an int4 model (--dtype int4)"] if dtype != "int4" else [])
+        raise EdgeropeError(
+            f"model needs ~{human(est.total)} at context {est.n_ctx} but only "
+            f"{human(available)} is available (MiB: {est.parts()}); use "
+            f"{', '.join(ways)}, or --force")
+    return est

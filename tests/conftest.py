@@ -1,0 +1,17 @@
+"""Fixtures shared by several test modules."""
+import pytest
+
+
+@pytest.fixture(scope="session")
+def built(tmp_path_factory):
+    """name -> (directory, transformers model) of a tests/tiny_models.py case, each built once
+    per test run (needs torch and transformers: import-skip them in the module first)."""
+    from tiny_models import build
+    cache = {}
+
+    def get(name):
+        if name not in cache:
+            d = tmp_path_factory.mktemp(name)
+            cache[name] = (str(d), build(name, str(d)))
+        return cache[name]
+    return get

@@ -1,0 +1,203 @@
+"""Defaults for small machines (issue 7): threads = physical performance cores (fake sysfs
+trees), the RAM a model needs (edgerope.memory), and generate / chat refusing, before loading,
+a model that cannot fit ($EDGEROPE_MEM_AVAILABLE stands in for MemAvailable)."""
+import os
+import shutil
+
+import pytest
+from click.testing import CliRunner
+
+import edgerope
+from edgerope import kernels as K
+from edgerope.cli import main
+from edgerope.memory import RUNTIME_BYTES, config_of, estimate, preflight, weight_bytes
+from edgerope.system import mem_available, parse_cpu_list, physical_cores
+from test_generate import tiny_dir  # noqa: F401 - a tiny model with a tokenizer
+
+
+def fake_sysfs(root, siblings, capacity=None, cpuinfo=None, cpu_core=None):
+    """siblings: per CPU its core's sibling list ("0,4"); capacity: per CPU cpu_capacity."""
+    for c, sib in enumerate(siblings):
+        topo = root / "sys" / "devices" / "system" / "cpu" / f"cpu{c}" / "topology"
+        topo.mkdir(parents=True)
+        if sib is not None:
+            (topo / "core_cpus_list").write_text(sib + "\n")
+        if capacity is not None:
+            (topo.parent / "cpu_capacity").write_text(f"{capacity[c]}\n")
+    if cpuinfo is not None:
+        (root / "proc").mkdir()
+        (root / "proc" / "cpuinfo").write_text(cpuinfo)
+    if cpu_core is not None:
+        d = root / "sys" / "devices" / "cpu_core"
+        d.mkdir(parents=True)
+        (d / "cpus").write_text(cpu_core + "\n")
+    return str(root)
+
+
+def test_parse_cpu_list():
+    assert parse_cpu_list("0-3,8,10-11\n") == {0, 1, 2, 3, 8, 10, 11}
+    assert parse_cpu_list("") == set() and parse_cpu_list("x-1") == set()
+
+
+def test_smt_siblings_count_once(tmp_path):
+    root = fake_sysfs(tmp_path, ["0,4", "1,5", "2,6", "3,7"] * 2)  # 4 cores x 2 threads
+    assert physical_cores(root, allowed=range(8)) == 4
+    assert physical_cores(root, allowed={0, 4}) == 1   # affinity: one core's two threads
+    assert physical_cores(root, allowed={0, 1, 5}) == 2
+
+
+def test_big_little_counts_big_cores(tmp_path):
+    # RK3588-like: 4 x Cortex-A55 (capacity 530) + 4 x Cortex-A76 (1024), no SMT
+    root = fake_sysfs(tmp_path, [str(c) for c in range(8)], capacity=[530] * 4 + [1024] * 4)
+    assert physical_cores(root, allowed=range(8)) == 4
+    assert physical_cores(root, allowed=range(4)) == 4  # pinned to the LITTLE cores: those
+
+
+def test_three_clusters_keep_prime_and_big(tmp_path):
+    root = fake_sysfs(tmp_path, [str(c) for c in range(8)],
+                      capacity=[325] * 4 + [870] * 3 + [1024])
+    assert physical_cores(root, allowed=range(8)) == 4
+
+
+def test_intel_hybrid_counts_p_cores(tmp_path):
+    # 2 P-cores with SMT (cpus 0-3) + 4 E-cores (4-7), as the cpu_core PMU lists them
+    root = fake_sysfs(tmp_path, ["0-1", "0-1", "2-3", "2-3", "4", "5", "6", "7"],
+                      cpu_core="0-3")
+    assert physical_cores(root, allowed=range(8)) == 2
+    assert physical_cores(root, allowed={4, 5}) == 2  # only E-cores allowed
+
+
+def test_cpuinfo_fallback_then_cpu_count(tmp_path):
+    info = "".join(f"processor\t: {p}\nphysical id\t: 0\ncore id\t\t: {p % 2}\n\n"
+                   for p in range(4))
+    root = fake_sysfs(tmp_path, [None] * 4, cpuinfo=info)
+    assert physical_cores(root, allowed=range(4)) == 2
+    assert physical_cores(str(tmp_path / "nothing"), allowed={0, 1, 2}) == 3
+    assert physical_cores("/") >= 1  # the real machine
+
+
+def test_default_threads_is_physical_cores_within_the_pool():
+    assert K.default_threads() == max(1, min(physical_cores(), K.max_threads()))
+    before = K.get_threads()
+    try:
+        assert K.set_threads(None) == K.default_threads()
+    finally:
+        K.set_threads(before)
+
+
+def test_mem_available(tmp_path, monkeypatch):
+    monkeypatch.delenv("EDGEROPE_MEM_AVAILABLE", raising=False)
+    (tmp_path / "proc").mkdir()
+    (tmp_path / "proc" / "meminfo").write_text("MemTotal: 4000000 kB\nMemFree: 100 kB\n"
+                                               "MemAvailable:    1153434 kB\n")
+    assert mem_available(str(tmp_path)) == 1153434 * 1024
+    assert mem_available(str(tmp_path / "none")) is None
+    monkeypatch.setenv("EDGEROPE_MEM_AVAILABLE", "12345")
+    assert mem_available(str(tmp_path)) == 12345
+    monkeypatch.setenv("EDGEROPE_MEM_AVAILABLE", "1G")
+    with pytest.raises(edgerope.EdgeropeError, match="EDGEROPE_MEM_AVAILABLE"):
+        mem_available()
+
+
+# -- the estimate ----------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    pytest.importorskip("torch")
+    from tiny_models import build
+    out = {}
+    for name in ("llama", "gemma3", "gpt_neox", "llama-gqa4"):
+        out[name] = str(tmp_path_factory.mktemp(f"mem-{name}"))
+        build(name, out[name])
+    return out
+
+
+@pytest.mark.parametrize("name", ["llama", "gemma3", "gpt_neox", "llama-gqa4"])
+@pytest.mark.parametrize("dtype", ["int8", "int4", "float32"])
+def test_weights_from_the_config_equal_the_loaded_weights(tiny, name, dtype):
+    m = edgerope.load(tiny[name], dtype=dtype, tokenizer=False)
+    assert weight_bytes(m.config, dtype) == m.weights.nbytes
+    from_cfg, loaded = estimate(m.config, 128, "f16", dtype=dtype), estimate(m, 128, "f16")
+    assert from_cfg == loaded
+    s = m.new_session(n_ctx=128, kv_type="f16", n_keep=4, context_shift=True)  # as the CLI
+    # (kv_bytes leaves out the few-byte scale placeholders of float caches)
+    assert loaded.kv_cache == pytest.approx(s.cache.nbytes, rel=1e-3)
+    assert loaded.runtime == RUNTIME_BYTES
+    assert loaded.total == sum((loaded.weights, loaded.kv_cache, loaded.buffers,
+                                loaded.tokenizer, loaded.runtime))
+
+
+def test_estimate_defaults_to_the_model_context(tiny):
+    m = edgerope.load(tiny["llama"], tokenizer=False)
+    assert estimate(m).n_ctx == m.default_ctx() == 256  # max_position_embeddings of the tiny
+    assert config_of(tiny["llama"]) == m.config
+
+
+def test_info_prints_ram_needed(tiny):
+    r = CliRunner().invoke(main, ["info", tiny["llama"]])
+    assert r.exit_code == 0, r.output
+    line = next(x for x in r.stdout.splitlines() if x.startswith("RAM needed"))
+    assert line.startswith("RAM needed at context 256 ") and "~" in line
+    for part in ("weights", "KV f32", "buffers", "tokenizer", "runtime 150"):
+        assert part in line
+    r = CliRunner().invoke(main, ["info", tiny["llama"], "-c", "64", "--kv-type", "int8"])
+    assert "RAM needed at context 64 " in r.stdout and "KV int8" in r.stdout
+
+
+# -- refusing what cannot fit ----------------------------------------------------------------
+
+def test_generate_refuses_a_model_that_cannot_fit(tiny_dir, monkeypatch):
+    monkeypatch.setenv("EDGEROPE_MEM_AVAILABLE", str(100 << 20))  # 100 MiB
+    args = ["generate", "-m", tiny_dir[0], "-p", "The", "-n", "2", "-c", "128"]
+    r = CliRunner().invoke(main, args)
+    assert r.exit_code == 1, r.output
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: model needs ~")
+    for w in ("at context 128", "only 100 MiB is available", "smaller -c", "--kv-type int8",
+              "int4", "--force"):
+        assert w in lines[0], (w, lines[0])
+    r = CliRunner().invoke(main, args + ["--force"])
+    assert r.exit_code == 0 and "generation: 2 tokens" in r.stderr, r.output
+    monkeypatch.setenv("EDGEROPE_MEM_AVAILABLE", str(8 << 30))
+    r = CliRunner().invoke(main, args)
+    assert r.exit_code == 0, r.output
+
+
+def test_chat_refuses_too(tiny_dir, monkeypatch):
+    monkeypatch.setenv("EDGEROPE_MEM_AVAILABLE", str(1 << 20))
+    r = CliRunner().invoke(main, ["chat", "-m", tiny_dir[0], "--chat-template", "chatml"],
+                           input="hi\n")
+    assert r.exit_code == 1 and "only 1 MiB is available" in r.stderr
+    r = CliRunner().invoke(main, ["chat", "-m", tiny_dir[0], "--chat-template", "chatml", "-n",
+                                  "2", "--force"], input="hi\n")
+    assert r.exit_code == 0, r.output
+
+
+def test_the_check_runs_before_the_weights_are_read(tiny_dir, tmp_path, monkeypatch):
+    """The refusal comes from config.json alone: with weights that would fail to load, the
+    memory error is what is reported (a 1B model on a 1 GB board is refused, not killed)."""
+    d = str(tmp_path / "m")
+    shutil.copytree(tiny_dir[0], d)
+    st = os.path.join(d, "model.safetensors")
+    with open(st, "r+b") as f:
+        f.truncate(os.path.getsize(st) // 2)
+    monkeypatch.setenv("EDGEROPE_MEM_AVAILABLE", str(1 << 20))
+    r = CliRunner().invoke(main, ["generate", "-m", d, "-p", "The", "-n", "2"])
+    assert r.exit_code == 1 and "error: model needs" in r.stderr, r.output
+    r = CliRunner().invoke(main, ["generate", "-m", d, "-p", "The", "-n", "2", "--force"])
+    assert r.exit_code == 1 and "model.safetensors" in r.stderr  # now the load's own error
+    assert preflight(str(tmp_path / "missing"), available=1) is None  # the load reports it
+
+
+def test_preflight_reads_gguf_headers(tmp_path):
+    pytest.importorskip("gguf")
+    import numpy as np
+    from test_q8_formats import SHAPES, q8_0_blocks, write_gguf
+    r = np.random.default_rng(0)
+    path = write_gguf(str(tmp_path / "t.gguf"),
+                      {n: q8_0_blocks(r, *s) for n, s in SHAPES.items()})
+    est = preflight(path, n_ctx=64, available=1 << 40)
+    m = edgerope.load(path)
+    assert est == estimate(m, 64)
+    with pytest.raises(edgerope.EdgeropeError, match="at context 64 but only"):
+        preflight(path, n_ctx=64, available=est.total - 1)
