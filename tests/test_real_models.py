@@ -134,3 +134,23 @@ def test_quantized_kv_cache_against_float32_kv(name):
         print(json.dumps(dict(model=name, kv_type=kv_type, tokens=len(ref), top1=top1,
                               mean_kl=kl)))
         assert top1 >= top1_min and kl <= kl_max, (kv_type, top1, kl)
+
+
+@pytest.mark.parametrize("name", ["gemma3-270m", "smollm2-135m"])
+def test_int4_conversion_is_llama_cpp_q4_0(name, tmp_path):
+    """edgerope's int4 of a model is byte for byte llama.cpp's default Q4_0 requantization of
+    the same file (Q4_0 matrices; the embedding/output at Q8_0 where llama.cpp keeps them)."""
+    llama_cpp = pytest.importorskip("llama_cpp")
+    src = _path(name)
+    dst = str(tmp_path / "q4_0.gguf")
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = 2  # LLAMA_FTYPE_MOSTLY_Q4_0
+    params.allow_requantize = True
+    assert llama_cpp.llama_model_quantize(src.encode(), dst.encode(), params) == 0
+    ours = edgerope.load(src, dtype="int4", tokenizer=False).weights
+    theirs = edgerope.load(dst, dtype="int4", tokenizer=False).weights
+    assert {lin.dtype for lin in theirs.linears()} == {"int4", "int8"}
+    for a, b in zip(ours.linears(), theirs.linears()):
+        assert a.dtype == b.dtype
+        np.testing.assert_array_equal(a.wp, b.wp)
+        np.testing.assert_array_equal(a.wsp, b.wsp)

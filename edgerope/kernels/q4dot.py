@@ -22,7 +22,8 @@ min(15, trunc(x / d + 8.5)) in float32, d stored as fp16).
 Products `q4p_gemv` / `q4p_gemm` take the arguments of q8dot's (activations from
 `quantize_act`) and compute, per the same rules, out[t, n] = sum_b float(idot) * (d16 * xs)
 with exact integer block dots: bit-identical across paths ("vnni", "avxvnni", "portable"),
-thread counts and GEMV vs GEMM rows. `KERNELS[mode]` reaches each path.
+thread counts and GEMV vs GEMM rows ("sdot" too, on AArch64). `KERNELS[mode]` reaches
+each path.
 """
 import numpy as np
 
@@ -159,6 +160,29 @@ def q4p_gemm_avxvnni(out, xq, xs, xsum, wp, wsp, n_out):
 
 
 @kernel(parallel=True)
+def q4p_gemv_sdot(out, xq, xs, xsum, wp, wsp, n_out):
+    """q4p_gemv with AArch64 sdot."""
+    _check(out, xq, xs, xsum, wp, wsp, n_out, 1, BLOCK_BYTES)
+    strides = (wp.shape[1], n_out, 0, 0, 0)
+    for g in prange(wp.shape[0]):
+        simd.sdot_q4p(out, wp, wsp, xq, xs, xsum, g, g + 1, 0, 1, strides)
+
+
+@kernel(parallel=True)
+def q4p_gemm_sdot(out, xq, xs, xsum, wp, wsp, n_out):
+    """q4p_gemm with AArch64 sdot."""
+    T = out.shape[0]
+    _check(out, xq, xs, xsum, wp, wsp, n_out, T, BLOCK_BYTES)
+    G = wp.shape[0]
+    strides = (wp.shape[1], n_out, out.strides[0], xq.strides[0], xs.strides[0])
+    for ch in prange((G + _GEMM_GROUPS - 1) // _GEMM_GROUPS):
+        g0 = ch * _GEMM_GROUPS
+        for t0 in range(0, T, _GEMM_TOKENS):
+            simd.sdot_q4p(out, wp, wsp, xq, xs, xsum, g0, min(G, g0 + _GEMM_GROUPS), t0,
+                          min(T, t0 + _GEMM_TOKENS), strides)
+
+
+@kernel(parallel=True)
 def q4p_gemv_portable(out, xq, xs, xsum, wp, wsp, n_out):
     """q4p_gemv for any CPU (generic vector IR, float32 FMAs on exact integers)."""
     _check(out, xq, xs, xsum, wp, wsp, n_out, 1, BLOCK_BYTES)
@@ -188,6 +212,7 @@ def q4p_gemm_portable(out, xq, xs, xsum, wp, wsp, n_out):
 KERNELS = {  # simd mode -> (gemv, gemm); only call a mode simd.available() lists
     "vnni": (q4p_gemv_vnni, q4p_gemm_vnni),
     "avxvnni": (q4p_gemv_avxvnni, q4p_gemm_avxvnni),
+    "sdot": (q4p_gemv_sdot, q4p_gemm_sdot),
     "portable": (q4p_gemv_portable, q4p_gemm_portable),
 }
 q4p_gemv, q4p_gemm = KERNELS[simd.MODE]

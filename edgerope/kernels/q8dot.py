@@ -33,7 +33,8 @@ Products, all `(out, xq, xs, xsum, wp, wsp, n_out)`, output first:
 out[t, n] = sum_b float(idot[t, n, b]) * (ws16[n, b] * xs[t, b]) accumulated over blocks in
 order with one fused multiply-add each, idot being the exact integer block dot and ws16 the
 fp16 scale widened to float32 (exactly). Every path computes exactly these numbers, so
-results are bit-identical between GEMV and GEMM rows, thread counts, and paths: "vnni" (AVX-512 VNNI), "avxvnni" (256-bit VNNI), "portable" (generic
+results are bit-identical between GEMV and GEMM rows, thread counts, and paths: "vnni" (AVX-512 VNNI), "avxvnni" (256-bit VNNI), "sdot" (AArch64
+dot product), "portable" (generic
 vector IR, float32 FMAs on the exact integers; any CPU). `simd.MODE` picks the path at import
 (env EDGEROPE_SIMD overrides); `KERNELS[mode]` and the `*_vnni` / `*_avxvnni` / `*_portable`
 names reach the others (call only modes in simd.available()).
@@ -291,6 +292,29 @@ def q8p_gemm_avxvnni(out, xq, xs, xsum, wp, wsp, n_out):
 
 
 @kernel(parallel=True)
+def q8p_gemv_sdot(out, xq, xs, xsum, wp, wsp, n_out):
+    """q8p_gemv with AArch64 sdot."""
+    _check(out, xq, xs, xsum, wp, wsp, n_out, 1, BLOCK_BYTES)
+    strides = (wp.shape[1], n_out, 0, 0, 0)
+    for g in prange(wp.shape[0]):
+        simd.sdot_q8p(out, wp, wsp, xq, xs, xsum, g, g + 1, 0, 1, strides)
+
+
+@kernel(parallel=True)
+def q8p_gemm_sdot(out, xq, xs, xsum, wp, wsp, n_out):
+    """q8p_gemm with AArch64 sdot."""
+    T = out.shape[0]
+    _check(out, xq, xs, xsum, wp, wsp, n_out, T, BLOCK_BYTES)
+    G = wp.shape[0]
+    strides = (wp.shape[1], n_out, out.strides[0], xq.strides[0], xs.strides[0])
+    for ch in prange((G + _GEMM_GROUPS - 1) // _GEMM_GROUPS):
+        g0 = ch * _GEMM_GROUPS
+        for t0 in range(0, T, _GEMM_TOKENS):
+            simd.sdot_q8p(out, wp, wsp, xq, xs, xsum, g0, min(G, g0 + _GEMM_GROUPS), t0,
+                          min(T, t0 + _GEMM_TOKENS), strides)
+
+
+@kernel(parallel=True)
 def q8p_gemv_portable(out, xq, xs, xsum, wp, wsp, n_out):
     """q8p_gemv for any CPU (generic vector IR, float32 FMAs on exact integers)."""
     _check(out, xq, xs, xsum, wp, wsp, n_out, 1, BLOCK_BYTES)
@@ -325,6 +349,7 @@ def q8p_gemm_portable(out, xq, xs, xsum, wp, wsp, n_out):
 KERNELS = {  # simd mode -> (gemv, gemm); only call a mode simd.available() lists
     "vnni": (q8p_gemv_vnni, q8p_gemm_vnni),
     "avxvnni": (q8p_gemv_avxvnni, q8p_gemm_avxvnni),
+    "sdot": (q8p_gemv_sdot, q8p_gemm_sdot),
     "portable": (q8p_gemv_portable, q8p_gemm_portable),
 }
 q8p_gemv, q8p_gemm = KERNELS[simd.MODE]

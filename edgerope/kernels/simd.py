@@ -1,8 +1,9 @@
 """CPU SIMD support: which instruction set the int8 kernels may use, and their LLVM-IR cores.
 
 `MODE` is the best of `available()`: "vnni" (AVX-512 VNNI, 512-bit vpdpbusd), "avxvnni"
-(256-bit vpdpbusd: AVX-VNNI, or AVX-512 VNNI with VL) or "portable" (any CPU Numba targets);
-the environment variable EDGEROPE_SIMD=vnni|avxvnni|portable overrides it (asking for an
+(256-bit vpdpbusd: AVX-VNNI, or AVX-512 VNNI with VL), "sdot" (AArch64 dot product) or
+"portable" (any CPU Numba targets); the environment variable
+EDGEROPE_SIMD=vnni|avxvnni|sdot|portable overrides it (asking for an
 instruction set the CPU lacks raises at import). Python code picks kernels from `MODE`, so an
 x86 intrinsic is only ever compiled into code for a CPU that has it.
 
@@ -17,7 +18,9 @@ Numba intrinsics written in LLVM IR (LLVM does not emit vpdpbusd from plain loop
 - `float_q8p`: the same loop in generic vector IR (any target): float32 FMAs on the integer
   values, exact because every block sum stays below 2^24, so its results are bit-identical
   to the VNNI cores'.
-- `vnni_q4p`, `avxvnni_q4p`, `float_q4p`: the same cores over int4 weights (two codes a
+- `sdot_q8p`: AArch64 sdot (signed bytes, weights made signed first), where the CPU has
+  the dot-product extension (`HAS_SDOT`: the kernel's AT_HWCAP and LLVM's target agree).
+- `vnni_q4p`, `avxvnni_q4p`, `sdot_q4p`, `float_q4p`: the same cores over int4 weights (two codes a
   byte, unpacked with a mask and a shift into the same eight steps; edgerope.kernels.q4dot).
 - `quant_blocks`: activation quantization of full 32-blocks, generic vector IR.
 
@@ -31,7 +34,7 @@ tests compare bit for bit against numpy.
 Numba's cache only watches the file of the cached function: after editing this file, touch
 q8dot.py (or clear its __pycache__) or stale machine code is reused.
 
-Deliberately ignored: AVX2 vpmaddubsw, AMX, ARM sdot/i8mm (the portable core serves them).
+Deliberately ignored: AVX2 vpmaddubsw, AMX, ARM i8mm (smmla) and SVE.
 """
 import os
 
@@ -52,6 +55,7 @@ V16H = ir.VectorType(I16, 16)
 V64B = ir.VectorType(I8, 64)
 I8P = I8.as_pointer()
 
+SDOT_TILE = 2   # AArch64: a token needs 4 int + 4 float q registers (32 in all)
 GEMM_TILE = 8   # tokens sharing each 64-byte weight load (8 int + 8 float zmm accumulators);
 #                 tiles are powers of two (the rest of T runs as tiles of 4, 2, 1)
 GEMV_CHAINS = 2  # independent vpdpbusd chains per block when only one token is in flight
@@ -85,12 +89,55 @@ HAS_F16_CONVERT = "f16c" in FEATURES if _X86 else llb.get_process_triple().start
     ("aarch64", "arm64"))
 
 
-MODES = ("vnni", "avxvnni", "portable")  # best first
+_AARCH64 = llb.get_process_triple().startswith(("aarch64", "arm64"))
+_HWCAP_ASIMDDP = 1 << 20  # AArch64 Linux AT_HWCAP bit: sdot / udot (FEAT_DotProd)
+
+
+def _kernel_says_dotprod():
+    """The kernel's word (AT_HWCAP) that this AArch64 CPU executes sdot: true on a Pi 5
+    (Cortex-A76), false on a Pi 4 (Cortex-A72)."""
+    try:
+        import ctypes
+        getauxval = ctypes.CDLL(None).getauxval
+        getauxval.restype = ctypes.c_ulong
+        getauxval.argtypes = [ctypes.c_ulong]
+        return bool(getauxval(16) & _HWCAP_ASIMDDP)  # 16 = AT_HWCAP
+    except (OSError, AttributeError):
+        return False
+
+
+def _target_emits_sdot():
+    """Whether LLVM, configured as numba configures it, can select sdot (the named CPU or
+    host features may lack +dotprod even where the CPU has it): compile a one-line probe."""
+    try:
+        cpu = config.CPU_NAME or llb.get_host_cpu_name()
+        feats = config.CPU_FEATURES
+        if feats is None:
+            feats = "" if config.CPU_NAME else llb.get_host_cpu_features().flatten()
+        mod = llb.parse_assembly(
+            "define <4 x i32> @f(<4 x i32> %a, <16 x i8> %b, <16 x i8> %c) {\n"
+            "  %r = call <4 x i32> @llvm.aarch64.neon.sdot.v4i32.v16i8(<4 x i32> %a, "
+            "<16 x i8> %b, <16 x i8> %c)\n  ret <4 x i32> %r\n}\n"
+            "declare <4 x i32> @llvm.aarch64.neon.sdot.v4i32.v16i8(<4 x i32>, <16 x i8>, "
+            "<16 x i8>)\n")
+        tm = llb.Target.from_triple(llb.get_process_triple()).create_target_machine(
+            cpu=cpu, features=feats)
+        return "sdot" in tm.emit_assembly(mod)
+    except Exception:  # noqa: BLE001 - any failure means: do not use sdot
+        return False
+
+
+# AArch64 dot product (Raspberry Pi 5, Apple M, Graviton 2+): the kernel says the CPU has it
+# and the code generator can emit it
+HAS_SDOT = _AARCH64 and _kernel_says_dotprod() and _target_emits_sdot()
+
+MODES = ("vnni", "avxvnni", "sdot", "portable")  # best first
 
 
 def available():
     """SIMD modes this CPU can run, best first."""
-    have = {"vnni": HAS_AVX512_VNNI, "avxvnni": HAS_AVX_VNNI, "portable": True}
+    have = {"vnni": HAS_AVX512_VNNI, "avxvnni": HAS_AVX_VNNI, "sdot": HAS_SDOT,
+            "portable": True}
     return [m for m in MODES if have[m]]
 
 
@@ -250,6 +297,44 @@ def _dot_vnni(builder, p, b, woff, xrow, chains, bits=512):
         xsum = _load(builder, p["xsum"], builder.add(p["srow"][j], builder.mul(b, I64(4))),
                      I32, align=4)
         idot = builder.sub(idot, _splat(builder, builder.shl(xsum, shift), V16I))
+        dots.append(builder.sitofp(idot, V16F))
+    return dots
+
+
+def _dot_sdot(builder, p, b, woff, xrow, chains):
+    """The same exact block dots with AArch64 sdot (signed x signed bytes, 4 per i32 lane):
+    each 16-row x 4-column step is four sdot of 4 rows; weights are made signed first
+    (code - bias), so no activation-sum correction is needed."""
+    fmt = p["fmt"]
+    v4i, v16b = ir.VectorType(I32, 4), ir.VectorType(I8, 16)
+    fn = _fn(builder, "llvm.aarch64.neon.sdot.v4i32.v16i8", v4i, [v4i, v16b, v16b])
+    bias = ir.Constant(V64B, [fmt.bias % 256] * 64)
+    undef64 = ir.Constant(V64B, ir.Undefined)
+    nt = len(xrow)
+    # accumulators: per token and chain, four <4 x i32> (rows 4q .. 4q + 3)
+    accs = [[[ir.Constant(v4i, None)] * 4 for _ in range(chains)] for _ in range(nt)]
+    for s, (wv, col) in enumerate(fmt.steps(builder, p, woff)):
+        wv = builder.sub(wv, bias)
+        quads = [builder.shuffle_vector(wv, undef64, ir.Constant(
+            ir.VectorType(I32, 16), list(range(16 * q, 16 * q + 16)))) for q in range(4)]
+        xo = builder.add(builder.mul(b, I64(32)), I64(col))
+        for j in range(nt):
+            xw = _load(builder, p["xq"], builder.add(xrow[j], xo), I32, align=1)
+            xv = builder.bitcast(_splat(builder, xw, v4i), v16b)
+            acc = accs[j][s % chains]
+            for q in range(4):
+                acc[q] = builder.call(fn, [acc[q], quads[q], xv])
+    dots = []
+    for j in range(nt):
+        quad = accs[j][0]
+        for c in range(1, chains):
+            quad = [builder.add(a, b2) for a, b2 in zip(quad, accs[j][c])]
+        lo = builder.shuffle_vector(quad[0], quad[1], ir.Constant(ir.VectorType(I32, 8),
+                                                                  list(range(8))))
+        hi = builder.shuffle_vector(quad[2], quad[3], ir.Constant(ir.VectorType(I32, 8),
+                                                                  list(range(8))))
+        idot = builder.shuffle_vector(lo, hi, ir.Constant(ir.VectorType(I32, 16),
+                                                          list(range(16))))
         dots.append(builder.sitofp(idot, V16F))
     return dots
 
@@ -424,12 +509,18 @@ vnni_q8p = _packed_intrinsic(Q8, _dot_vnni, GEMM_TILE, GEMV_CHAINS, 1, _CORE_DOC
 avxvnni_q8p = _packed_intrinsic(Q8, _dot_vnni256, AVXVNNI_TILE, GEMV_CHAINS, 1,
                                 _CORE_DOC + _VNNI256_DOC)
 float_q8p = _packed_intrinsic(Q8, _dot_float, FLOAT_TILE, 4, 1, _CORE_DOC + _FLOAT_DOC)
+_SDOT_DOC = """
+
+    AArch64 sdot (FEAT_DotProd: Cortex-A76 / Raspberry Pi 5 and later): the same numbers."""
+sdot_q8p = _packed_intrinsic(Q8, _dot_sdot, SDOT_TILE, GEMV_CHAINS, 1, _CORE_DOC + _SDOT_DOC)
 _Q4_DOC = """
 
     Int4 weights: wp (G, nb, 256), two 4-bit codes a byte (layout in edgerope.kernels.q4dot)."""
 vnni_q4p = _packed_intrinsic(Q4, _dot_vnni, GEMM_TILE, GEMV_CHAINS, 1, _CORE_DOC + _Q4_DOC)
 avxvnni_q4p = _packed_intrinsic(Q4, _dot_vnni256, AVXVNNI_TILE, GEMV_CHAINS, 1,
                                 _CORE_DOC + _Q4_DOC + _VNNI256_DOC)
+sdot_q4p = _packed_intrinsic(Q4, _dot_sdot, SDOT_TILE, GEMV_CHAINS, 1,
+                             _CORE_DOC + _Q4_DOC + _SDOT_DOC)
 float_q4p = _packed_intrinsic(Q4, _dot_float, FLOAT_TILE, 4, 1,
                               _CORE_DOC + _Q4_DOC + _FLOAT_DOC)
 
