@@ -79,6 +79,22 @@ def _put_norm(out: dict, kinds: dict, name: str, n: Norm | None) -> None:
     kinds[name] = [n.kind, n.eps]
 
 
+def native_tensors(W: ModelWeights) -> tuple[dict, dict, dict]:
+    """(tensors by stored name, norm kinds, logical matrix shapes) of weights as this format
+    stores them (a tied head is stored once, as the embedding)."""
+    tensors, kinds, shapes = {}, {}, {}
+    _put_linear(tensors, shapes, "embed", W.embed)
+    if W.lm_head is not W.embed:
+        _put_linear(tensors, shapes, "lm_head", W.lm_head)
+    _put_norm(tensors, kinds, "out_norm", W.out_norm)
+    for i, lw in enumerate(W.layers):
+        for key in _LAYER_LINEARS:
+            _put_linear(tensors, shapes, f"layers.{i}.{key}", getattr(lw, key))
+        for key in _LAYER_NORMS:
+            _put_norm(tensors, kinds, f"layers.{i}.{key}", getattr(lw, key))
+    return tensors, kinds, shapes
+
+
 def save_native(model, dst: str, overwrite: bool = False) -> str:
     """Write `model` (any loaded Model) as an edgerope directory at `dst`, atomically."""
     dst = os.path.abspath(dst)
@@ -87,17 +103,8 @@ def save_native(model, dst: str, overwrite: bool = False) -> str:
     parent = os.path.dirname(dst)
     os.makedirs(parent, exist_ok=True)
     W: ModelWeights = model.weights
-    tensors, kinds, shapes = {}, {}, {}
-    _put_linear(tensors, shapes, "embed", W.embed)
+    tensors, kinds, shapes = native_tensors(W)
     tied = W.lm_head is W.embed
-    if not tied:
-        _put_linear(tensors, shapes, "lm_head", W.lm_head)
-    _put_norm(tensors, kinds, "out_norm", W.out_norm)
-    for i, lw in enumerate(W.layers):
-        for key in _LAYER_LINEARS:
-            _put_linear(tensors, shapes, f"layers.{i}.{key}", getattr(lw, key))
-        for key in _LAYER_NORMS:
-            _put_norm(tensors, kinds, f"layers.{i}.{key}", getattr(lw, key))
     meta = {FORMAT: json.dumps({"version": VERSION, "dtype": model.dtype, "tied": tied,
                                 "norms": kinds, "shapes": shapes})}
     remove_stale_tmp(parent, os.path.basename(dst))
