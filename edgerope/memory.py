@@ -7,8 +7,11 @@
     buffers   a session's activation and scratch buffers (`activation_bytes`)
     tokenizer its vocabulary as Python objects: ~256 bytes a token + 8 MiB (measured: Gemma 3's
               262k SentencePiece pieces 56-68 MiB, SmolLM2's 49k BPE tokens and merges 30-38)
-    runtime   Python + numpy + numba + LLVM once the kernels are loaded: measured ~153 MB
-              (libllvmlite 68 MB, heap 70 MB, other libraries 15 MB), `RUNTIME_BYTES`
+    runtime   Python + numpy + numba once the kernels are loaded, `RUNTIME_BYTES`: measured
+              78-85 MiB (Gemma 3 270M: bench tg128 / generate, peak resident set less the
+              other terms): Python objects ~70 MiB (numba's ~300 modules the most), library
+              pages in use ~10. LLVM's pages leave once kernels load (kernels.jit); the
+              first run, which compiles them, peaks higher (Gemma int8: 451 vs 355 MiB)
 
 Pages of the KV cache that no token has reached yet are not resident, so a short run stays
 below the figure; it is what the whole context takes.
@@ -27,7 +30,7 @@ from .cache import DEFAULT_KV_TYPE, kv_bytes
 from .errors import EdgeropeError
 
 _MiB = 1 << 20
-RUNTIME_BYTES = 150 * _MiB
+RUNTIME_BYTES = 85 * _MiB
 # bytes of one packed group (16 rows x 32 columns) incl. its 16 fp16 scales (kernels.q8dot,
 # kernels.q4dot)
 _GROUP_BYTES = {"int8": 512 + 32, "int4": 256 + 32}
@@ -48,14 +51,14 @@ class MemoryEstimate:
         return self.weights + self.kv_cache + self.buffers + self.tokenizer + self.runtime
 
     def parts(self) -> str:
-        """'weights 272, KV f32 39, buffers 29, tokenizer 72, runtime 150' (MiB)."""
+        """'weights 272, KV f32 39, buffers 29, tokenizer 72, runtime 85' (MiB)."""
         mib = lambda n: f"{n / _MiB:.0f}"  # noqa: E731
         return (f"weights {mib(self.weights)}, KV {self.kv_type} {mib(self.kv_cache)}, "
                 f"buffers {mib(self.buffers)}, tokenizer {mib(self.tokenizer)}, "
                 f"runtime {mib(self.runtime)}")
 
     def summary(self) -> str:
-        """'~562 MiB (weights 272, KV f32 39, buffers 29, tokenizer 72, runtime 150)'."""
+        """'~562 MiB (weights 272, KV f32 39, buffers 29, tokenizer 72, runtime 85)'."""
         return f"~{self.total / _MiB:.0f} MiB ({self.parts()})"
 
     def line(self) -> str:

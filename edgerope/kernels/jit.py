@@ -7,11 +7,19 @@
 - nogil, so independent sessions can run kernels from several Python threads.
 - error_model="numpy": no Python exception checks on division in inner loops.
 
+Memory: Numba starts without scipy.linalg, and after every compile or cache load the pages
+of code run once (LLVM above all) leave the resident set (`_DropCompilerPages`), so that a
+running model's resident set is its weights, KV cache and buffers plus the Python objects of
+Python, numpy and Numba.
+
 Only modules inside `edgerope.kernels` import numba.
 """
 import os
+import sys
+import threading
 
 import numba
+from numba.core import event
 
 _PKG = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if not numba.config.CACHE_DIR and not os.access(_PKG, os.W_OK):
@@ -59,6 +67,90 @@ def get_threads():
 
 
 prange = numba.prange
+
+
+class _SkipBlasProbe:
+    """Import hook: refuses scipy.linalg to numba.np.arraymath's import, nothing else.
+
+    Numba imports scipy.linalg.cython_blas when it initializes its CPU target (first compile
+    or cache load), only to decide whether np.dot inside jitted code may call BLAS, which
+    no edgerope kernel does; the import costs ~15 MiB of resident memory and ~0.2 s
+    (scipy.linalg brings numpy.f2py, charset_normalizer and 80 codecs). Once arraymath is
+    in, its flag is replaced by one that runs Numba's own check when first read
+    (`settle`): np.dot in other jitted code still calls BLAS, importing scipy.linalg when
+    that code is compiled."""
+
+    def find_spec(self, name, path=None, target=None):
+        if name == "scipy.linalg" or name.startswith("scipy.linalg."):
+            f = sys._getframe(1)
+            while f is not None:
+                if f.f_code.co_name == "<module>" and \
+                        f.f_globals.get("__name__") == "numba.np.arraymath":
+                    raise ImportError(f"{name}: not needed by edgerope's kernels")
+                f = f.f_back
+        return None
+
+    def settle(self):
+        """After numba.np.arraymath is imported: its BLAS flag asked on use, hook removed."""
+        arraymath = sys.modules.get("numba.np.arraymath")
+        if arraymath is None or not hasattr(arraymath, "_HAVE_BLAS"):
+            return
+        if arraymath._HAVE_BLAS is False:
+            arraymath._HAVE_BLAS = _AskedOnUse(arraymath._check_blas)
+        if self in sys.meta_path:
+            sys.meta_path.remove(self)
+
+
+class _AskedOnUse:
+    """A flag computed by `check()` the first time it is read (bool())."""
+
+    def __init__(self, check):
+        self._check, self._value = check, None
+
+    def __bool__(self):
+        if self._value is None:
+            self._value = bool(self._check())
+        return self._value
+
+
+class _DropCompilerPages(event.Listener):
+    """After every compile or cache load (Numba's compiler lock, held by both), once no
+    thread is compiling or waiting to, drops this process's clean shared-library pages
+    (system.drop_clean_library_pages).
+
+    What that removes from the resident set is code run once: ~36 MiB of libllvmlite that
+    its start-up touched, ~30 MiB more that linking a cached kernel runs, start-up code of
+    other libraries (libcrypto, numpy, libpython: ~13 MiB). None of LLVM runs again until
+    another kernel is compiled; code still in use maps back on its next call from the page
+    cache (microseconds a page). Kernels load during a model's first layer, before the bulk
+    of the weights is read, so the peak resident set never holds both."""
+
+    def __init__(self, blas_probe):
+        self._lock = threading.Lock()
+        self._depth = 0
+        self._blas_probe = blas_probe
+
+    def on_start(self, ev):
+        with self._lock:
+            self._depth += 1
+
+    def on_end(self, ev):
+        with self._lock:
+            self._depth -= 1
+            idle = self._depth == 0
+        if idle:
+            if self._blas_probe is not None:
+                self._blas_probe.settle()
+            from ..system import drop_clean_library_pages
+            drop_clean_library_pages()
+
+
+if "numba.np.arraymath" not in sys.modules:
+    _probe = _SkipBlasProbe()
+    sys.meta_path.insert(0, _probe)
+else:
+    _probe = None
+event.register("numba:compiler_lock", _DropCompilerPages(_probe))
 
 # The API's default too, not only the CLI's: kernels called without set_threads() run on the
 # physical cores (numba's own default is every logical CPU; the setting is per Python thread).
