@@ -13,6 +13,7 @@ on which heads share its run or chunk, hence results do not depend on the thread
 """
 import numpy as np
 
+from .expf import exp32
 from .jit import kernel, prange
 from .kvstore import kv_axpy, kv_axpy4, kv_dot, kv_dot4
 
@@ -84,16 +85,16 @@ def _fold(out, t, h, vv, vs, kvh, sc, b0, b1, m):
         i = j - b0
         if j + 4 <= b1 and sc[i] != neg and sc[i + 1] != neg and sc[i + 2] != neg \
                 and sc[i + 3] != neg:
-            p0 = np.exp(sc[i] - m)
-            p1 = np.exp(sc[i + 1] - m)
-            p2 = np.exp(sc[i + 2] - m)
-            p3 = np.exp(sc[i + 3] - m)
+            p0 = exp32(sc[i] - m)
+            p1 = exp32(sc[i + 1] - m)
+            p2 = exp32(sc[i + 2] - m)
+            p3 = exp32(sc[i + 3] - m)
             tot += (p0 + p1) + (p2 + p3)
             kv_axpy4(out, t, h, p0, p1, p2, p3, vv, vs, j, kvh)
             j += 4
         else:
             if sc[i] != neg:
-                p = np.exp(sc[i] - m)
+                p = exp32(sc[i] - m)
                 tot += p
                 kv_axpy(out, t, h, p, vv, vs, j, kvh)
             j += 1
@@ -109,7 +110,7 @@ def _head_block(out, q, t, h, kk, vv, ks, vs, kpos, kvh, b0, b1, qp, scale, wind
         return m, l
     if mb > m:
         if m != -np.inf:
-            f = np.exp(m - mb)
+            f = exp32(m - mb)
             l *= f
             for d in range(out.shape[2]):
                 out[t, h, d] *= f
