@@ -290,13 +290,16 @@ def check_attention(args, scale, window, softcap, chunks=3):
     return out
 
 
-@pytest.mark.parametrize("hq,hkv", [(4, 4), (4, 2), (8, 2), (8, 1)])
+@pytest.mark.parametrize("hq,hkv", [(4, 4), (4, 2), (8, 2), (8, 1), (12, 2)])
 @pytest.mark.parametrize("d", [24, 80])
 @pytest.mark.parametrize("window", [0, 3])
 @pytest.mark.parametrize("softcap", [0.0, 5.0])
-def test_attention_gqa_window_softcap(hq, hkv, d, window, softcap):
-    args = attention_case(hq * 10 + hkv + d, T=4, S=9, Hq=hq, Hkv=hkv, D=d, Dv=d, empty=2,
-                          p0=12)
+@pytest.mark.parametrize("S", [9, 41])
+def test_attention_gqa_window_softcap(hq, hkv, d, window, softcap, S):
+    """S = 41: scratch rows long enough for four heads at once (groups of 4, 8, 6 = 4 + 2);
+    S = 9: one head at a time."""
+    args = attention_case(hq * 10 + hkv + d + S, T=4, S=S, Hq=hq, Hkv=hkv, D=d, Dv=d, empty=2,
+                          p0=S + 3)
     check_attention(args, 1 / math.sqrt(d), window, softcap)
 
 

@@ -132,10 +132,13 @@ def test_layer_capacity():
 
 @pytest.mark.parametrize("kv_type", ["f16", "int8"])
 @pytest.mark.parametrize("window,softcap", [(0, 0.0), (5, 30.0)])
-def test_attention_over_quantized_cache(kv_type, window, softcap):
-    """The kernel on an f16 / int8 cache equals the float64 twin over the dequantized cache."""
+@pytest.mark.parametrize("hq,hkv,D", [(4, 2, 32), (8, 2, 80), (6, 1, 48)])
+def test_attention_over_quantized_cache(kv_type, window, softcap, hq, hkv, D):
+    """The kernel on an f16 / int8 cache equals the float64 twin over the dequantized cache:
+    one head at a time (group 2) and four at once (group 4; group 6 = four + two), one and
+    several int8 channel blocks, a partial last block."""
     r = np.random.default_rng(2)
-    S, T, Hq, Hkv, D = 37, 3, 4, 2, 32
+    S, T, Hq, Hkv = 37, 3, hq, hkv
     c = LayerCache(S, Hkv, D, None, kv_type)
     kc, vc = randn(r, S, Hkv, D), randn(r, S, Hkv, D)
     cpos = r.permutation(40)[:S].astype(np.int64)

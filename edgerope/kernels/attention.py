@@ -15,7 +15,7 @@ import numpy as np
 
 from .expf import exp32
 from .jit import kernel, prange
-from .kvstore import kv_axpy, kv_axpy4, kv_dot, kv_dot4
+from .kvstore import kv_axpy, kv_axpy4, kv_axpy4x4, kv_dot, kv_dot4, kv_dot4x4
 
 _KEY_BLOCK = 128  # keys per block: K and V blocks (128 x D floats each) stay in L2
 _RUN = 8          # max query heads walking the key blocks together
@@ -24,6 +24,12 @@ _RUN = 8          # max query heads walking the key blocks together
 @kernel
 def _visible(kp, qp, window):
     return kp >= 0 and kp <= qp and (window <= 0 or qp - kp < window)
+
+
+@kernel
+def _visible4(kpos, j, qp, window):
+    return (_visible(kpos[j], qp, window), _visible(kpos[j + 1], qp, window),
+            _visible(kpos[j + 2], qp, window), _visible(kpos[j + 3], qp, window))
 
 
 @kernel
@@ -44,10 +50,7 @@ def _scores(sc, q, t, h, kk, ks, kvh, kpos, b0, b1, qp, scale, window, softcap):
     j = b0
     while j < b1:
         if j + 4 <= b1:
-            v0 = _visible(kpos[j], qp, window)
-            v1 = _visible(kpos[j + 1], qp, window)
-            v2 = _visible(kpos[j + 2], qp, window)
-            v3 = _visible(kpos[j + 3], qp, window)
+            v0, v1, v2, v3 = _visible4(kpos, j, qp, window)
             if v0 or v1 or v2 or v3:
                 a0, a1, a2, a3 = kv_dot4(q, t, h, kk, ks, j, kvh)
                 a0 = _logit(a0, scale, softcap) if v0 else neg
@@ -119,6 +122,123 @@ def _head_block(out, q, t, h, kk, vv, ks, vs, kpos, kvh, b0, b1, qp, scale, wind
 
 
 @kernel
+def _quad_scores(sc, q, t, h, kk, ks, kvh, kpos, b0, b1, qp, scale, window, softcap):
+    """Scores of heads h..h+3 for keys [b0, b1) into rows r * bk (bk = len(sc) // 4), -inf
+    where not visible (the same keys for the four heads: one query position)."""
+    bk = sc.shape[0] // 4
+    neg = np.float32(-np.inf)
+    j = b0
+    while j < b1:
+        c = j - b0
+        if j + 4 <= b1:
+            v0, v1, v2, v3 = _visible4(kpos, j, qp, window)
+            if v0 or v1 or v2 or v3:
+                a = kv_dot4x4(q, t, h, kk, ks, j, kvh)
+                for r in range(4):
+                    sc[r * bk + c] = _logit(a[4 * r], scale, softcap) if v0 else neg
+                    sc[r * bk + c + 1] = _logit(a[4 * r + 1], scale, softcap) if v1 else neg
+                    sc[r * bk + c + 2] = _logit(a[4 * r + 2], scale, softcap) if v2 else neg
+                    sc[r * bk + c + 3] = _logit(a[4 * r + 3], scale, softcap) if v3 else neg
+            else:
+                for r in range(4):
+                    for i in range(4):
+                        sc[r * bk + c + i] = neg
+            j += 4
+        else:
+            vis = _visible(kpos[j], qp, window)
+            for r in range(4):
+                sc[r * bk + c] = _logit(kv_dot(q, t, h + r, kk, ks, j, kvh), scale,
+                                        softcap) if vis else neg
+            j += 1
+
+
+@kernel
+def _quad_block(out, q, t, h, kk, vv, ks, vs, kpos, kvh, b0, b1, qp, scale, window, softcap,
+                sc, mx, sm, i):
+    """_head_block for heads h..h+3 at once (GQA: one kv head), their running maxima and
+    sums in mx[i:i + 4] / sm[i:i + 4]: every K / V element loaded serves four heads."""
+    _quad_scores(sc, q, t, h, kk, ks, kvh, kpos, b0, b1, qp, scale, window, softcap)
+    bk = sc.shape[0] // 4
+    n = b1 - b0
+    neg = np.float32(-np.inf)
+    for r in range(4):
+        mb = neg
+        for c in range(n):
+            mb = max(mb, sc[r * bk + c])
+        if mb == neg:
+            return  # no key of the block visible (to any of the four: one query position)
+        m = mx[i + r]
+        if mb > m:
+            if m != neg:
+                f = exp32(m - mb)
+                sm[i + r] *= f
+                for d in range(out.shape[2]):
+                    out[t, h + r, d] *= f
+            mx[i + r] = mb
+    m0, m1, m2, m3 = mx[i], mx[i + 1], mx[i + 2], mx[i + 3]
+    l0 = l1 = l2 = l3 = np.float32(0.0)
+    r1, r2, r3 = bk, 2 * bk, 3 * bk
+    j = b0
+    while j < b1:
+        c = j - b0
+        if j + 4 <= b1 and sc[c] != neg and sc[c + 1] != neg and sc[c + 2] != neg \
+                and sc[c + 3] != neg:
+            p = (exp32(sc[c] - m0), exp32(sc[c + 1] - m0),
+                 exp32(sc[c + 2] - m0), exp32(sc[c + 3] - m0),
+                 exp32(sc[r1 + c] - m1), exp32(sc[r1 + c + 1] - m1),
+                 exp32(sc[r1 + c + 2] - m1), exp32(sc[r1 + c + 3] - m1),
+                 exp32(sc[r2 + c] - m2), exp32(sc[r2 + c + 1] - m2),
+                 exp32(sc[r2 + c + 2] - m2), exp32(sc[r2 + c + 3] - m2),
+                 exp32(sc[r3 + c] - m3), exp32(sc[r3 + c + 1] - m3),
+                 exp32(sc[r3 + c + 2] - m3), exp32(sc[r3 + c + 3] - m3))
+            l0 += (p[0] + p[1]) + (p[2] + p[3])
+            l1 += (p[4] + p[5]) + (p[6] + p[7])
+            l2 += (p[8] + p[9]) + (p[10] + p[11])
+            l3 += (p[12] + p[13]) + (p[14] + p[15])
+            kv_axpy4x4(out, t, h, p, vv, vs, j, kvh)
+            j += 4
+        else:
+            if sc[c] != neg:  # visible to all four
+                p0 = exp32(sc[c] - m0)
+                p1 = exp32(sc[r1 + c] - m1)
+                p2 = exp32(sc[r2 + c] - m2)
+                p3 = exp32(sc[r3 + c] - m3)
+                l0 += p0
+                l1 += p1
+                l2 += p2
+                l3 += p3
+                kv_axpy(out, t, h, p0, vv, vs, j, kvh)
+                kv_axpy(out, t, h + 1, p1, vv, vs, j, kvh)
+                kv_axpy(out, t, h + 2, p2, vv, vs, j, kvh)
+                kv_axpy(out, t, h + 3, p3, vv, vs, j, kvh)
+            j += 1
+    sm[i] += l0
+    sm[i + 1] += l1
+    sm[i + 2] += l2
+    sm[i + 3] += l3
+
+
+@kernel
+def _run_blocks(out, q, t, h0, nh, kk, vv, ks, vs, kpos, kvh, n, bk, qp, scale, window,
+                softcap, sc, mx, sm):
+    """Keys [0, n) of one source for the nh heads from h0 (state in mx / sm): block by block,
+    each block's K / V rows serving every head; heads in fours when sc holds four rows of
+    bk scores, the rest one by one."""
+    quads = sc.shape[0] >= 4 * bk
+    for b0 in range(0, n, bk):
+        b1 = min(n, b0 + bk)
+        i = 0
+        while quads and i + 4 <= nh:
+            _quad_block(out, q, t, h0 + i, kk, vv, ks, vs, kpos, kvh, b0, b1, qp, scale,
+                        window, softcap, sc, mx, sm, i)
+            i += 4
+        while i < nh:
+            mx[i], sm[i] = _head_block(out, q, t, h0 + i, kk, vv, ks, vs, kpos, kvh, b0, b1,
+                                       qp, scale, window, softcap, sc[:bk], mx[i], sm[i])
+            i += 1
+
+
+@kernel
 def _run_sources(out, q, t, h, k_cache, v_cache, ks, vs, cache_pos, k_new, v_new, q_pos, kvh,
                  qp, scale, window, softcap, sc, m, l):
     """All key blocks of the cache, then of the new chunk, for head h."""
@@ -163,11 +283,13 @@ def attention(out, q, k_cache, v_cache, k_scale, v_scale, cache_pos, k_new, v_ne
     group = Hq // Hkv
     L = scratch.shape[1]
     R = min(group, _RUN)
-    if L < 2 * R + 1:
+    # a run of R > 1 heads keeps its running max / sum in the tail of the scratch row, and
+    # from four heads on the scores of four heads at once (rows of bk); a single head keeps
+    # them in registers
+    rows = 4 if R >= 4 and L >= 2 * R + 16 else 1
+    if L < 2 * R + rows:
         R = 1
-    # a run of R > 1 heads keeps its running max / sum in the tail of the scratch row;
-    # a single head keeps them in registers
-    bk = min(_KEY_BLOCK, L - 2 * R) if R > 1 else min(_KEY_BLOCK, L)
+    bk = min(_KEY_BLOCK, (L - 2 * R) // rows) if R > 1 else min(_KEY_BLOCK, L)
     runs_per_kv = (group + R - 1) // R
     nrun = T * Hkv * runs_per_kv
     C = min(scratch.shape[0], nrun)
@@ -193,22 +315,15 @@ def attention(out, q, k_cache, v_cache, k_scale, v_scale, cache_pos, k_new, v_ne
                                     np.float32(0.0))
                 _finish(out, t, h0, l)
                 continue
-            mx = buf[bk:bk + R]
-            sm = buf[bk + R:bk + 2 * R]
+            scores = buf[:rows * bk]
+            mx = buf[rows * bk:rows * bk + R]
+            sm = buf[rows * bk + R:rows * bk + 2 * R]
             for i in range(nh):
                 mx[i] = neg
                 sm[i] = 0.0
-            # blocks outer, heads inner: the block's K / V rows are reused by every head
-            S = k_cache.shape[0]
-            for b0 in range(0, S, bk):
-                for i in range(nh):
-                    mx[i], sm[i] = _head_block(out, q, t, h0 + i, k_cache, v_cache, k_scale,
-                                               v_scale, cache_pos, kvh, b0, min(S, b0 + bk),
-                                               qp, sc_, window, cap, sc, mx[i], sm[i])
-            for b0 in range(0, T, bk):
-                for i in range(nh):
-                    mx[i], sm[i] = _head_block(out, q, t, h0 + i, k_new, v_new, k_scale,
-                                               v_scale, q_pos, kvh, b0, min(T, b0 + bk), qp,
-                                               sc_, window, cap, sc, mx[i], sm[i])
+            _run_blocks(out, q, t, h0, nh, k_cache, v_cache, k_scale, v_scale, cache_pos, kvh,
+                        k_cache.shape[0], bk, qp, sc_, window, cap, scores, mx, sm)
+            _run_blocks(out, q, t, h0, nh, k_new, v_new, k_scale, v_scale, q_pos, kvh, T, bk,
+                        qp, sc_, window, cap, scores, mx, sm)
             for i in range(nh):
                 _finish(out, t, h0 + i, sm[i])

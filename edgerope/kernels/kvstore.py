@@ -86,6 +86,14 @@ def kv_axpy(out, t, h, p, vv, vs, j, kvh):  # pragma: no cover - replaced inside
     raise NotImplementedError
 
 
+def kv_dot4x4(q, t, h, kk, ks, j, kvh):  # pragma: no cover - replaced inside kernels
+    raise NotImplementedError
+
+
+def kv_axpy4x4(out, t, h, p, vv, vs, j, kvh):  # pragma: no cover - replaced inside kernels
+    raise NotImplementedError
+
+
 # The attention kernel's inner loops, per element type: float types run one plain loop over
 # the channels (LLVM vectorizes it); int8 runs it per block of KV_BLOCK channels and applies
 # the block's scale to the partial sum (dot) or to the probability (axpy).
@@ -172,6 +180,104 @@ def _ov_axpy(out, t, h, p, vv, vs, j, kvh):
             for d in range(b * KV_BLOCK, min(Dv, b * KV_BLOCK + KV_BLOCK)):
                 out[t, h, d] += w * kv_load(vv, j, kvh, d)
     return axpy
+
+
+# Four query heads sharing a kv head against four keys at once (GQA): each K / V element
+# loaded serves four heads, twice the arithmetic per load of the one-head loops above.
+
+@kernel
+def _dot4x4_span(q, t, h, kk, j, kvh, d0, d1):
+    """The 16 unscaled dot products (query head h + r) x (key j + c), index 4 r + c, over
+    channels [d0, d1)."""
+    z = np.float32(0.0)
+    a00 = a01 = a02 = a03 = a10 = a11 = a12 = a13 = z
+    a20 = a21 = a22 = a23 = a30 = a31 = a32 = a33 = z
+    for d in range(d0, d1):
+        k0, k1 = kv_load(kk, j, kvh, d), kv_load(kk, j + 1, kvh, d)
+        k2, k3 = kv_load(kk, j + 2, kvh, d), kv_load(kk, j + 3, kvh, d)
+        q0, q1, q2, q3 = q[t, h, d], q[t, h + 1, d], q[t, h + 2, d], q[t, h + 3, d]
+        a00 += q0 * k0
+        a01 += q0 * k1
+        a02 += q0 * k2
+        a03 += q0 * k3
+        a10 += q1 * k0
+        a11 += q1 * k1
+        a12 += q1 * k2
+        a13 += q1 * k3
+        a20 += q2 * k0
+        a21 += q2 * k1
+        a22 += q2 * k2
+        a23 += q2 * k3
+        a30 += q3 * k0
+        a31 += q3 * k1
+        a32 += q3 * k2
+        a33 += q3 * k3
+    return (a00, a01, a02, a03, a10, a11, a12, a13, a20, a21, a22, a23, a30, a31, a32, a33)
+
+
+@overload(kv_dot4x4, jit_options=_OPTS)
+def _ov_dot4x4(q, t, h, kk, ks, j, kvh):
+    """16 scaled dot products, (query head h + r) x (key j + c) at index 4 r + c."""
+    if kk.dtype == types.int8:
+        def dot4x4_q8(q, t, h, kk, ks, j, kvh):
+            D = q.shape[2]
+            a = _dot4x4_span(q, t, h, kk, j, kvh, 0, min(D, KV_BLOCK))
+            c0, c1, c2, c3 = ks[j, kvh, 0], ks[j + 1, kvh, 0], ks[j + 2, kvh, 0], ks[j + 3, kvh, 0]
+            a = (a[0] * c0, a[1] * c1, a[2] * c2, a[3] * c3, a[4] * c0, a[5] * c1, a[6] * c2,
+                 a[7] * c3, a[8] * c0, a[9] * c1, a[10] * c2, a[11] * c3, a[12] * c0,
+                 a[13] * c1, a[14] * c2, a[15] * c3)
+            for b in range(1, ks.shape[2]):
+                s = _dot4x4_span(q, t, h, kk, j, kvh, b * KV_BLOCK, min(D, b * KV_BLOCK + KV_BLOCK))
+                c0, c1 = ks[j, kvh, b], ks[j + 1, kvh, b]
+                c2, c3 = ks[j + 2, kvh, b], ks[j + 3, kvh, b]
+                a = (a[0] + s[0] * c0, a[1] + s[1] * c1, a[2] + s[2] * c2, a[3] + s[3] * c3,
+                     a[4] + s[4] * c0, a[5] + s[5] * c1, a[6] + s[6] * c2, a[7] + s[7] * c3,
+                     a[8] + s[8] * c0, a[9] + s[9] * c1, a[10] + s[10] * c2,
+                     a[11] + s[11] * c3, a[12] + s[12] * c0, a[13] + s[13] * c1,
+                     a[14] + s[14] * c2, a[15] + s[15] * c3)
+            return a
+        return dot4x4_q8
+
+    return lambda q, t, h, kk, ks, j, kvh: _dot4x4_span(q, t, h, kk, j, kvh, 0, q.shape[2])
+
+
+@overload(kv_axpy4x4, jit_options=_OPTS)
+def _ov_axpy4x4(out, t, h, p, vv, vs, j, kvh):
+    """out[t, h + r] += sum_c p[4 r + c] v[j + c] for r, c in 0..3; each head's sum is the
+    expression kv_axpy4 evaluates, so a head gets the same bits either way."""
+    if vv.dtype == types.int8:
+        def axpy4x4_q8(out, t, h, p, vv, vs, j, kvh):
+            Dv = out.shape[2]
+            for b in range(vs.shape[2]):
+                c0, c1 = vs[j, kvh, b], vs[j + 1, kvh, b]
+                c2, c3 = vs[j + 2, kvh, b], vs[j + 3, kvh, b]
+                w00, w01, w02, w03 = p[0] * c0, p[1] * c1, p[2] * c2, p[3] * c3
+                w10, w11, w12, w13 = p[4] * c0, p[5] * c1, p[6] * c2, p[7] * c3
+                w20, w21, w22, w23 = p[8] * c0, p[9] * c1, p[10] * c2, p[11] * c3
+                w30, w31, w32, w33 = p[12] * c0, p[13] * c1, p[14] * c2, p[15] * c3
+                for d in range(b * KV_BLOCK, min(Dv, b * KV_BLOCK + KV_BLOCK)):
+                    v0 = np.float32(vv[j, kvh, d])
+                    v1 = np.float32(vv[j + 1, kvh, d])
+                    v2 = np.float32(vv[j + 2, kvh, d])
+                    v3 = np.float32(vv[j + 3, kvh, d])
+                    out[t, h, d] += (w00 * v0 + w01 * v1) + (w02 * v2 + w03 * v3)
+                    out[t, h + 1, d] += (w10 * v0 + w11 * v1) + (w12 * v2 + w13 * v3)
+                    out[t, h + 2, d] += (w20 * v0 + w21 * v1) + (w22 * v2 + w23 * v3)
+                    out[t, h + 3, d] += (w30 * v0 + w31 * v1) + (w32 * v2 + w33 * v3)
+        return axpy4x4_q8
+
+    def axpy4x4(out, t, h, p, vv, vs, j, kvh):
+        p00, p01, p02, p03, p10, p11, p12, p13 = p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7]
+        p20, p21, p22, p23 = p[8], p[9], p[10], p[11]
+        p30, p31, p32, p33 = p[12], p[13], p[14], p[15]
+        for d in range(out.shape[2]):
+            v0, v1 = kv_load(vv, j, kvh, d), kv_load(vv, j + 1, kvh, d)
+            v2, v3 = kv_load(vv, j + 2, kvh, d), kv_load(vv, j + 3, kvh, d)
+            out[t, h, d] += (p00 * v0 + p01 * v1) + (p02 * v2 + p03 * v3)
+            out[t, h + 1, d] += (p10 * v0 + p11 * v1) + (p12 * v2 + p13 * v3)
+            out[t, h + 2, d] += (p20 * v0 + p21 * v1) + (p22 * v2 + p23 * v3)
+            out[t, h + 3, d] += (p30 * v0 + p31 * v1) + (p32 * v2 + p33 * v3)
+    return axpy4x4
 
 
 @kernel
