@@ -110,7 +110,7 @@ def activation_bytes(cfg, n_ctx: int, n_batch: int = 512) -> int:
     per_row = (4 * cfg.hidden_size + 3 * cfg.q_dim + 4 * cfg.kv_dim + inner
                + cfg.intermediate_size)
     quantized = B * (cfg.hidden_size + cfg.q_dim + cfg.intermediate_size) * 5 // 4
-    return 4 * (B * per_row + cfg.vocab_size + 16 * (n_ctx + B)) + quantized
+    return 4 * (B * per_row + cfg.vocab_size + 16 * (n_ctx + B + cfg.q_dim)) + quantized
 
 
 def estimate(model_or_config, n_ctx: int | None = None, kv_type: str = DEFAULT_KV_TYPE,

@@ -141,7 +141,7 @@ class Session:
         self.cache = KVCache(cfg, n_ctx, kv_type, sinks=n_keep if context_shift else 0)
         # with context shift a chunk must fit beside the sinks
         self._step = max(1, min(self.n_batch, n_ctx - n_keep)) if context_shift else self.n_batch
-        self.buf = _Buffers(cfg, self.n_batch, self.cache.max_capacity + self.n_batch)
+        self.buf = _Buffers(cfg, self.n_batch, self._att_len())
         self.tokens: list[int] = []
         self._rope = {t: model.rope_table(t, n_ctx) for t in set(cfg.layer_types)}
         self._partner = {t: partners(cfg.head_dim, ia, ib)
@@ -175,8 +175,13 @@ class Session:
                 self.cache = KVCache(self.model.config, self.n_ctx, cache.kv_type, n_keep)
                 self._step = max(1, min(self.n_batch, self.n_ctx - n_keep))
                 if self.cache.max_capacity > cache.max_capacity:
-                    self.buf.scratch = np.zeros((_ATT_CHUNKS, self.cache.max_capacity
-                                                 + self.n_batch), np.float32)
+                    self.buf.scratch = np.zeros((_ATT_CHUNKS, self._att_len()), np.float32)
+
+    def _att_len(self) -> int:
+        """Length of an attention scratch row: the scores of every key a chunk sees, and room
+        for one query's output over all heads (decoding splits a long cache into parts that
+        each keep their own, kernels.attention)."""
+        return self.cache.max_capacity + self.n_batch + self.model.config.q_dim
 
     def _make_room(self, T: int) -> None:
         """Context shift before a chunk of T tokens that does not fit (see the class doc)."""

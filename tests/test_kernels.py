@@ -278,12 +278,13 @@ def attention_case(seed, T, S, Hq, Hkv, D, Dv, empty=0, p0=None):
             randn(r, T, Hkv, D), randn(r, T, Hkv, Dv), q_pos)
 
 
-def check_attention(args, scale, window, softcap, chunks=3):
+def check_attention(args, scale, window, softcap, chunks=3, scratch=None):
     q, v_new = args[0], args[5]
     T, Hq, _ = q.shape
     S = args[1].shape[0]
     out = np.full((T, Hq, v_new.shape[2]), np.nan, np.float32)
-    scratch = np.zeros((chunks, S + T), np.float32)
+    if scratch is None:
+        scratch = np.zeros((chunks, S + T), np.float32)
     _attention(out, *args, scale, window, softcap, scratch)
     ref = naive.attention(*args, scale, window, softcap)
     np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5)
@@ -301,6 +302,29 @@ def test_attention_gqa_window_softcap(hq, hkv, d, window, softcap, S):
     args = attention_case(hq * 10 + hkv + d + S, T=4, S=S, Hq=hq, Hkv=hkv, D=d, Dv=d, empty=2,
                           p0=S + 3)
     check_attention(args, 1 / math.sqrt(d), window, softcap)
+
+
+@pytest.mark.parametrize("hq,hkv,window,softcap", [(4, 1, 0, 0.0), (8, 2, 300, 0.0),
+                                                   (12, 2, 0, 20.0), (8, 1, 0, 0.0)])
+def test_attention_decode_splits_long_caches(hq, hkv, window, softcap):
+    """One query over a long cache: its keys are split into parts of 256 slots computed in
+    parallel and merged (scratch rows beyond the first are used); equals the twin, with
+    holes, windows and soft-capping; the same bits for 1 and 2 threads."""
+    S, D = 1100, 40
+    args = attention_case(hq + hkv + window, T=1, S=S, Hq=hq, Hkv=hkv, D=D, Dv=D, empty=7,
+                          p0=S + 50)
+    outs = []
+    for threads in (1, 2) if K.max_threads() >= 2 else (1,):
+        before = K.get_threads()
+        K.set_threads(threads)
+        try:
+            scratch = np.full((16, S + 1 + 512 + hq * D), np.nan, np.float32)
+            outs.append(check_attention(args, 0.15, window, softcap, scratch=scratch))
+        finally:
+            K.set_threads(before)
+        assert not np.isnan(scratch[1]).all()  # a second part ran
+    for o in outs[1:]:
+        np.testing.assert_array_equal(o, outs[0])
 
 
 @pytest.mark.parametrize("t", [1, 5])

@@ -19,6 +19,7 @@ from .kvstore import kv_axpy, kv_axpy4, kv_axpy4x4, kv_dot, kv_dot4, kv_dot4x4
 
 _KEY_BLOCK = 128  # keys per block: K and V blocks (128 x D floats each) stay in L2
 _RUN = 8          # max query heads walking the key blocks together
+_SPLIT = 256      # decoding: cache slots a part, when one query's keys are split over units
 
 
 @kernel
@@ -219,14 +220,14 @@ def _quad_block(out, q, t, h, kk, vv, ks, vs, kpos, kvh, b0, b1, qp, scale, wind
 
 
 @kernel
-def _run_blocks(out, q, t, h0, nh, kk, vv, ks, vs, kpos, kvh, n, bk, qp, scale, window,
+def _run_blocks(out, q, t, h0, nh, kk, vv, ks, vs, kpos, kvh, lo, hi, bk, qp, scale, window,
                 softcap, sc, mx, sm):
-    """Keys [0, n) of one source for the nh heads from h0 (state in mx / sm): block by block,
-    each block's K / V rows serving every head; heads in fours when sc holds four rows of
-    bk scores, the rest one by one."""
+    """Keys [lo, hi) of one source for the nh heads from h0 (state in mx / sm): block by
+    block, each block's K / V rows serving every head; heads in fours when sc holds four rows
+    of bk scores, the rest one by one."""
     quads = sc.shape[0] >= 4 * bk
-    for b0 in range(0, n, bk):
-        b1 = min(n, b0 + bk)
+    for b0 in range(lo, hi, bk):
+        b1 = min(hi, b0 + bk)
         i = 0
         while quads and i + 4 <= nh:
             _quad_block(out, q, t, h0 + i, kk, vv, ks, vs, kpos, kvh, b0, b1, qp, scale,
@@ -263,6 +264,81 @@ def _finish(out, t, h, l):
 
 
 @kernel(parallel=True)
+def _split_units(out, q, k_cache, v_cache, k_scale, v_scale, cache_pos, k_new, v_new, q_pos,
+                 scale, window, softcap, scratch, G, R, rows, bk, runs_per_kv):
+    """One query (T = 1), each run of heads over G contiguous parts of the cache (the new
+    keys with the last part): unit c = run * G + g keeps its own softmax state and unnormed
+    output in scratch[c] (scores | maxima | sums | Hq x Dv output)."""
+    Hq = q.shape[1]
+    Hkv = k_new.shape[1]
+    Dv = out.shape[2]
+    group = Hq // Hkv
+    S = k_cache.shape[0]
+    T = k_new.shape[0]
+    neg = np.float32(-np.inf)
+    nunit = Hkv * runs_per_kv * G
+    for c in prange(nunit):
+        run = c // G
+        g = c - run * G
+        kvh = run // runs_per_kv
+        h0 = kvh * group + (run - kvh * runs_per_kv) * R
+        nh = min(R, (kvh + 1) * group - h0)
+        buf = scratch[c]
+        scores = buf[:rows * bk]
+        mx = buf[rows * bk:rows * bk + R]
+        sm = buf[rows * bk + R:rows * bk + 2 * R]
+        o = buf[rows * bk + 2 * R:rows * bk + 2 * R + Hq * Dv].reshape(1, Hq, Dv)
+        for i in range(nh):
+            mx[i] = neg
+            sm[i] = 0.0
+            for d in range(Dv):
+                o[0, h0 + i, d] = 0.0
+        qp = q_pos[0]
+        _run_blocks(o, q, 0, h0, nh, k_cache, v_cache, k_scale, v_scale, cache_pos, kvh,
+                    g * S // G, (g + 1) * S // G, bk, qp, scale, window, softcap, scores, mx, sm)
+        if g == G - 1:
+            _run_blocks(o, q, 0, h0, nh, k_new, v_new, k_scale, v_scale, q_pos, kvh, 0, T, bk,
+                        qp, scale, window, softcap, scores, mx, sm)
+
+
+@kernel
+def _split_merge(out, scratch, G, R, off, Hkv, runs_per_kv):
+    """out[0, h] = sum_g e^(m_g - M) o_g / sum_g e^(m_g - M) l_g over the G parts of h's run,
+    in part order (M = max_g m_g, o_g / l_g / m_g from _split_units at scratch offset off;
+    zeros when no part saw a key)."""
+    Hq = out.shape[1]
+    Dv = out.shape[2]
+    group = Hq // Hkv
+    neg = np.float32(-np.inf)
+    base = off + 2 * R
+    for h in range(Hq):
+        kvh = h // group
+        k = h - kvh * group
+        r = k // R
+        i = k - r * R
+        c0 = (kvh * runs_per_kv + r) * G
+        M = neg
+        for g in range(G):
+            M = max(M, scratch[c0 + g, off + i])
+        for d in range(Dv):
+            out[0, h, d] = 0.0
+        if M == neg:
+            continue
+        tot = np.float32(0.0)
+        for g in range(G):
+            m = scratch[c0 + g, off + i]
+            if m == neg:
+                continue
+            w = exp32(m - M)
+            tot += w * scratch[c0 + g, off + R + i]
+            for d in range(Dv):
+                out[0, h, d] += w * scratch[c0 + g, base + h * Dv + d]
+        inv = np.float32(1.0) / tot
+        for d in range(Dv):
+            out[0, h, d] *= inv
+
+
+@kernel(parallel=True)
 def attention(out, q, k_cache, v_cache, k_scale, v_scale, cache_pos, k_new, v_new, q_pos, scale,
               window, softcap, scratch):
     """out (T, Hq, Dv) = softmax(q k^T * scale [softcapped], masked) v.
@@ -296,6 +372,15 @@ def attention(out, q, k_cache, v_cache, k_scale, v_scale, cache_pos, k_new, v_ne
     sc_ = np.float32(scale)
     cap = np.float32(softcap)
     neg = np.float32(-np.inf)
+    S = k_cache.shape[0]
+    G = 1  # decoding one token: its keys in G contiguous parts, one parallel unit each
+    if T == 1 and R > 1 and L >= rows * bk + 2 * R + Hq * Dv:
+        G = max(1, min((S + _SPLIT - 1) // _SPLIT, scratch.shape[0] // nrun))
+    if G > 1:
+        _split_units(out, q, k_cache, v_cache, k_scale, v_scale, cache_pos, k_new, v_new, q_pos,
+                     sc_, window, cap, scratch, G, R, rows, bk, runs_per_kv)
+        _split_merge(out, scratch, G, R, rows * bk, Hkv, runs_per_kv)
+        return
     for c in prange(C):
         buf = scratch[c]
         sc = buf[:bk]
@@ -322,8 +407,8 @@ def attention(out, q, k_cache, v_cache, k_scale, v_scale, cache_pos, k_new, v_ne
                 mx[i] = neg
                 sm[i] = 0.0
             _run_blocks(out, q, t, h0, nh, k_cache, v_cache, k_scale, v_scale, cache_pos, kvh,
-                        k_cache.shape[0], bk, qp, sc_, window, cap, scores, mx, sm)
-            _run_blocks(out, q, t, h0, nh, k_new, v_new, k_scale, v_scale, q_pos, kvh, T, bk,
-                        qp, sc_, window, cap, scores, mx, sm)
+                        0, k_cache.shape[0], bk, qp, sc_, window, cap, scores, mx, sm)
+            _run_blocks(out, q, t, h0, nh, k_new, v_new, k_scale, v_scale, q_pos, kvh, 0, T,
+                        bk, qp, sc_, window, cap, scores, mx, sm)
             for i in range(nh):
                 _finish(out, t, h0 + i, sm[i])
