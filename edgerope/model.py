@@ -267,8 +267,13 @@ class Session:
             op("rope", K.rope_apply, q, rows, cos, sin, ia, ib)
             op("rope", K.rope_apply, k, rows, cos, sin, ia, ib)
             c = self.cache.layers[li]
-            op("attention", K.attention, att, q, c.k, c.v, c.ks, c.vs, c.pos, k, v, pos,
-               cfg.attn_scale, c.window or 0, cfg.attn_softcap or 0.0, b.scratch)
+            if T == 1 and c.capacity > K.DECODE_SPLIT:  # long cache: parts in parallel
+                op("attention", K.attention_decode, att, q, c.k, c.v, c.ks, c.vs, c.pos, k, v,
+                   pos, cfg.attn_scale, c.window or 0, cfg.attn_softcap or 0.0, b.scratch,
+                   min(c.n, c.capacity))
+            else:
+                op("attention", K.attention, att, q, c.k, c.v, c.ks, c.vs, c.pos, k, v, pos,
+                   cfg.attn_scale, c.window or 0, cfg.attn_softcap or 0.0, b.scratch)
             op("kv store", c.store, k, v, pos, self._partner[cfg.layer_types[li]])
             op("matmul.o", lw.wo, o, att.reshape(T, qd), b.acts)
             if lw.post_attn_norm is not None:

@@ -306,23 +306,35 @@ def test_attention_gqa_window_softcap(hq, hkv, d, window, softcap, S):
 
 @pytest.mark.parametrize("hq,hkv,window,softcap", [(4, 1, 0, 0.0), (8, 2, 300, 0.0),
                                                    (12, 2, 0, 20.0), (8, 1, 0, 0.0)])
-def test_attention_decode_splits_long_caches(hq, hkv, window, softcap):
-    """One query over a long cache: its keys are split into parts of 256 slots computed in
-    parallel and merged (scratch rows beyond the first are used); equals the twin, with
-    holes, windows and soft-capping; the same bits for 1 and 2 threads."""
+@pytest.mark.parametrize("n_slots", [1100, 1000, 200])
+def test_attention_decode_splits_long_caches(hq, hkv, window, softcap, n_slots):
+    """attention_decode: one query over the first n_slots slots of a cache (the rest never
+    written): a long run of slots is split into parts of ~256 computed in parallel and
+    merged (scratch rows beyond the first are used); equals the twin, with holes, windows
+    and soft-capping; the same bits for 1 and 2 threads; 200 slots: one part (attention)."""
     S, D = 1100, 40
-    args = attention_case(hq + hkv + window, T=1, S=S, Hq=hq, Hkv=hkv, D=D, Dv=D, empty=7,
-                          p0=S + 50)
+    q, kc, vc, cpos, kn, vn, qpos = attention_case(hq + hkv + window, T=1, S=S, Hq=hq, Hkv=hkv,
+                                                   D=D, Dv=D, empty=7, p0=S + 50)
+    seen = cpos.copy()
+    seen[n_slots:] = -1
+    kc[n_slots:], vc[n_slots:] = np.nan, np.nan  # never read
+    ref = naive.attention(q, kc, vc, seen, kn, vn, qpos, 0.15, window, softcap)
     outs = []
     for threads in (1, 2) if K.max_threads() >= 2 else (1,):
         before = K.get_threads()
         K.set_threads(threads)
         try:
             scratch = np.full((16, S + 1 + 512 + hq * D), np.nan, np.float32)
-            outs.append(check_attention(args, 0.15, window, softcap, scratch=scratch))
+            out = np.full((1, hq, D), np.nan, np.float32)
+            K.attention_decode(out, q, kc, vc, _NO_SCALES, _NO_SCALES, cpos, kn, vn, qpos, 0.15,
+                               window, softcap, scratch, n_slots)
         finally:
             K.set_threads(before)
-        assert not np.isnan(scratch[1]).all()  # a second part ran
+        np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5)
+        group = hq // hkv
+        runs = hkv * -(-group // min(group, 8))  # the unsplit kernel's scratch rows
+        assert np.isnan(scratch[runs]).all() == (n_slots <= K.DECODE_SPLIT)
+        outs.append(out)
     for o in outs[1:]:
         np.testing.assert_array_equal(o, outs[0])
 

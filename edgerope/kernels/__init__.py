@@ -6,7 +6,7 @@ imports numba. Thread count: `set_threads` / `get_threads` / `max_threads` /
 """
 from .activations import (ACT_GELU, ACT_GELU_TANH, ACT_KINDS, ACT_RELU, ACT_RELU2, ACT_SILU,
                           act, act_mul, add, add_bias, scale_, softcap_, softmax_)
-from .attention import attention
+from .attention import DECODE_SPLIT, attention, attention_decode
 from .jit import default_threads, get_threads, max_threads, set_threads
 from .matmul import (QK, dequantize_q8, f32_embed, f32_gemm, f32_gemv, q8_blocks, q8_embed,
                      q8_gemm, q8_gemv, quantize_q8)
@@ -32,7 +32,7 @@ __all__ = [
     "q4p_gemv", "q4p_gemm", "q4p_embed",
     "rms_norm", "layer_norm",
     "rope_apply", "rope_shift",
-    "attention",
+    "attention", "attention_decode", "DECODE_SPLIT",
     "ACT_SILU", "ACT_GELU", "ACT_GELU_TANH", "ACT_RELU2", "ACT_RELU", "ACT_KINDS",
     "act_mul", "act", "add", "add_bias", "scale_", "softcap_", "softmax_",
 ]

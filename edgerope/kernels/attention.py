@@ -20,6 +20,7 @@ from .kvstore import kv_axpy, kv_axpy4, kv_axpy4x4, kv_dot, kv_dot4, kv_dot4x4
 _KEY_BLOCK = 128  # keys per block: K and V blocks (128 x D floats each) stay in L2
 _RUN = 8          # max query heads walking the key blocks together
 _SPLIT = 256      # decoding: cache slots a part, when one query's keys are split over units
+DECODE_SPLIT = _SPLIT
 
 
 @kernel
@@ -263,6 +264,21 @@ def _finish(out, t, h, l):
             out[t, h, d] *= inv
 
 
+@kernel
+def _plan(Hq, Hkv, L):
+    """(R, rows, bk, runs per kv head) for scratch rows of length L: runs of R query heads
+    sharing a kv head; a run of R > 1 heads keeps its running max / sum in the tail of the
+    scratch row, and from four heads on the scores of four heads at once (rows of bk); a
+    single head keeps them in registers. Depends on the shapes only, never on threads."""
+    group = Hq // Hkv
+    R = min(group, _RUN)
+    rows = 4 if R >= 4 and L >= 2 * R + 16 else 1
+    if L < 2 * R + rows:
+        R = 1
+    bk = min(_KEY_BLOCK, (L - 2 * R) // rows) if R > 1 else min(_KEY_BLOCK, L)
+    return R, rows, bk, (group + R - 1) // R
+
+
 @kernel(parallel=True)
 def _split_units(out, q, k_cache, v_cache, k_scale, v_scale, cache_pos, k_new, v_new, q_pos,
                  scale, window, softcap, scratch, G, R, rows, bk, runs_per_kv):
@@ -357,30 +373,12 @@ def attention(out, q, k_cache, v_cache, k_scale, v_scale, cache_pos, k_new, v_ne
     Hkv = k_new.shape[1]
     Dv = out.shape[2]
     group = Hq // Hkv
-    L = scratch.shape[1]
-    R = min(group, _RUN)
-    # a run of R > 1 heads keeps its running max / sum in the tail of the scratch row, and
-    # from four heads on the scores of four heads at once (rows of bk); a single head keeps
-    # them in registers
-    rows = 4 if R >= 4 and L >= 2 * R + 16 else 1
-    if L < 2 * R + rows:
-        R = 1
-    bk = min(_KEY_BLOCK, (L - 2 * R) // rows) if R > 1 else min(_KEY_BLOCK, L)
-    runs_per_kv = (group + R - 1) // R
+    R, rows, bk, runs_per_kv = _plan(Hq, Hkv, scratch.shape[1])
     nrun = T * Hkv * runs_per_kv
     C = min(scratch.shape[0], nrun)
     sc_ = np.float32(scale)
     cap = np.float32(softcap)
     neg = np.float32(-np.inf)
-    S = k_cache.shape[0]
-    G = 1  # decoding one token: its keys in G contiguous parts, one parallel unit each
-    if T == 1 and R > 1 and L >= rows * bk + 2 * R + Hq * Dv:
-        G = max(1, min((S + _SPLIT - 1) // _SPLIT, scratch.shape[0] // nrun))
-    if G > 1:
-        _split_units(out, q, k_cache, v_cache, k_scale, v_scale, cache_pos, k_new, v_new, q_pos,
-                     sc_, window, cap, scratch, G, R, rows, bk, runs_per_kv)
-        _split_merge(out, scratch, G, R, rows * bk, Hkv, runs_per_kv)
-        return
     for c in prange(C):
         buf = scratch[c]
         sc = buf[:bk]
@@ -412,3 +410,32 @@ def attention(out, q, k_cache, v_cache, k_scale, v_scale, cache_pos, k_new, v_ne
                         bk, qp, sc_, window, cap, scores, mx, sm)
             for i in range(nh):
                 _finish(out, t, h0 + i, sm[i])
+
+
+@kernel
+def attention_decode(out, q, k_cache, v_cache, k_scale, v_scale, cache_pos, k_new, v_new,
+                     q_pos, scale, window, softcap, scratch, n_slots):
+    """`attention` for one query (T = 1) whose cache holds keys in slots [0, n_slots) only
+    (a ring fills from slot 0): with room in the scratch rows (L >= the scores, 2 R and
+    Hq x Dv), the slots are split into up to C parts of about _SPLIT slots computed in
+    parallel, each with its own softmax state and output, then merged in part order
+    (flash-decoding); otherwise `attention` over those slots. The parts depend on n_slots
+    and the scratch shape, never on the thread count. A separate kernel so that short
+    contexts never load it (edgerope.model calls it for caches of more than DECODE_SPLIT
+    slots)."""
+    Hq = q.shape[1]
+    Hkv = k_new.shape[1]
+    Dv = out.shape[2]
+    R, rows, bk, runs_per_kv = _plan(Hq, Hkv, scratch.shape[1])
+    S = min(n_slots, k_cache.shape[0])
+    G = 1
+    if R > 1 and scratch.shape[1] >= rows * bk + 2 * R + Hq * Dv:
+        G = max(1, min((S + _SPLIT - 1) // _SPLIT, scratch.shape[0] // (Hkv * runs_per_kv)))
+    if G == 1:
+        attention(out, q, k_cache[:S], v_cache[:S], k_scale, v_scale, cache_pos[:S], k_new,
+                  v_new, q_pos, scale, window, softcap, scratch)
+        return
+    _split_units(out, q, k_cache[:S], v_cache[:S], k_scale, v_scale, cache_pos[:S], k_new,
+                 v_new, q_pos, np.float32(scale), window, np.float32(softcap), scratch, G, R,
+                 rows, bk, runs_per_kv)
+    _split_merge(out, scratch, G, R, rows * bk, Hkv, runs_per_kv)
