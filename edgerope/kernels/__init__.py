@@ -4,10 +4,11 @@ Every kernel is compiled through `jit.kernel` (the one JIT policy); only this su
 imports numba. Thread count: `set_threads` / `get_threads` / `max_threads` /
 `default_threads`.
 """
+# jit first: it sets up Numba's import (jit._SkipNumbaProbes) before anything imports numba
+from .jit import default_threads, get_threads, max_threads, set_threads  # noqa: I001
 from .activations import (ACT_GELU, ACT_GELU_TANH, ACT_KINDS, ACT_RELU, ACT_RELU2, ACT_SILU,
                           act, act_mul, add, add_bias, scale_, softcap_, softmax_)
 from .attention import DECODE_SPLIT, attention, attention_decode
-from .jit import default_threads, get_threads, max_threads, set_threads
 from .matmul import (QK, dequantize_q8, f32_embed, f32_gemm, f32_gemv, q8_blocks, q8_embed,
                      q8_gemm, q8_gemv, quantize_q8)
 from .norm import layer_norm, rms_norm

@@ -7,7 +7,7 @@
 - nogil, so independent sessions can run kernels from several Python threads.
 - error_model="numpy": no Python exception checks on division in inner loops.
 
-Memory: Numba starts without scipy.linalg, and after every compile or cache load the pages
+Memory: Numba starts without SciPy (`_SkipNumbaProbes`), and after every compile or cache load the pages
 of code run once (LLVM above all) leave the resident set (`_DropCompilerPages`), so that a
 running model's resident set is its weights, KV cache and buffers plus the Python objects of
 Python, numpy and Numba.
@@ -18,8 +18,52 @@ import os
 import sys
 import threading
 
-import numba
-from numba.core import event
+
+class _SkipNumbaProbes:
+    """Import hook: refuses SciPy to two probes in Numba, nothing else.
+
+    - numba/__init__ imports scipy only to check its version (~1.3 MiB, 23 modules);
+    - numba.np.arraymath imports scipy.linalg.cython_blas when Numba's CPU target starts
+      (first compile or cache load), only to decide whether np.dot inside jitted code may
+      call BLAS, which no edgerope kernel does: ~15 MiB of resident memory and ~0.2 s
+      (scipy.linalg brings numpy.f2py, charset_normalizer and 80 codecs).
+    Both catch the ImportError. Once arraymath is in, its flag is replaced by one that runs
+    Numba's own check when first read (`settle`): np.dot in other jitted code still calls
+    BLAS, importing SciPy when that code is compiled. An import from anywhere else is not
+    touched (the probe's frame must be on the importing thread's stack)."""
+
+    _PROBES = (("numba", "_ensure_critical_deps", "scipy"),
+               ("numba.np.arraymath", "<module>", "scipy"))
+
+    def find_spec(self, name, path=None, target=None):
+        if name.startswith("scipy"):
+            f = sys._getframe(1)
+            while f is not None:
+                for module, code, refused in self._PROBES:
+                    if (name == refused or name.startswith(refused + ".")) and \
+                            f.f_code.co_name == code and f.f_globals.get("__name__") == module:
+                        raise ImportError(f"{name}: not needed by edgerope's kernels")
+                f = f.f_back
+        return None
+
+    def settle(self):
+        """After numba.np.arraymath is imported: its BLAS flag asked on use, hook removed."""
+        arraymath = sys.modules.get("numba.np.arraymath")
+        if arraymath is None or not hasattr(arraymath, "_HAVE_BLAS"):
+            return
+        if arraymath._HAVE_BLAS is False:
+            arraymath._HAVE_BLAS = _AskedOnUse(arraymath._check_blas)
+        if self in sys.meta_path:
+            sys.meta_path.remove(self)
+
+
+_probe = None
+if "numba.np.arraymath" not in sys.modules:
+    _probe = _SkipNumbaProbes()
+    sys.meta_path.insert(0, _probe)
+
+import numba  # noqa: E402 - after the hook
+from numba.core import event  # noqa: E402
 
 _PKG = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if not numba.config.CACHE_DIR and not os.access(_PKG, os.W_OK):
@@ -69,38 +113,6 @@ def get_threads():
 prange = numba.prange
 
 
-class _SkipBlasProbe:
-    """Import hook: refuses scipy.linalg to numba.np.arraymath's import, nothing else.
-
-    Numba imports scipy.linalg.cython_blas when it initializes its CPU target (first compile
-    or cache load), only to decide whether np.dot inside jitted code may call BLAS, which
-    no edgerope kernel does; the import costs ~15 MiB of resident memory and ~0.2 s
-    (scipy.linalg brings numpy.f2py, charset_normalizer and 80 codecs). Once arraymath is
-    in, its flag is replaced by one that runs Numba's own check when first read
-    (`settle`): np.dot in other jitted code still calls BLAS, importing scipy.linalg when
-    that code is compiled."""
-
-    def find_spec(self, name, path=None, target=None):
-        if name == "scipy.linalg" or name.startswith("scipy.linalg."):
-            f = sys._getframe(1)
-            while f is not None:
-                if f.f_code.co_name == "<module>" and \
-                        f.f_globals.get("__name__") == "numba.np.arraymath":
-                    raise ImportError(f"{name}: not needed by edgerope's kernels")
-                f = f.f_back
-        return None
-
-    def settle(self):
-        """After numba.np.arraymath is imported: its BLAS flag asked on use, hook removed."""
-        arraymath = sys.modules.get("numba.np.arraymath")
-        if arraymath is None or not hasattr(arraymath, "_HAVE_BLAS"):
-            return
-        if arraymath._HAVE_BLAS is False:
-            arraymath._HAVE_BLAS = _AskedOnUse(arraymath._check_blas)
-        if self in sys.meta_path:
-            sys.meta_path.remove(self)
-
-
 class _AskedOnUse:
     """A flag computed by `check()` the first time it is read (bool())."""
 
@@ -145,11 +157,6 @@ class _DropCompilerPages(event.Listener):
             drop_clean_library_pages()
 
 
-if "numba.np.arraymath" not in sys.modules:
-    _probe = _SkipBlasProbe()
-    sys.meta_path.insert(0, _probe)
-else:
-    _probe = None
 event.register("numba:compiler_lock", _DropCompilerPages(_probe))
 
 # The API's default too, not only the CLI's: kernels called without set_threads() run on the
