@@ -5,7 +5,7 @@ imports numba. Thread count: `set_threads` / `get_threads` / `max_threads` /
 `default_threads`.
 """
 # jit first: it sets up Numba's import (jit._SkipNumbaProbes) before anything imports numba
-from .jit import default_threads, get_threads, max_threads, set_threads  # noqa: I001
+from .jit import default_threads, get_threads, max_threads, set_threads
 from .activations import (ACT_GELU, ACT_GELU_TANH, ACT_KINDS, ACT_RELU, ACT_RELU2, ACT_SILU,
                           act, act_mul, add, add_bias, scale_, softcap_, softmax_)
 from .attention import DECODE_SPLIT, attention, attention_decode

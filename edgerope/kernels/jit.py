@@ -7,10 +7,11 @@
 - nogil, so independent sessions can run kernels from several Python threads.
 - error_model="numpy": no Python exception checks on division in inner loops.
 
-Memory: Numba starts without SciPy (`_SkipNumbaProbes`), and after every compile or cache load the pages
-of code run once (LLVM above all) leave the resident set (`_DropCompilerPages`), so that a
-running model's resident set is its weights, KV cache and buffers plus the Python objects of
-Python, numpy and Numba.
+Memory: Numba starts without SciPy (`_SkipNumbaProbes`; so this module is imported before
+any other that imports numba), and after every compile or cache load the pages of code run
+once (LLVM above all) leave the resident set (`_DropCompilerPages`), so that a running
+model's resident set is its weights, KV cache and buffers plus the Python objects of Python,
+numpy and Numba.
 
 Only modules inside `edgerope.kernels` import numba.
 """
