@@ -126,6 +126,20 @@ class GGUFFile:
             if b1 < e0:
                 raise WeightsError(f"{self.path}: tensors '{n0}' and '{n1}' overlap")
 
+    def release(self, offset: int = 0, nbytes: int | None = None) -> None:
+        """Drop this process's resident pages of bytes [offset, offset + nbytes) of the file
+        (all of it by default) once their contents have been copied (converted weights, the
+        vocabulary): the mapping is read-only, so nothing is lost and a later read maps them
+        back. Without it a loaded GGUF model held the file's pages and its converted copy at
+        once. No-op where mmap has no madvise."""
+        advise = getattr(self._mm, "madvise", None)
+        if advise is None or not hasattr(mmap, "MADV_DONTNEED"):
+            return
+        end = self.size if nbytes is None else min(self.size, offset + nbytes)
+        start = offset - offset % mmap.PAGESIZE
+        if end > start:
+            advise(mmap.MADV_DONTNEED, start, end - start)
+
     def get(self, key, default=None):
         return self.metadata.get(key, default)
 

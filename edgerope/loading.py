@@ -61,4 +61,6 @@ def _load_gguf(path: str, dtype: str, tokenizer: bool) -> Model:
         except TokenizerError as e:  # name the file, as every load error does
             msg = str(e)
             raise TokenizerError(msg if path in msg else f"{path}: {msg}") from None
-    return Model(cfg, weights, tok, dtype=dtype, path=path, config_dict=gguf_config_dict(g))
+    model = Model(cfg, weights, tok, dtype=dtype, path=path, config_dict=gguf_config_dict(g))
+    g.release()  # everything is copied out by now
+    return model
