@@ -339,6 +339,23 @@ def test_attention_decode_splits_long_caches(hq, hkv, window, softcap, n_slots):
         np.testing.assert_array_equal(o, outs[0])
 
 
+def test_attention_head_with_only_infinite_logits_gets_zeros():
+    """Four heads at once: a head whose every dot product overflows to -inf sees no key
+    (zeros, as one head alone would) and leaves the other three of its group exact."""
+    r = rng(5)
+    T, S, D = 2, 40, 16
+    q, vc, vn = randn(r, T, 4, D), randn(r, S, 1, D), randn(r, T, 1, D)
+    kc, kn = np.abs(randn(r, S, 1, D)), np.abs(randn(r, T, 1, D))
+    q[:, 1, :] = -3e38
+    cpos, qpos = np.arange(S, dtype=np.int64), np.arange(S, S + T, dtype=np.int64)
+    out = np.full((T, 4, D), np.nan, np.float32)
+    _attention(out, q, kc, vc, cpos, kn, vn, qpos, 0.25, 0, 0.0,
+               np.zeros((3, S + T + 64), np.float32))
+    assert (out[:, 1] == 0).all()
+    ref = naive.attention(q, kc, vc, cpos, kn, vn, qpos, 0.25, 0, 0.0)
+    np.testing.assert_allclose(out[:, [0, 2, 3]], ref[:, [0, 2, 3]], rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("t", [1, 5])
 def test_attention_empty_cache(t):
     args = attention_case(t, T=t, S=0, Hq=4, Hkv=2, D=16, Dv=16)

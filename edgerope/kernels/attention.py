@@ -168,7 +168,9 @@ def _quad_block(out, q, t, h, kk, vv, ks, vs, kpos, kvh, b0, b1, qp, scale, wind
         for c in range(n):
             mb = max(mb, sc[r * bk + c])
         if mb == neg:
-            return  # no key of the block visible (to any of the four: one query position)
+            if r == 0:
+                return  # no key of the block visible (to any of the four: one query position)
+            continue    # every logit -inf (overflow): nothing to fold into this head
         m = mx[i + r]
         if mb > m:
             if m != neg:
@@ -178,6 +180,12 @@ def _quad_block(out, q, t, h, kk, vv, ks, vs, kpos, kvh, b0, b1, qp, scale, wind
                     out[t, h + r, d] *= f
             mx[i + r] = mb
     m0, m1, m2, m3 = mx[i], mx[i + 1], mx[i + 2], mx[i + 3]
+    if m0 == neg or m1 == neg or m2 == neg or m3 == neg:  # a head with only -inf logits
+        for r in range(4):
+            if mx[i + r] != neg:
+                sm[i + r] += _fold(out, t, h + r, vv, vs, kvh, sc[r * bk:(r + 1) * bk], b0, b1,
+                                   mx[i + r])
+        return
     l0 = l1 = l2 = l3 = np.float32(0.0)
     r1, r2, r3 = bk, 2 * bk, 3 * bk
     j = b0
