@@ -19,8 +19,7 @@ from .kvstore import kv_axpy, kv_axpy4, kv_axpy4x4, kv_dot, kv_dot4, kv_dot4x4
 
 _KEY_BLOCK = 128  # keys per block: K and V blocks (128 x D floats each) stay in L2
 _RUN = 8          # max query heads walking the key blocks together
-_SPLIT = 256      # decoding: cache slots a part, when one query's keys are split over units
-DECODE_SPLIT = _SPLIT
+DECODE_SPLIT = 256  # decoding: cache slots a part, when one query's keys are split over units
 
 
 @kernel
@@ -425,7 +424,7 @@ def attention_decode(out, q, k_cache, v_cache, k_scale, v_scale, cache_pos, k_ne
                      q_pos, scale, window, softcap, scratch, n_slots):
     """`attention` for one query (T = 1) whose cache holds keys in slots [0, n_slots) only
     (a ring fills from slot 0): with room in the scratch rows (L >= the scores, 2 R and
-    Hq x Dv), the slots are split into up to C parts of about _SPLIT slots computed in
+    Hq x Dv), the slots are split into up to C parts of about DECODE_SPLIT slots computed in
     parallel, each with its own softmax state and output, then merged in part order
     (flash-decoding); otherwise `attention` over those slots. The parts depend on n_slots
     and the scratch shape, never on the thread count. A separate kernel so that short
@@ -438,7 +437,8 @@ def attention_decode(out, q, k_cache, v_cache, k_scale, v_scale, cache_pos, k_ne
     S = min(n_slots, k_cache.shape[0])
     G = 1
     if R > 1 and scratch.shape[1] >= rows * bk + 2 * R + Hq * Dv:
-        G = max(1, min((S + _SPLIT - 1) // _SPLIT, scratch.shape[0] // (Hkv * runs_per_kv)))
+        G = max(1, min((S + DECODE_SPLIT - 1) // DECODE_SPLIT,
+                       scratch.shape[0] // (Hkv * runs_per_kv)))
     if G == 1:
         attention(out, q, k_cache[:S], v_cache[:S], k_scale, v_scale, cache_pos[:S], k_new,
                   v_new, q_pos, scale, window, softcap, scratch)

@@ -47,15 +47,17 @@ class _SkipNumbaProbes:
                 f = f.f_back
         return None
 
-    def settle(self):
-        """After numba.np.arraymath is imported: its BLAS flag asked on use, hook removed."""
+    def settle(self) -> bool:
+        """After numba.np.arraymath is imported: its BLAS flag asked on use, hook removed
+        (returns True: nothing left to do)."""
         arraymath = sys.modules.get("numba.np.arraymath")
         if arraymath is None or not hasattr(arraymath, "_HAVE_BLAS"):
-            return
+            return False
         if arraymath._HAVE_BLAS is False:
             arraymath._HAVE_BLAS = _AskedOnUse(arraymath._check_blas)
         if self in sys.meta_path:
             sys.meta_path.remove(self)
+        return True
 
 
 _probe = None
@@ -152,8 +154,8 @@ class _DropCompilerPages(event.Listener):
             self._depth -= 1
             idle = self._depth == 0
         if idle:
-            if self._blas_probe is not None:
-                self._blas_probe.settle()
+            if self._blas_probe is not None and self._blas_probe.settle():
+                self._blas_probe = None
             from ..system import drop_clean_library_pages
             drop_clean_library_pages()
 
