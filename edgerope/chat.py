@@ -20,7 +20,9 @@ from __future__ import annotations
 import builtins
 import functools
 import json
+import re
 import sys
+import threading
 import time
 from dataclasses import replace
 from datetime import datetime
@@ -29,7 +31,7 @@ import jinja2
 import numpy as np
 from jinja2 import nodes
 from jinja2.ext import Extension
-from jinja2.sandbox import ImmutableSandboxedEnvironment
+from jinja2.sandbox import ImmutableSandboxedEnvironment, SandboxedFormatter
 
 from .cache import DEFAULT_KV_TYPE
 from .errors import ContextFullError, EdgeropeError
@@ -129,13 +131,136 @@ class _GenerationTag(Extension):
         return caller()
 
 
+# A template is input (a GGUF key, a tokenizer_config.json field): bound what rendering it may
+# cost. Conversations render in milliseconds; these bounds only stop runaway templates.
+MAX_RENDER_SECONDS = 5.0
+MAX_RENDER_CHARS = 1 << 20  # or 8x the size of the messages and variables, if more
+
+
+_render_state = threading.local()  # this thread's size bound while it renders
+
+
+class RenderLimit(Exception):
+    """Raised inside a template that exceeds its time or size bound."""
+
+
 class _Sandbox(ImmutableSandboxedEnvironment):
     """Hugging Face's template environment, failing loudly on unsafe attribute access (the stock
-    sandbox returns an undefined value that renders as an empty string)."""
+    sandbox returns an undefined value that renders as an empty string), and bounding what a
+    single operation may build: `*`, `+`, `**`, `%` and the string methods and filters whose
+    result size is an argument (center, ljust, replace, join, format, indent, ...) are checked
+    before they run; captured blocks (`{% set x %}...`) are checked as they are joined. The
+    bound is `_limit` characters (set per render by `_bounded`)."""
+
+    intercepted_binops = frozenset({"*", "**", "+", "%"})
+
+    @property
+    def _limit(self) -> int:
+        return getattr(_render_state, "limit", MAX_RENDER_CHARS)
 
     def unsafe_undefined(self, obj, attribute):
         raise jinja2.sandbox.SecurityError(
             f"access to attribute {attribute!r} of a {type(obj).__name__} is not allowed")
+
+    def _check(self, n):
+        if n > self._limit:
+            raise RenderLimit(f"an expression would build {n} characters or items "
+                              f"(limit {self._limit})")
+
+    def call_binop(self, context, operator, left, right):
+        if operator == "*":
+            for a, b in ((left, right), (right, left)):
+                if isinstance(a, (str, list, tuple)) and isinstance(b, int):
+                    self._check(len(a) * b)
+        elif operator == "+" and isinstance(left, (str, list, tuple)) \
+                and isinstance(right, (str, list, tuple)):
+            self._check(len(left) + len(right))
+        elif operator == "**" and isinstance(left, (int, float)) and isinstance(right, int) \
+                and abs(right) > 64 and abs(left) > 1:
+            raise RenderLimit(f"{left!r} ** {right} is too large")
+        elif operator == "%" and isinstance(left, str):
+            self._check_widths(left)
+        return super().call_binop(context, operator, left, right)
+
+    def _check_widths(self, fmt: str):
+        """Field widths and precisions in a %- or {}-format string."""
+        for m in _WIDTHS.finditer(fmt):
+            self._check(int(next(g for g in m.groups() if g)))
+
+    def call(__self, __context, __obj, *args, **kwargs):  # noqa: N805 - jinja2's signature
+        owner = getattr(__obj, "__self__", None)
+        name = getattr(__obj, "__name__", "")
+        if isinstance(owner, str):
+            if name in ("center", "ljust", "rjust", "zfill") and args \
+                    and isinstance(args[0], int):
+                __self._check(args[0])
+            elif name == "expandtabs" and args and isinstance(args[0], int):
+                __self._check(len(owner) + owner.count("\t") * args[0])
+            elif name == "replace" and len(args) >= 2 and isinstance(args[1], str):
+                __self._check(len(owner) + (len(owner) + 1) * len(args[1]))
+            elif name == "join" and args:
+                __self._check(_joined_size(owner, args[0]))
+        return super().call(__context, __obj, *args, **kwargs)
+
+    def wrap_str_format(self, value):
+        """str.format / format_map through a formatter that checks each field's final spec
+        (widths may come from the arguments: "{0:>{1}}")."""
+        inner = super().wrap_str_format(value)
+        if inner is None or type(value.__self__) is not str:
+            return inner
+        text, formatter = value.__self__, _Formatter(self)
+        if value.__name__ == "format_map":
+            return lambda mapping: formatter.vformat(text, (), mapping)
+        return lambda *args, **kwargs: formatter.vformat(text, args, kwargs)
+
+
+class _Formatter(SandboxedFormatter):
+    def format_field(self, value, format_spec):
+        self._env._check_widths("{:" + format_spec + "}")
+        return super().format_field(value, format_spec)
+
+
+_WIDTHS = re.compile(r"%[-#0 +]*(\d+)|%[-#0 +]*\d*\.(\d+)|\{[^{}]*:\D*(\d+)[^{}]*\}")
+
+
+def _joined_size(sep, items) -> int:
+    try:
+        items = list(items)
+    except TypeError:
+        return 0
+    return len(sep) * max(len(items) - 1, 0) + sum(len(x) if isinstance(x, str) else 32
+                                                    for x in items)
+
+
+def _bounded_filters(env):
+    """Wrap the filters whose output size is an argument with a check before they run."""
+    f = env.filters
+
+    def wrap(name, size):
+        inner = f[name]
+
+        @functools.wraps(inner)
+        def checked(*args, **kwargs):
+            env._check(size(*args, **kwargs))
+            return inner(*args, **kwargs)
+        f[name] = checked
+
+    def text(v):
+        return str(v) if not isinstance(v, str) else v
+
+    wrap("center", lambda v, width=80: max(len(text(v)), int(width)))
+    wrap("indent", lambda v, width=4, *a, **k: len(text(v)) * (1 + (
+        int(width) if isinstance(width, int) else len(str(width)))) + 1)
+    wrap("replace", lambda *a, **k: 0 if len(a) < 4 else len(text(a[1])) + (
+        len(text(a[1])) + 1) * len(text(a[3])))
+    wrap("join", lambda *a, **k: 0 if len(a) < 3 else _joined_size(text(a[2]), a[1]))
+    wrap("format", lambda v, *a, **k: _check_format(env, text(v)))
+    wrap("wordwrap", lambda *a, **k: 2 * len(text(a[1])) if len(a) > 1 else 0)
+
+
+def _check_format(env, fmt) -> int:
+    env._check_widths(fmt)
+    return len(fmt)
 
 
 def _raise_exception(message):
@@ -158,7 +283,42 @@ def _env() -> jinja2.Environment:
     env.filters["tojson"] = _tojson
     env.globals["raise_exception"] = _raise_exception
     env.globals["strftime_now"] = _strftime_now
+    _bounded_filters(env)
+
+    def concat(parts):  # a captured block ({% set x %}...{% endset %}, macros, call blocks)
+        parts = list(parts)
+        env._check(sum(map(len, parts)))
+        return "".join(parts)
+    env.concat = concat
     return env
+
+
+class _Deadline:
+    """Raise RenderLimit inside template code once `seconds` have passed: a line tracer on the
+    frames of compiled templates (filename "<template>") only, on this thread only. Skipped
+    when a tracer is already installed (a debugger, coverage), so as not to displace it."""
+
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+
+    def __enter__(self):
+        self.active = sys.gettrace() is None
+        if self.active:
+            self.end = time.monotonic() + self.seconds
+            sys.settrace(self._call)
+        return self
+
+    def __exit__(self, *exc):
+        if self.active:
+            sys.settrace(None)
+
+    def _call(self, frame, event, arg):
+        return self._line if frame.f_code.co_filename == "<template>" else None
+
+    def _line(self, frame, event, arg):
+        if time.monotonic() > self.end:
+            raise RenderLimit(f"rendering took more than {self.seconds:g} s")
+        return self._line
 
 
 def _one_line(e: BaseException) -> str:
@@ -167,14 +327,16 @@ def _one_line(e: BaseException) -> str:
 
 
 @functools.lru_cache(maxsize=16)
-def _compile(source: str):
+def _compile(source: str, origin: str):
     try:
         return _env().from_string(source)
     except jinja2.TemplateSyntaxError as e:
-        raise EdgeropeError(f"chat template: syntax error on line {e.lineno}: "
+        raise EdgeropeError(f"{origin}: syntax error on line {e.lineno}: "
                             f"{_one_line(e)}") from None
     except jinja2.TemplateError as e:
-        raise EdgeropeError(f"chat template: {_one_line(e)}") from None
+        raise EdgeropeError(f"{origin}: {_one_line(e)}") from None
+    except (RenderLimit, RecursionError, MemoryError) as e:  # constant folding at compile time
+        raise EdgeropeError(f"{origin}: {_one_line(e)}") from None
 
 
 def _source(template: str) -> str:
@@ -185,22 +347,41 @@ def _source(template: str) -> str:
 
 
 def render_chat(template: str, messages: list[dict], add_generation_prompt: bool = True,
-                bos_token: str = "", eos_token: str = "", **kwargs) -> str:
+                bos_token: str = "", eos_token: str = "", *, origin: str | None = None,
+                **kwargs) -> str:
     """Render `messages` ([{"role": ..., "content": ...}, ...]) with a Jinja chat template, as
     transformers' `apply_chat_template(tokenize=False)` does: sandboxed (immutable) environment,
     trim_blocks and lstrip_blocks, `raise_exception`, `strftime_now`, `tojson`, loop controls.
     `template` is Jinja source or a name in TEMPLATES. Extra keyword arguments are passed to the
-    template (e.g. `tools`). Any failure raises a one-line EdgeropeError."""
-    tmpl = _compile(_source(template))
+    template (e.g. `tools`). Any failure raises a one-line EdgeropeError starting with `origin`
+    (where the template came from: "model.gguf: tokenizer.chat_template"; default "chat
+    template"). Bounded: MAX_RENDER_SECONDS of template code, and MAX_RENDER_CHARS (or 8x the
+    size of the input, if more) for the output and for anything one expression builds."""
+    origin = origin or "chat template"
+    tmpl = _compile(_source(template), origin)
+    variables = dict(messages=messages, add_generation_prompt=add_generation_prompt,
+                     bos_token=bos_token, eos_token=eos_token, **kwargs)
+    limit = max(MAX_RENDER_CHARS, 8 * len(repr(variables)))
+    _render_state.limit = limit
+    out, size = [], 0
     try:
-        return tmpl.render(messages=messages, add_generation_prompt=add_generation_prompt,
-                           bos_token=bos_token, eos_token=eos_token, **kwargs)
+        with _Deadline(MAX_RENDER_SECONDS):
+            for chunk in tmpl.generate(**variables):
+                size += len(chunk)
+                if size > limit:
+                    raise RenderLimit(f"renders more than {limit} characters")
+                out.append(chunk)
+    except RenderLimit as e:
+        raise EdgeropeError(f"{origin}: {e}") from None
     except jinja2.TemplateError as e:
-        raise EdgeropeError(f"chat template: {_one_line(e)}") from None
+        raise EdgeropeError(f"{origin}: {_one_line(e)}") from None
     except (RecursionError, MemoryError):
-        raise EdgeropeError("chat template: too deep or too large to render") from None
+        raise EdgeropeError(f"{origin}: too deep or too large to render") from None
     except Exception as e:  # a template is input: whatever breaks in it is the input's fault
-        raise EdgeropeError(f"chat template: {type(e).__name__}: {_one_line(e)}") from None
+        raise EdgeropeError(f"{origin}: {type(e).__name__}: {_one_line(e)}") from None
+    finally:
+        _render_state.limit = MAX_RENDER_CHARS
+    return "".join(out)
 
 
 def pick_template(model) -> str:
@@ -217,6 +398,19 @@ def pick_template(model) -> str:
         return tmpl
     model_type = getattr(model.config, "model_type", "")
     return TEMPLATES[_BY_MODEL_TYPE.get(model_type, "chatml")]
+
+
+def template_origin(model, template: str | None = None) -> str:
+    """Where the template `Chat` uses comes from, for error messages: the file and key of the
+    model's own template, "built-in chat template 'gemma'", or "chat template" (given)."""
+    if template is not None:
+        return f"built-in chat template {template!r}" if template in TEMPLATES \
+            else "chat template"
+    source = pick_template(model)
+    for name, text in TEMPLATES.items():
+        if source is text:
+            return f"built-in chat template {name!r}"
+    return getattr(model.tokenizer, "chat_template_origin", None) or "chat template"
 
 
 # -- tokens ------------------------------------------------------------------------------------
@@ -306,6 +500,7 @@ class Chat:
             raise TypeError(f"Chat() got unexpected keyword argument(s): {', '.join(sorted(unknown))}")
         self.model, self.tokenizer, self.system = model, tok, system
         self.template = _source(template) if template is not None else pick_template(model)
+        self.template_origin = template_origin(model, template)
         self.template_kwargs = dict(template_kwargs or {})
         self._params = SamplingParams(**{k: v for k, v in sampling.items() if k in _SAMPLING})
         self._params.validate()
@@ -352,6 +547,7 @@ class Chat:
         """The conversation (default: `messages`) as the template writes it."""
         return render_chat(self.template, self.messages if messages is None else messages,
                            add_generation_prompt=add_generation_prompt,
+                           origin=self.template_origin,
                            bos_token=self._bos_text, eos_token=self._eos_text,
                            **self.template_kwargs)
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from typing import Iterable
 
 import sentencepiece as spm
@@ -28,11 +29,18 @@ from .errors import TokenizerError
 __all__ = ["Tokenizer", "SentencePieceTokenizer", "BPETokenizer", "StreamDecoder",
            "load_tokenizer", "tokenizer_from_gguf", "EOG_TEXTS"]
 
+_BYTE_PIECE = re.compile(r"<0x[0-9A-Fa-f]{2}>")  # SentencePiece byte-fallback piece text
 _FROM_MODEL = object()  # sentinel: "take this id from the tokenizer model itself"
 
 # Control-token texts that end generation (llama.cpp's EOG list, src/llama-vocab.cpp).
 EOG_TEXTS = frozenset({"<|eot_id|>", "<|im_end|>", "<end_of_turn>", "<|end|>", "<|endoftext|>",
                        "<|end_of_text|>", "<EOT>", "<|return|>", "<|eom_id|>"})
+
+
+def _first_line(e: BaseException) -> str:
+    """A library's message, first line only ("Error while initializing BPE: ...")."""
+    s = str(e).strip()
+    return s.splitlines()[0] if s else type(e).__name__
 
 
 def _eog_ids_by_text(text_to_id) -> list[int]:
@@ -80,6 +88,7 @@ class Tokenizer:
     special_ids: frozenset[int]  # dropped by decode/stream (bos, eos, pad, control tokens)
     add_bos_default: bool = True
     chat_template: str | None = None
+    chat_template_origin: str | None = None  # "file: key" the template came from, for errors
 
     def encode(self, text: str, add_bos: bool | None = None, special: bool = False) -> list[int]:
         """Token ids of `text`. special=False: control-token text ("<|im_start|>") is plain
@@ -155,14 +164,17 @@ class SentencePieceTokenizer(Tokenizer):
 
     def __init__(self, path=None, eos_ids=None, add_bos_default: bool = True, bos_id=_FROM_MODEL,
                  *, model_proto: bytes | None = None, chat_template: str | None = None,
+                 chat_template_origin: str | None = None,
                  piece_types: dict[int, int] | None = None):
         self.sp = spm.SentencePieceProcessor()
+        self.chat_template_origin = chat_template_origin
         if model_proto is not None:
             self.path = None
             try:
                 self.sp.LoadFromSerializedProto(bytes(model_proto))
-            except (OSError, RuntimeError) as e:
-                raise TokenizerError(f"cannot load SentencePiece model proto: {e}") from None
+            except Exception as e:  # noqa: BLE001 - the library's message, whatever it raises
+                raise TokenizerError(f"cannot load SentencePiece model: "
+                                     f"{_first_line(e)}") from None
         else:
             if path is None:
                 raise TokenizerError("SentencePieceTokenizer needs a path or model_proto")
@@ -170,8 +182,9 @@ class SentencePieceTokenizer(Tokenizer):
             self.path = path
             try:
                 self.sp.Load(path)
-            except (OSError, RuntimeError) as e:  # sentencepiece reports I/O and parse errors alike
-                raise TokenizerError(f"cannot load SentencePiece model {path}: {e}") from None
+            except Exception as e:  # noqa: BLE001 - I/O and parse errors alike
+                raise TokenizerError(f"{path}: cannot load SentencePiece model: "
+                                     f"{_first_line(e)}") from None
         sp = self.sp
         self.vocab_size = sp.get_piece_size()
         self.add_bos_default = bool(add_bos_default)
@@ -190,8 +203,15 @@ class SentencePieceTokenizer(Tokenizer):
         self._extra_control: list[tuple[str, int]] = []
         self._all_sorted = self._sort_all()
         # byte-fallback pieces "<0xNN>" -> NN, for exact incomplete-UTF-8 detection in streams
-        self._byte_of: dict[int, int] = {i: int(sp.id_to_piece(i)[3:5], 16)
-                                         for i, t in types.items() if t == 6}
+        self._byte_of: dict[int, int] = {}
+        for i, t in types.items():
+            if t == 6:
+                piece = sp.id_to_piece(i)
+                if not _BYTE_PIECE.fullmatch(piece):
+                    where = f"{self.path}: " if self.path else ""
+                    raise TokenizerError(f"{where}piece {i} {piece!r} has the byte type but is "
+                                         "not of the form <0xXX>")
+                self._byte_of[i] = int(piece[3:5], 16)
         self._set_special(bos_id, eos_ids)
 
     def _sort_all(self):
@@ -347,7 +367,7 @@ def _read_json(path):
     except FileNotFoundError:
         return {}
     except (OSError, ValueError) as e:
-        raise TokenizerError(f"cannot read {path}: {e}") from None
+        raise TokenizerError(f"{path}: {e}") from None
     return data if isinstance(data, dict) else {}
 
 
@@ -377,30 +397,37 @@ def _token_text(value):
 
 
 def _chat_template(model_dir, tcfg):
-    """tokenizer_config.json "chat_template" (a string, or a list of named templates: "default"),
-    else a chat_template.jinja file (newer transformers save it separately), else None."""
+    """(template, origin): tokenizer_config.json "chat_template" (a string, or a list of named
+    templates: "default"), else a chat_template.jinja file (newer transformers save it
+    separately), else (None, None). `origin` names the file and key, for error messages."""
     ct = tcfg.get("chat_template")
+    origin = f"{os.path.join(model_dir, 'tokenizer_config.json')}: chat_template"
     if isinstance(ct, list):
         named = {d.get("name"): d.get("template") for d in ct if isinstance(d, dict)}
-        ct = named.get("default", next(iter(named.values()), None))
+        name = "default" if "default" in named else next(iter(named), None)
+        ct = named.get(name)
+        origin += f"[{name!r}]"
     if isinstance(ct, str):
-        return ct
+        return ct, origin
+    path = os.path.join(model_dir, "chat_template.jinja")
     try:
-        with open(os.path.join(model_dir, "chat_template.jinja"), encoding="utf-8") as f:
-            return f.read()
+        with open(path, encoding="utf-8") as f:
+            return f.read(), path
+    except UnicodeDecodeError as e:
+        raise TokenizerError(f"{path}: not UTF-8 ({e.reason} at byte {e.start})") from None
     except OSError:
-        return None
+        return None, None
 
 
 def load_tokenizer(model_dir) -> Tokenizer:
     """`_load_tokenizer`, with what a malformed file makes the tokenizer libraries raise
-    reported as one TokenizerError."""
+    reported as one TokenizerError naming the directory (the libraries' own errors are named
+    by file where they are called)."""
     try:
         return _load_tokenizer(model_dir)
     except (IndexError, KeyError, UnicodeDecodeError, RuntimeError, OverflowError) as e:
-        raise TokenizerError(f"{os.fspath(model_dir)}: malformed tokenizer "
-                             f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
-                             ) from None
+        raise TokenizerError(f"{os.fspath(model_dir)}: malformed tokenizer: "
+                             f"{type(e).__name__}: {_first_line(e)}") from None
 
 
 def _load_tokenizer(model_dir) -> Tokenizer:
@@ -444,13 +471,13 @@ def _load_tokenizer(model_dir) -> Tokenizer:
         eos = _ids_from(tcfg.get("edgerope_eos_token_ids"))
     add_bos = tcfg.get("add_bos_token")
     add_bos = add_bos if isinstance(add_bos, bool) else None
-    chat_template = _chat_template(model_dir, tcfg)
+    chat_template, origin = _chat_template(model_dir, tcfg)
     added = tcfg.get("added_tokens_decoder")
     added = added if isinstance(added, dict) else {}
 
     if use_sp:
         tok = SentencePieceTokenizer(sp_path, add_bos_default=True if add_bos is None else add_bos,
-                                     chat_template=chat_template)
+                                     chat_template=chat_template, chat_template_origin=origin)
         sp = tok.sp
 
         def lookup(name):
@@ -471,8 +498,8 @@ def _load_tokenizer(model_dir) -> Tokenizer:
         from .tokenizer_gguf import BPETokenizer
         try:
             hf = HFTokenizer.from_file(json_path)
-        except Exception as e:  # tokenizers raises a bare Exception for parse errors
-            raise TokenizerError(f"cannot load tokenizer {json_path}: {e}") from None
+        except Exception as e:  # noqa: BLE001 - tokenizers raises a bare Exception
+            raise TokenizerError(f"{json_path}: {_first_line(e)}") from None
         known = hf.get_added_tokens_decoder()
         for key, spec in added.items():  # entries tokenizer.json lacks as added tokens
             name = _token_text(spec)
@@ -509,7 +536,7 @@ def _load_tokenizer(model_dir) -> Tokenizer:
         add_bos = bos is not None and with_special[:1] == [bos] \
             and hf.encode("a", add_special_tokens=False).ids[:1] != [bos]
     return BPETokenizer(hf, bos_id=bos, eos_ids=eos, add_bos_default=add_bos,
-                        chat_template=chat_template, path=json_path)
+                        chat_template=chat_template, chat_template_origin=origin, path=json_path)
 
 
 def __getattr__(name):  # BPETokenizer lives in tokenizer_gguf (which imports this module)

@@ -26,9 +26,10 @@ from typing import Iterable
 
 import numpy as np
 
-from .errors import TokenizerError
-from .tokenizer import (EOG_TEXTS, SentencePieceTokenizer, Tokenizer, _eog_ids_by_text,
-                        _sorted_specials, _split_special, _write_json)
+from .errors import EdgeropeWarning, TokenizerError
+from .tokenizer import (_BYTE_PIECE, EOG_TEXTS, SentencePieceTokenizer, Tokenizer,
+                        _eog_ids_by_text, _first_line, _sorted_specials, _split_special,
+                        _write_json)
 
 __all__ = ["BPETokenizer", "tokenizer_from_gguf", "spm_proto_from_vocab", "PRE_TOKENIZER_REGEXES"]
 
@@ -72,8 +73,10 @@ class BPETokenizer(Tokenizer):
     """
 
     def __init__(self, hf, *, bos_id=None, eos_ids=(), add_bos_default: bool = False,
-                 chat_template: str | None = None, path=None):
+                 chat_template: str | None = None, chat_template_origin: str | None = None,
+                 path=None):
         self.hf = hf
+        self.chat_template_origin = chat_template_origin
         self.path = None if path is None else os.fspath(path)
         # Special-token text is split out by _split_special; the library must not do it again
         # when special=False.
@@ -114,8 +117,8 @@ class BPETokenizer(Tokenizer):
         path = os.fspath(path)
         try:
             hf = HFTokenizer.from_file(path)
-        except Exception as e:  # tokenizers raises a bare Exception for parse errors
-            raise TokenizerError(f"cannot load tokenizer {path}: {e}") from None
+        except Exception as e:  # noqa: BLE001 - tokenizers raises a bare Exception
+            raise TokenizerError(f"{path}: {_first_line(e)}") from None
         return cls(hf, path=path, **kwargs)
 
     def __repr__(self):
@@ -205,12 +208,107 @@ def _field(reader, key, default=None):
     return f
 
 
-def _opt_id(reader, key, n_tokens):
-    v = _field(reader, key)
-    if v is None or isinstance(v, (list, np.ndarray)):
-        return None
-    v = int(v)
-    return v if 0 <= v < n_tokens else None
+def _kind(v) -> str:
+    """What a metadata value is, for messages: "a string", "an array of integers", ..."""
+    names = {bool: "bool", int: "integer", float: "number", str: "string", list: "array"}
+    if isinstance(v, np.ndarray):
+        kind = {"b": "bool", "i": "integer", "u": "integer", "f": "number"}.get(v.dtype.kind,
+                                                                              str(v.dtype))
+        return f"an array of {kind}s"
+    if isinstance(v, (list, tuple)):
+        return f"an array of {names.get(type(v[0]), type(v[0]).__name__)}s" if v \
+            else "an empty array"
+    name = names.get(type(v), type(v).__name__)
+    return f"{'an' if name[0] in 'aeiou' else 'a'} {name}"
+
+
+class _Vocab:
+    """The `tokenizer.*` metadata of a GGUF file, read key by key with llama.cpp's rules.
+
+    What llama.cpp refuses is refused here with a TokenizerError naming the key (and the index
+    in an array): a value of the wrong type, a missing token list, duplicate tokens (llama.cpp
+    asserts), arrays whose length is not the token count, NaN scores, byte tokens that are not
+    `<0xXX>`, merges naming text that is not a token (the `tokenizers` library cannot build
+    them), an unknown `tokenizer.ggml.model`. What llama.cpp loads with a warning loads here
+    with one EdgeropeWarning: a special token id outside the vocabulary (ignored), an unknown
+    `tokenizer.ggml.pre` (llama.cpp refuses it; its 'default' regexes are used instead)."""
+
+    def __init__(self, reader):
+        self.reader = reader
+        self.where = getattr(reader, "path", None)
+
+    def warn(self, message: str) -> None:
+        import warnings
+        where = f"{self.where}: " if self.where else ""
+        warnings.warn(where + message, EdgeropeWarning, stacklevel=4)
+
+    def get(self, key, default=None):
+        return _field(self.reader, key, default)
+
+    def string(self, key, default=None):
+        v = self.get(key)
+        if v is None:
+            return default
+        if not isinstance(v, str):
+            raise TokenizerError(f"{key}: expected a string, found {_kind(v)}")
+        return v
+
+    def flag(self, key, default=None):
+        v = self.get(key)
+        if v is None:
+            return default
+        if not isinstance(v, (bool, np.bool_)):
+            raise TokenizerError(f"{key}: expected a bool, found {_kind(v)}")
+        return bool(v)
+
+    def strings(self, key, n=None):
+        v = self.get(key)
+        if v is None:
+            return None
+        if not isinstance(v, list) or not all(isinstance(t, str) for t in v):
+            raise TokenizerError(f"{key}: expected an array of strings, found {_kind(v)}")
+        if n is not None and len(v) != n:
+            raise TokenizerError(f"{key}: {len(v)} values for {n} tokens")
+        return v
+
+    def numbers(self, key, n, dtype):
+        v = self.get(key)
+        if v is None:
+            return None
+        a = v if isinstance(v, np.ndarray) else None
+        if a is None and isinstance(v, list) and all(
+                isinstance(x, (int, float)) and not isinstance(x, bool) for x in v):
+            a = np.asarray(v)
+        if a is None or a.dtype.kind not in "iuf":
+            raise TokenizerError(f"{key}: expected an array of numbers, found {_kind(v)}")
+        if len(a) != n:
+            raise TokenizerError(f"{key}: {len(a)} values for {n} tokens")
+        if a.dtype.kind == "f" and np.isnan(a).any():
+            raise TokenizerError(f"{key}[{int(np.flatnonzero(np.isnan(a))[0])}]: NaN")
+        return a.astype(dtype)
+
+    def token_id(self, key, n):
+        v = self.get(key)
+        if v is None:
+            return None
+        if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)):
+            raise TokenizerError(f"{key}: expected a token id, found {_kind(v)}")
+        if not 0 <= int(v) < n:
+            self.warn(f"{key} = {int(v)} is outside the vocabulary of {n} tokens: ignored")
+            return None
+        return int(v)
+
+
+def _unique(tokens, key="tokenizer.ggml.tokens"):
+    """{text: id}; a text that appears twice is an error (llama.cpp asserts on it)."""
+    index = {t: i for i, t in enumerate(tokens)}
+    if len(index) != len(tokens):
+        first: dict[str, int] = {}
+        for i, t in enumerate(tokens):
+            j = first.setdefault(t, i)
+            if j != i:
+                raise TokenizerError(f"{key}: {t!r} appears twice (ids {j} and {i})")
+    return index
 
 
 def tokenizer_from_gguf(reader):
@@ -219,18 +317,36 @@ def tokenizer_from_gguf(reader):
     `eos_ids` is llama.cpp's end-of-generation set: the eos/eot/eom ids plus every token whose
     text is in EOG_TEXTS. (llama.cpp also counts the FIM pad/repo/sep tokens, e.g. SmolLM2's
     "<reponame>", and "</s>" for paddleocr, which would end Gemma 3 at an HTML "</s>"; we don't.)
+    Bad metadata raises one TokenizerError "<file>: <key>: <what is wrong>" (see `_Vocab`).
     """
-    model = _field(reader, "tokenizer.ggml.model")
-    tokens = _field(reader, "tokenizer.ggml.tokens")
+    meta = _Vocab(reader)
+    try:
+        return _build(meta)
+    except TokenizerError as e:
+        msg = str(e)
+        if meta.where and not msg.startswith(meta.where):
+            msg = f"{meta.where}: {msg}"
+        raise TokenizerError(msg) from None
+
+
+def _build(meta: _Vocab):
+    model = meta.string("tokenizer.ggml.model")
+    tokens = meta.strings("tokenizer.ggml.tokens")
     if model is None or tokens is None:
         raise TokenizerError("GGUF file has no tokenizer (tokenizer.ggml.model / tokens missing)")
+    if model not in ("llama", "gpt2"):
+        raise TokenizerError(f"tokenizer.ggml.model: unsupported tokenizer {model!r} "
+                             "(supported: llama, gpt2)")
+    if not tokens:
+        raise TokenizerError("tokenizer.ggml.tokens: empty vocabulary")
     tokens = [t if t else f"[EMPTY_{i}]" for i, t in enumerate(tokens)]  # as llama.cpp
     n = len(tokens)
-    types = _field(reader, "tokenizer.ggml.token_type")
-    types = np.full(n, NORMAL, np.int32) if types is None else np.array(types, np.int32)[:n]
-    ids = {k: _opt_id(reader, f"tokenizer.ggml.{k}_token_id", n)
+    index = _unique(tokens)
+    types = meta.numbers("tokenizer.ggml.token_type", n, np.int32)
+    types = np.full(n, NORMAL, np.int32) if types is None else types
+    ids = {k: meta.token_id(f"tokenizer.ggml.{k}_token_id", n)
            for k in ("bos", "eos", "unknown", "padding", "eot", "eom")}
-    eog_by_text = _eog_ids_by_text({t: i for i, t in enumerate(tokens) if t in EOG_TEXTS})
+    eog_by_text = _eog_ids_by_text({t: index[t] for t in EOG_TEXTS if t in index})
     # llama.cpp makes end-of-generation tokens control tokens whatever their stored type, so
     # that "<|im_end|>" in plain text stays text
     for i in [ids["eot"], ids["eom"]] + eog_by_text:
@@ -239,39 +355,68 @@ def tokenizer_from_gguf(reader):
     # end-of-generation set, eos first
     eos = list(dict.fromkeys(i for i in [ids["eos"], ids["eot"], ids["eom"]] + eog_by_text
                              if i is not None))
-    chat_template = _field(reader, "tokenizer.chat_template")
-    add_bos = _field(reader, "tokenizer.ggml.add_bos_token")
+    chat_template = meta.string("tokenizer.chat_template")
+    origin = None if chat_template is None else _origin(meta.where, "tokenizer.chat_template")
+    add_bos = meta.flag("tokenizer.ggml.add_bos_token")
 
     if model == "llama":
-        scores = _field(reader, "tokenizer.ggml.scores")
-        scores = np.zeros(n, np.float32) if scores is None else np.asarray(scores, np.float32)[:n]
-        add_space_prefix = _field(reader, "tokenizer.ggml.add_space_prefix", True)
-        unk = ids["unknown"] if ids["unknown"] is not None else (0 if n > 0 else None)
+        scores = meta.numbers("tokenizer.ggml.scores", n, np.float32)
+        scores = np.zeros(n, np.float32) if scores is None else scores
+        for i in np.flatnonzero(types == BYTE).tolist():
+            if not _BYTE_PIECE.fullmatch(tokens[i]):
+                raise TokenizerError(f"tokenizer.ggml.tokens[{i}]: {tokens[i]!r} has the byte "
+                                     "token type but is not of the form <0xXX>")
+        add_space_prefix = meta.flag("tokenizer.ggml.add_space_prefix", True)
+        unk = ids["unknown"] if ids["unknown"] is not None else 0
         proto = spm_proto_from_vocab(tokens, scores, types, unk_id=unk, bos_id=ids["bos"],
                                      eos_id=ids["eos"], pad_id=ids["padding"],
-                                     add_dummy_prefix=bool(add_space_prefix))
+                                     add_dummy_prefix=add_space_prefix)
         piece_types = _proto_types(types, unk)
-        return SentencePieceTokenizer(
-            model_proto=proto, eos_ids=eos, bos_id=ids["bos"], piece_types=piece_types,
-            add_bos_default=True if add_bos is None else bool(add_bos),
-            chat_template=chat_template)
-    if model == "gpt2":
-        pre = _field(reader, "tokenizer.ggml.pre") or "default"
-        merges = _field(reader, "tokenizer.ggml.merges")
-        if merges is None:
-            raise TokenizerError("GGUF gpt2 vocabulary without tokenizer.ggml.merges")
-        regexes, ignore_merges = PRE_TOKENIZER_REGEXES.get(pre, PRE_TOKENIZER_REGEXES["default"])
-        if pre not in PRE_TOKENIZER_REGEXES:
-            import warnings
-            warnings.warn(f"unknown tokenizer.ggml.pre {pre!r}: using llama.cpp's 'default' "
-                          "pre-tokenizer; tokenization may differ from the model's training")
-        if add_bos is None:  # llama.cpp's per-pre default
-            add_bos = pre in ("llama3", "llama-v3", "llama-bpe", "falcon3", "falcon-h1",
-                              "pixtral", "midm-2.0", "lfm2", "tekken", "chameleon")
-        hf = _hf_bpe(tokens, merges, types, regexes, ignore_merges)
-        return BPETokenizer(hf, bos_id=ids["bos"], eos_ids=eos,
-                            add_bos_default=bool(add_bos), chat_template=chat_template)
-    raise TokenizerError(f"unsupported GGUF tokenizer model {model!r} (supported: llama, gpt2)")
+        try:
+            return SentencePieceTokenizer(
+                model_proto=proto, eos_ids=eos, bos_id=ids["bos"], piece_types=piece_types,
+                add_bos_default=True if add_bos is None else add_bos,
+                chat_template=chat_template, chat_template_origin=origin)
+        except TokenizerError as e:
+            raise TokenizerError(f"tokenizer.ggml.tokens: {e}") from None
+    pre = meta.string("tokenizer.ggml.pre") or "default"
+    merges = meta.strings("tokenizer.ggml.merges")
+    if merges is None:
+        raise TokenizerError("tokenizer.ggml.merges: missing (a gpt2 vocabulary needs merges)")
+    pairs = _merge_pairs(merges, index)
+    regexes, ignore_merges = PRE_TOKENIZER_REGEXES.get(pre, PRE_TOKENIZER_REGEXES["default"])
+    if pre not in PRE_TOKENIZER_REGEXES:
+        meta.warn(f"unknown tokenizer.ggml.pre {pre!r}: using llama.cpp's 'default' "
+                  "pre-tokenizer; tokenization may differ from the model's training")
+    if add_bos is None:  # llama.cpp's per-pre default
+        add_bos = pre in ("llama3", "llama-v3", "llama-bpe", "falcon3", "falcon-h1",
+                          "pixtral", "midm-2.0", "lfm2", "tekken", "chameleon")
+    try:
+        hf = _hf_bpe(tokens, index, pairs, types, regexes, ignore_merges)
+    except Exception as e:  # noqa: BLE001 - the tokenizers library raises a bare Exception
+        raise TokenizerError(f"tokenizer.ggml.merges: {_first_line(e)}") from None
+    return BPETokenizer(hf, bos_id=ids["bos"], eos_ids=eos, add_bos_default=add_bos,
+                        chat_template=chat_template, chat_template_origin=origin)
+
+
+def _origin(where, key) -> str:
+    return f"{where}: {key}" if where else key
+
+
+def _merge_pairs(merges, index):
+    """(left, right) pairs of `tokenizer.ggml.merges`, each checked: both sides and their
+    concatenation must be tokens."""
+    pairs = []
+    for k, m in enumerate(merges):
+        s = m.find(" ", 1)  # llama.cpp splits at the first space after the first character
+        if s <= 0:
+            continue  # llama.cpp keeps it as a pair that never matches
+        a, b = m[:s], m[s + 1:]
+        for t in (a, b, a + b):
+            if t not in index:
+                raise TokenizerError(f"tokenizer.ggml.merges[{k}]: {m!r}: {t!r} is not a token")
+        pairs.append((a, b))
+    return pairs
 
 
 # --- SentencePiece ModelProto, hand-serialized ------------------------------------------------
@@ -448,15 +593,9 @@ def _proto_piece_types(blob: bytes) -> dict[int, int]:
 
 # --- byte-level BPE via the tokenizers library ------------------------------------------------
 
-def _hf_bpe(tokens, merges, types, regexes, ignore_merges):
+def _hf_bpe(tokens, vocab, pairs, types, regexes, ignore_merges):
     from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers
 
-    vocab = {t: i for i, t in enumerate(tokens)}
-    pairs = []
-    for m in merges:
-        k = m.find(" ", 1)  # llama.cpp splits at the first space after the first character
-        if k > 0:
-            pairs.append((m[:k], m[k + 1:]))
     bpe = models.BPE(vocab=vocab, merges=pairs, ignore_merges=ignore_merges)
     tok = Tokenizer(bpe)
     tok.pre_tokenizer = pre_tokenizers.Sequence(

@@ -166,7 +166,7 @@ GGUF_CASES = {  # name: (write_gguf kwargs, patch of the written file, words of 
     "architecture-missing": (dict(edit=_set("general.architecture", None, "")), None,
                              ["'general.architecture'", "is missing"]),
     "tokenizer-model": (dict(edit=_set("tokenizer.ggml.model", 3, "UINT32")), None,
-                        ["tokenizer model 3"]),
+                        ["tokenizer.ggml.model: expected a string, found an integer"]),
 }
 
 
