@@ -109,8 +109,6 @@ TEMPLATES = {
     ),
 }
 
-# model_type -> built-in template, for models without a template of their own
-_BY_MODEL_TYPE = {"gemma3_text": "gemma", "gemma3": "gemma", "gemma2": "gemma", "gemma": "gemma"}
 
 
 # -- rendering ---------------------------------------------------------------------------------
@@ -386,7 +384,7 @@ def render_chat(template: str, messages: list[dict], add_generation_prompt: bool
 
 def pick_template(model) -> str:
     """The model's own chat template (`tokenizer.chat_template`) if it has one, else a built-in
-    one chosen by `model.config.model_type` (Gemma -> "gemma", anything else -> "chatml").
+    the architecture's built-in one (edgerope.archs: Gemma -> "gemma", most -> "chatml").
     Returns Jinja source."""
     tmpl = getattr(model.tokenizer, "chat_template", None)
     if isinstance(tmpl, (list, tuple)):  # named templates, as tokenizer_config.json allows
@@ -396,8 +394,9 @@ def pick_template(model) -> str:
         tmpl = tmpl.get("default")
     if isinstance(tmpl, str) and tmpl.strip():
         return tmpl
-    model_type = getattr(model.config, "model_type", "")
-    return TEMPLATES[_BY_MODEL_TYPE.get(model_type, "chatml")]
+    from . import archs
+    arch = archs.find(getattr(model.config, "model_type", ""))
+    return TEMPLATES[arch.chat_template if arch is not None else "chatml"]
 
 
 def template_origin(model, template: str | None = None) -> str:

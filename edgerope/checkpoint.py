@@ -1,7 +1,7 @@
 """Hugging Face checkpoint tensors -> edgerope weights.
 
-`HF_NAMES` is the one literal map from internal names to checkpoint names per architecture
-(".weight"/".bias" are appended). Loading fuses what one matmul can do (q|k|v, gate|up),
+Each architecture's literal map from internal names to checkpoint names is its `hf_names`
+in edgerope.archs (".weight"/".bias" are appended). Loading fuses what one matmul can do (q|k|v, gate|up),
 reorders per-head fused qkv layouts (GPT-NeoX, Persimmon) into [all q | all k | all v],
 quantizes matmul weights to int8 blocks at load (or keeps float32), and keeps norms and biases
 in float32. Tensors are read from memory maps one at a time.
@@ -16,51 +16,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from . import archs
 from .config import ModelConfig
 from .errors import EdgeropeWarning, WeightsError
 from .kernels import ScaleRangeError
 from .linear import Linear, check_finite
 from .safetensors_mmap import Checkpoint, to_float32
 
-_L = "model.layers.{i}."
-_LLAMA = {
-    "embed": "model.embed_tokens", "out_norm": "model.norm", "lm_head": "lm_head",
-    "attn_norm": _L + "input_layernorm", "ffn_norm": _L + "post_attention_layernorm",
-    "wq": _L + "self_attn.q_proj", "wk": _L + "self_attn.k_proj", "wv": _L + "self_attn.v_proj",
-    "wo": _L + "self_attn.o_proj", "q_norm": _L + "self_attn.q_norm", "k_norm": _L + "self_attn.k_norm",
-    "w_gate": _L + "mlp.gate_proj", "w_up": _L + "mlp.up_proj", "w_down": _L + "mlp.down_proj",
-}
-_NEOX = "gpt_neox.layers.{i}."
-_GPTJ = "transformer.h.{i}."
-HF_NAMES: dict[str, dict[str, str]] = {
-    "llama": _LLAMA, "mistral": _LLAMA, "qwen2": _LLAMA, "qwen3": _LLAMA,
-    "gemma3_text": {**_LLAMA, "post_attn_norm": _L + "post_attention_layernorm",
-                    "ffn_norm": _L + "pre_feedforward_layernorm",
-                    "post_ffn_norm": _L + "post_feedforward_layernorm"},
-    "glm": {**_LLAMA, "w_gate_up": _L + "mlp.gate_up_proj"},
-    "stablelm": {**_LLAMA, "q_norm": _L + "self_attn.q_layernorm.norms.{h}",
-                 "k_norm": _L + "self_attn.k_layernorm.norms.{h}"},
-    "phi": {"embed": "model.embed_tokens", "out_norm": "model.final_layernorm", "lm_head": "lm_head",
-            "attn_norm": _L + "input_layernorm", "wq": _L + "self_attn.q_proj",
-            "wk": _L + "self_attn.k_proj", "wv": _L + "self_attn.v_proj",
-            "wo": _L + "self_attn.dense", "q_norm": _L + "self_attn.q_layernorm",
-            "k_norm": _L + "self_attn.k_layernorm", "w_fc1": _L + "mlp.fc1", "w_fc2": _L + "mlp.fc2"},
-    "persimmon": {"embed": "model.embed_tokens", "out_norm": "model.final_layernorm",
-                  "lm_head": "lm_head", "attn_norm": _L + "input_layernorm",
-                  "ffn_norm": _L + "post_attention_layernorm",
-                  "wqkv": _L + "self_attn.query_key_value", "wo": _L + "self_attn.dense",
-                  "q_norm": _L + "self_attn.q_layernorm", "k_norm": _L + "self_attn.k_layernorm",
-                  "w_fc1": _L + "mlp.dense_h_to_4h", "w_fc2": _L + "mlp.dense_4h_to_h"},
-    "gpt_neox": {"embed": "gpt_neox.embed_in", "out_norm": "gpt_neox.final_layer_norm",
-                 "lm_head": "embed_out", "attn_norm": _NEOX + "input_layernorm",
-                 "ffn_norm": _NEOX + "post_attention_layernorm",
-                 "wqkv": _NEOX + "attention.query_key_value", "wo": _NEOX + "attention.dense",
-                 "w_fc1": _NEOX + "mlp.dense_h_to_4h", "w_fc2": _NEOX + "mlp.dense_4h_to_h"},
-    "gptj": {"embed": "transformer.wte", "out_norm": "transformer.ln_f", "lm_head": "lm_head",
-             "attn_norm": _GPTJ + "ln_1", "wq": _GPTJ + "attn.q_proj", "wk": _GPTJ + "attn.k_proj",
-             "wv": _GPTJ + "attn.v_proj", "wo": _GPTJ + "attn.out_proj",
-             "w_fc1": _GPTJ + "mlp.fc_in", "w_fc2": _GPTJ + "mlp.fc_out"},
-}
 # Prefixes some checkpoints put before the names above (multimodal Gemma 3, ...).
 _PREFIXES = ("", "language_model.", "model.language_model.")
 
@@ -208,7 +170,8 @@ def load_weights(src, cfg: ModelConfig, dtype: str, names: dict[str, str] | None
     Gemma's norm weights as 1 + w already (llama.cpp's GGUF conversion does that)."""
     if isinstance(src, Checkpoint):
         src = SafetensorsSource(src)
-    r = _Reader(src, names or HF_NAMES[cfg.model_type], _PREFIXES if names is None else ("",))
+    r = _Reader(src, names or archs.get(cfg.model_type).hf_names,
+                _PREFIXES if names is None else ("",))
     H, I, V, D = cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size, cfg.head_dim
     Hq, Hkv = cfg.num_attention_heads, cfg.num_key_value_heads
 

@@ -1,12 +1,12 @@
 """Model configuration: a Hugging Face `config.json` becomes one frozen `ModelConfig`.
 
 Architectures differ by data, never by copied forward functions: each supported `model_type`
-is a row of `ARCHS` (norm kind, residual shape, MLP kind, biases, q/k norms, fused-tensor layout)
-plus the defaults its transformers config class fills in when `config.json` omits a key
-(`save_pretrained` writes only values that differ from the class defaults).
+is an `Arch` of the registry (edgerope.archs: norm kind, residual shape, MLP kind, biases, q/k
+norms, fused-tensor layout, the defaults its transformers config class fills in when
+`config.json` omits a key, and hooks for config-dependent choices).
 
 Owns: reading config dicts, validation of hyper-parameters, derived sizes. Does not own RoPE
-details (edgerope.rope) nor tensor names (edgerope.checkpoint).
+details (edgerope.rope), tensor names or what an architecture is (edgerope.archs).
 """
 from __future__ import annotations
 
@@ -16,70 +16,9 @@ import os
 from dataclasses import dataclass, field
 from typing import Mapping
 
+from . import archs
 from .errors import ConfigError
 from .rope import RopeSpec, rope_specs_from_config
-
-# Per-architecture data. Keys:
-#   norm:        "rms" | "rms1p" (Gemma: x*(1+w)) | "layer" (LayerNorm with bias)
-#   residual:    "sequential" | "parallel" (x + attn(n1(x)) + mlp(n?(x)))
-#   shared_norm: parallel residual feeds the MLP the attention's normed input (phi, gptj)
-#   sandwich:    Gemma's post-attention and pre/post-feed-forward norms
-#   mlp:         "gated" (act(gate)*up, down) | "plain" (fc1, act, fc2)
-#   qk_norm:     None | "rms" | "rms1p" | "layer" | "layer_per_head" (StableLM: one LN per head)
-#   fused_qkv:   None | "per_head" (one fused matrix laid out per head as [q, k, v])
-ARCHS: dict[str, dict] = {
-    "llama": dict(norm="rms", residual="sequential", mlp="gated", qk_norm=None),
-    "mistral": dict(norm="rms", residual="sequential", mlp="gated", qk_norm=None),
-    "qwen2": dict(norm="rms", residual="sequential", mlp="gated", qk_norm=None,
-                  qkv_bias=True, o_bias=False),
-    "qwen3": dict(norm="rms", residual="sequential", mlp="gated", qk_norm="rms"),
-    "gemma3_text": dict(norm="rms1p", residual="sequential", mlp="gated", qk_norm="rms1p",
-                        sandwich=True),
-    "gpt_neox": dict(norm="layer", residual="parallel", mlp="plain", qk_norm=None,
-                     fused_qkv="per_head", mlp_bias=True),
-    "phi": dict(norm="layer", residual="parallel", shared_norm=True, mlp="plain",
-                qkv_bias=True, o_bias=True, mlp_bias=True, lm_head_bias=True),
-    "stablelm": dict(norm="layer", residual="sequential", shared_norm=True, mlp="gated",
-                     o_bias=False),
-    "persimmon": dict(norm="layer", residual="sequential", mlp="plain", qk_norm="layer",
-                      fused_qkv="per_head", qkv_bias=True, o_bias=True, mlp_bias=True),
-    "gptj": dict(norm="layer", residual="parallel", shared_norm=True, mlp="plain",
-                 qkv_bias=False, o_bias=False, mlp_bias=True, lm_head_bias=True),
-    "glm": dict(norm="rms", residual="sequential", mlp="gated", qk_norm=None, o_bias=False),
-}
-
-# What each transformers config class fills in for a missing key (transformers 5.x).
-_DEFAULTS: dict[str, dict] = {
-    "llama": dict(hidden_act="silu", rms_norm_eps=1e-6, tie_word_embeddings=False,
-                  attention_bias=False, mlp_bias=False, max_position_embeddings=2048),
-    "mistral": dict(hidden_act="silu", rms_norm_eps=1e-6, tie_word_embeddings=False,
-                    sliding_window=4096, max_position_embeddings=131072, num_key_value_heads=8),
-    "qwen2": dict(hidden_act="silu", rms_norm_eps=1e-6, tie_word_embeddings=False,
-                  use_sliding_window=False, sliding_window=4096, max_window_layers=28,
-                  max_position_embeddings=32768),
-    "qwen3": dict(hidden_act="silu", rms_norm_eps=1e-6, tie_word_embeddings=False, head_dim=128,
-                  attention_bias=False, use_sliding_window=False, sliding_window=4096,
-                  max_window_layers=28, max_position_embeddings=32768),
-    "gemma3_text": dict(hidden_activation="gelu_pytorch_tanh", rms_norm_eps=1e-6,
-                        tie_word_embeddings=True, attention_bias=False, sliding_window=4096,
-                        head_dim=256, query_pre_attn_scalar=256, final_logit_softcapping=None,
-                        attn_logit_softcapping=None, max_position_embeddings=131072,
-                        num_key_value_heads=4, sliding_window_pattern=6),
-    "gpt_neox": dict(hidden_act="gelu", layer_norm_eps=1e-5, tie_word_embeddings=False,
-                     attention_bias=True, use_parallel_residual=True,
-                     max_position_embeddings=2048),
-    "phi": dict(hidden_act="gelu_new", layer_norm_eps=1e-5, tie_word_embeddings=False,
-                qk_layernorm=False, max_position_embeddings=2048),
-    "stablelm": dict(hidden_act="silu", layer_norm_eps=1e-5, tie_word_embeddings=False,
-                     use_qkv_bias=False, qk_layernorm=False, use_parallel_residual=False,
-                     max_position_embeddings=4096),
-    "persimmon": dict(hidden_act="relu2", layer_norm_eps=1e-5, tie_word_embeddings=False,
-                      qk_layernorm=True, max_position_embeddings=16384),
-    "gptj": dict(activation_function="gelu_new", layer_norm_epsilon=1e-5,
-                 tie_word_embeddings=False, n_positions=2048, rotary_dim=64),
-    "glm": dict(hidden_act="silu", rms_norm_eps=1.5625e-7, tie_word_embeddings=False,
-                head_dim=128, attention_bias=True, max_position_embeddings=131072),
-}
 
 # Old or alternative key names -> the Hugging Face name used here.
 _ALIASES = {"n_embd": "hidden_size", "n_layer": "num_hidden_layers", "n_head": "num_attention_heads",
@@ -87,7 +26,6 @@ _ALIASES = {"n_embd": "hidden_size", "n_layer": "num_hidden_layers", "n_head": "
             "activation_function": "hidden_act", "hidden_activation": "hidden_act",
             "layer_norm_epsilon": "layer_norm_eps", "rms_norm_eps": "norm_eps_rms"}
 
-SUPPORTED = tuple(ARCHS) + ("gemma3",)
 
 
 @dataclass(frozen=True)
@@ -193,6 +131,10 @@ def _positive_int(cfg: dict, key: str) -> int:
     return v
 
 
+def _flag(v, default: bool) -> bool:
+    return default if v is None else bool(v)
+
+
 def _eos_list(v) -> tuple[int, ...]:
     if v is None:
         return ()
@@ -204,16 +146,17 @@ def _eos_list(v) -> tuple[int, ...]:
 def parse_config(raw: dict) -> ModelConfig:
     """Turn a config.json dict into a ModelConfig, or raise ConfigError naming the problem."""
     model_type = raw.get("model_type")
-    if model_type == "gemma3" and isinstance(raw.get("text_config"), dict):
-        # Multimodal Gemma 3: the text decoder is all edgerope runs.
-        raw = {"model_type": "gemma3_text", **raw["text_config"],
+    arch = archs.find(model_type) if isinstance(model_type, str) else None
+    if arch is not None and model_type in arch.wrappers and isinstance(raw.get("text_config"),
+                                                                        dict):
+        # a multimodal checkpoint (Gemma 3): the text decoder is all edgerope runs
+        raw = {"model_type": arch.model_type, **raw["text_config"],
                **{k: raw[k] for k in ("bos_token_id", "eos_token_id") if k in raw}}
-        model_type = "gemma3_text"
-    if model_type not in ARCHS:
+        model_type = arch.model_type
+    if arch is None or model_type != arch.model_type or not arch.runnable:
         raise ConfigError(f"unsupported model_type {model_type!r} "
-                          f"(supported: {', '.join(SUPPORTED)})")
-    arch = ARCHS[model_type]
-    cfg = dict(_DEFAULTS[model_type])
+                          f"(supported: {', '.join(archs.model_types())})")
+    cfg = dict(arch.defaults)
     cfg.update(raw)
     for old, new in _ALIASES.items():
         if old in raw or (old in cfg and new not in raw):
@@ -240,41 +183,21 @@ def parse_config(raw: dict) -> ModelConfig:
     inter = _positive_int(cfg, "intermediate_size")
     max_pos = _positive_int(cfg, "max_position_embeddings")
 
-    norm = arch["norm"]
+    flags = arch.flags()
+    if arch.adjust is not None:
+        arch.adjust(cfg, flags)
+    norm = flags["norm"]
     eps = float(cfg.get("norm_eps_rms") if norm.startswith("rms") else cfg.get("layer_norm_eps"))
     act = cfg.get("hidden_act")
-
-    qk_norm = arch.get("qk_norm")
-    if model_type in ("phi", "stablelm", "persimmon"):
-        if not cfg.get("qk_layernorm"):
-            qk_norm = None
-        else:
-            qk_norm = "layer_per_head" if model_type == "stablelm" else "layer"
     attention_bias = bool(cfg.get("attention_bias", False))
-    qkv_bias = arch.get("qkv_bias", attention_bias)
-    if model_type == "stablelm":
-        qkv_bias = bool(cfg.get("use_qkv_bias"))
-    residual = arch["residual"]
-    if model_type in ("gpt_neox", "stablelm"):
-        residual = "parallel" if cfg.get("use_parallel_residual") else "sequential"
 
     # Which layers use a sliding window.
     window = cfg.get("sliding_window")
     layer_types = cfg.get("layer_types")
-    if model_type in ("qwen2", "qwen3") and not cfg.get("use_sliding_window"):
-        window = None
     if layer_types is None:
-        if model_type == "gemma3_text":
-            pat = int(cfg.get("sliding_window_pattern") or 6)
-            layer_types = ["sliding_attention" if (i + 1) % pat else "full_attention"
-                           for i in range(n_layers)]
-        elif model_type in ("qwen2", "qwen3"):
-            mwl = int(cfg.get("max_window_layers") or 0)
-            layer_types = ["sliding_attention" if window is not None and i >= mwl
-                           else "full_attention" for i in range(n_layers)]
-        elif model_type == "mistral" and window is not None:
-            layer_types = ["sliding_attention"] * n_layers
-        else:
+        default = arch.layers(cfg, n_layers, window) if arch.layers is not None else (None, window)
+        layer_types, window = default
+        if layer_types is None:
             layer_types = ["full_attention"] * n_layers
     layer_types = tuple(layer_types)
     if len(layer_types) != n_layers:
@@ -297,23 +220,22 @@ def parse_config(raw: dict) -> ModelConfig:
     if missing:
         raise ConfigError(f"no RoPE parameters for layer type(s) {sorted(missing)}")
 
-    if model_type == "gemma3_text":
-        attn_scale = float(cfg["query_pre_attn_scalar"]) ** -0.5
-        embed_scale = math.sqrt(hidden)
+    if arch.scales is not None:
+        attn_scale, embed_scale = arch.scales(cfg, hidden, head_dim)
     else:
-        attn_scale = head_dim ** -0.5
-        embed_scale = 1.0
+        attn_scale, embed_scale = head_dim ** -0.5, 1.0
 
     return ModelConfig(
         model_type=model_type, vocab_size=vocab, hidden_size=hidden, intermediate_size=inter,
         num_hidden_layers=n_layers, num_attention_heads=n_heads, num_key_value_heads=n_kv,
         head_dim=head_dim, max_position_embeddings=max_pos, hidden_act=str(act), norm=norm,
-        norm_eps=eps, residual=residual, shared_norm=bool(arch.get("shared_norm", False)),
-        sandwich=bool(arch.get("sandwich", False)), mlp=arch["mlp"], qk_norm=qk_norm,
-        fused_qkv=arch.get("fused_qkv"), qkv_bias=bool(qkv_bias),
-        o_bias=bool(arch.get("o_bias", attention_bias)),
-        mlp_bias=bool(arch.get("mlp_bias", cfg.get("mlp_bias", False))),
-        lm_head_bias=bool(arch.get("lm_head_bias", False)),
+        norm_eps=eps, residual=flags["residual"], shared_norm=flags["shared_norm"],
+        sandwich=flags["sandwich"], mlp=flags["mlp"], qk_norm=flags["qk_norm"],
+        fused_qkv=flags["fused_qkv"],
+        qkv_bias=_flag(flags["qkv_bias"], attention_bias),
+        o_bias=_flag(flags["o_bias"], attention_bias),
+        mlp_bias=_flag(flags["mlp_bias"], bool(cfg.get("mlp_bias", False))),
+        lm_head_bias=flags["lm_head_bias"],
         tie_word_embeddings=bool(cfg.get("tie_word_embeddings")),
         embed_scale=embed_scale, attn_scale=attn_scale,
         # Gemma 3 carries attn_logit_softcapping but its reference attention never applies it

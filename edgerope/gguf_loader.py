@@ -1,9 +1,9 @@
 """GGUF models: llama.cpp metadata -> ModelConfig, GGUF tensors -> edgerope weights.
 
 The metadata is translated into a Hugging Face-style config dict, so one parser
-(edgerope.config) and one forward pass serve both formats. What llama.cpp hard-codes rather
-than stores is filled in here (Gemma 3: local RoPE base 10000, sliding pattern 6, attention
-scale 1/sqrt(head_dim); norm weights stored as 1 + w).
+(edgerope.config) and one forward pass serve both formats. The keys every architecture shares
+are read here; each architecture's own (and what llama.cpp hard-codes rather than stores, e.g.
+Gemma 3's local RoPE base) come from its `GGUFArch` in edgerope.archs, with its tensor names.
 
 Tensors: Q8_0 becomes edgerope int8 blocks bit for bit, and Q4_0 edgerope int4 blocks
 (`dtype="int4"`) (edgerope keeps fp16 scales too; they pass through float32 exactly); every
@@ -16,23 +16,13 @@ from __future__ import annotations
 
 import numpy as np
 
+from . import archs
 from .checkpoint import load_weights
 from .config import parse_config
 from .errors import ConfigError, WeightsError
 from .gguf_reader import GGUFFile
 from .linear import Linear
 
-_G = "blk.{i}."
-# One literal map per format: internal name -> GGUF tensor name (".weight"/".bias" appended).
-GGUF_NAMES = {
-    "embed": "token_embd", "out_norm": "output_norm", "lm_head": "output",
-    "attn_norm": _G + "attn_norm", "wq": _G + "attn_q", "wk": _G + "attn_k", "wv": _G + "attn_v",
-    "wo": _G + "attn_output", "q_norm": _G + "attn_q_norm", "k_norm": _G + "attn_k_norm",
-    "post_attn_norm": _G + "post_attention_norm", "ffn_norm": _G + "ffn_norm",
-    "post_ffn_norm": _G + "post_ffw_norm", "w_gate": _G + "ffn_gate", "w_up": _G + "ffn_up",
-    "w_down": _G + "ffn_down",
-}
-SUPPORTED_ARCHS = ("gemma3", "llama")
 _Q8_0, _Q4_0, _F32, _F16, _BF16 = 8, 2, 0, 1, 30
 
 
@@ -75,9 +65,10 @@ def gguf_config_dict(g: GGUFFile) -> dict:
     arch = g.get("general.architecture")
     if arch is None:
         raise ConfigError(f"{g.path}: metadata key 'general.architecture' is missing")
-    if arch not in SUPPORTED_ARCHS:
+    spec = archs.by_gguf(arch) if isinstance(arch, str) else None
+    if spec is None:
         raise ConfigError(f"{g.path}: unsupported GGUF architecture {arch!r} "
-                          f"(supported: {', '.join(SUPPORTED_ARCHS)})")
+                          f"(supported: {', '.join(sorted(archs.gguf_archs()))})")
 
     def need(key, kind=int):
         return _number(g, f"{arch}.{key}", kind)
@@ -123,18 +114,16 @@ def gguf_config_dict(g: GGUFFile) -> dict:
     if rot is not None and rot != head_dim:
         raise ConfigError(f"{g.path}: partial RoPE ({rot} of {head_dim} channels) is not "
                           f"supported for GGUF architecture {arch!r}")
-    if arch == "llama":
-        raw.update(model_type="llama", hidden_act="silu", rope_parameters=rope)
-    else:  # gemma3
-        raw.update(model_type="gemma3_text", hidden_activation="gelu_pytorch_tanh",
-                   query_pre_attn_scalar=head_dim, sliding_window_pattern=6,
-                   sliding_window=need("attention.sliding_window"),
-                   final_logit_softcapping=opt("final_logit_softcapping", kind=float,
-                                               positive=False),
-                   rope_parameters={"sliding_attention": {"rope_type": "default",
-                                                          "rope_theta": 10000.0},
-                                    "full_attention": rope})
+    spec.gguf.config(_Meta(need, opt, rope), raw)
     return raw
+
+
+class _Meta:
+    """What an architecture's GGUF hook reads: metadata keys (without the `<arch>.` prefix),
+    checked as `_number` does, and the file's RoPE parameters."""
+
+    def __init__(self, need, opt, rope):
+        self.need, self.opt, self.rope = need, opt, rope
 
 
 class GGUFSource:
@@ -142,7 +131,7 @@ class GGUFSource:
 
     def __init__(self, g: GGUFFile, cfg):
         self.g, self.where, self.cfg = g, g.path, cfg
-        self.unpermute_qk = g.get("general.architecture") == "llama"
+        self.unpermute_qk = archs.by_gguf(g.get("general.architecture")).gguf.unpermute_qk
 
     def __contains__(self, name):
         return name in self.g.tensors
@@ -208,6 +197,7 @@ def load_gguf(path: str, dtype: str = "int8"):
     except ConfigError as e:
         msg = str(e)
         raise ConfigError(msg if msg.startswith(g.path) else f"{g.path}: {msg}") from None
-    weights = load_weights(GGUFSource(g, cfg), cfg, dtype, names=GGUF_NAMES,
-                           norm_plus_one_stored=cfg.model_type == "gemma3_text")
+    spec = archs.get(cfg.model_type).gguf
+    weights = load_weights(GGUFSource(g, cfg), cfg, dtype, names=spec.names,
+                           norm_plus_one_stored=spec.norm_plus_one_stored)
     return cfg, weights, g

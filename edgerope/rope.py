@@ -304,18 +304,16 @@ class RopeSpec:
 # config.json -> specs
 # ---------------------------------------------------------------------------------------------
 
-_MAX_POSITIONS = {  # config-class default of max_position_embeddings (n_positions for gptj)
-    "llama": 2048, "mistral": 131072, "qwen2": 32768, "qwen3": 32768, "gemma3_text": 131072,
-    "gemma4_text": 131072, "gpt_neox": 2048, "phi": 2048, "stablelm": 4096, "persimmon": 16384,
-    "gptj": 2048, "glm": 131072,
-}
-# Models whose rotary module rotates a prefix of int(D * partial_rotary_factor) channels, with
-# the config class's default factor. The others rotate the whole head under "default" RoPE.
-_PARTIAL_DEFAULT = {"gpt_neox": 0.25, "phi": 0.5, "stablelm": 0.25, "persimmon": 0.5, "glm": 0.5}
-_INTERLEAVED = {"gptj", "glm"}
-_TEXT_OF = {"gemma3": "gemma3_text", "gemma4": "gemma4_text"}
-MODEL_TYPES = tuple(sorted(set(_MAX_POSITIONS) | set(_TEXT_OF)))
 _OMPE = "original_max_position_embeddings"
+
+
+def _arch(model_type):
+    from . import archs
+    a = archs.find(model_type)
+    if a is None:
+        raise ValueError(f"unsupported model_type {model_type!r} for RoPE "
+                         f"(supported: {', '.join(archs.model_types(runnable_only=False))})")
+    return a
 
 
 def rope_specs_from_config(cfg: dict, model_type: str, head_dim: int,
@@ -327,17 +325,14 @@ def rope_specs_from_config(cfg: dict, model_type: str, head_dim: int,
     size; `head_dims` overrides it per layer type (Gemma 4 full layers default to the config's
     global_head_dim). `layer_types` defaults to cfg["layer_types"] or the model's default
     pattern. Layer types whose rope parameters are null (NoPE) are left out."""
-    if model_type in _TEXT_OF:
+    arch = _arch(model_type)
+    if model_type in arch.wrappers:
         cfg = cfg.get("text_config") or cfg
-        model_type = _TEXT_OF[model_type]
-    if model_type not in _MAX_POSITIONS:
-        raise ValueError(f"unsupported model_type {model_type!r} for RoPE "
-                         f"(supported: {', '.join(MODEL_TYPES)})")
-    mpe = (cfg.get("max_position_embeddings") or (model_type == "gptj" and cfg.get("n_positions"))
-           or _MAX_POSITIONS[model_type])
-    per_layer = _layer_types(cfg, model_type, layer_types)
+    mpe = (cfg.get("max_position_embeddings") or arch.defaults.get("n_positions")
+           and cfg.get("n_positions") or arch.max_positions)
+    per_layer = _layer_types(cfg, arch, layer_types)
     names = list(dict.fromkeys(per_layer))
-    params, nested = _rope_parameters(cfg, model_type, names, mpe)
+    params, nested = _rope_parameters(cfg, arch, names, mpe)
 
     specs = {}
     for name in names:
@@ -346,79 +341,35 @@ def rope_specs_from_config(cfg: dict, model_type: str, head_dim: int,
             raise ValueError(f"rope_parameters has no entry for layer type {name!r}")
         if p is None:
             continue
-        d = (head_dims or {}).get(name) or _layer_head_dim(cfg, model_type, name, per_layer, head_dim)
-        specs[name] = _spec(p, cfg, model_type, d, mpe, nested)
+        d = (head_dims or {}).get(name) or (
+            arch.rope_head_dim(cfg, name, per_layer, head_dim) if arch.rope_head_dim
+            else head_dim)
+        specs[name] = _spec(p, cfg, arch, d, mpe, nested)
     return specs
 
 
-def _layer_types(cfg, model_type, layer_types):
+def _layer_types(cfg, arch, layer_types):
     """Per-layer type names, with the defaults the config classes build when none are given."""
     types = list(layer_types) if layer_types is not None else cfg.get("layer_types")
-    if types is None:
-        if model_type in ("gemma3_text", "gemma4_text"):
-            n = cfg.get("num_hidden_layers", 26 if model_type == "gemma3_text" else 30)
-            every = (cfg.get("sliding_window_pattern") or 6) if model_type == "gemma3_text" else 6
-            types = ["sliding_attention" if (i + 1) % every else "full_attention" for i in range(n)]
-        elif model_type in ("qwen2", "qwen3") and cfg.get("use_sliding_window"):
-            window, first = cfg.get("sliding_window", 4096), cfg.get("max_window_layers", 28)
-            types = ["sliding_attention" if window is not None and i >= first else "full_attention"
-                     for i in range(cfg.get("num_hidden_layers", 0))]
-        else:
-            types = []
-    types = list(types) or ["full_attention"]
-    if model_type == "gemma4_text" and types[-1] != "full_attention":
-        types[-1] = "full_attention"  # Gemma4TextConfig forces the last layer to full attention
+    if types is None and arch.layers is not None:
+        full = {**arch.defaults, **cfg}
+        types, _ = arch.layers(full, cfg.get("num_hidden_layers", arch.default_layers),
+                               full.get("sliding_window"))
+    types = list(types or []) or ["full_attention"]
+    if arch.fix_layer_types is not None:
+        types = arch.fix_layer_types(types)
     return types
 
 
-def _layer_head_dim(cfg, model_type, name, per_layer, head_dim):
-    """Gemma 4 full-attention layers use `global_head_dim` (default 512), or the head_dim of their
-    entry in a saved `per_layer_config` (keyed by layer index), which replaces it."""
-    if model_type != "gemma4_text" or name != "full_attention":
-        return head_dim
-    if "per_layer_config" in cfg:
-        overrides = cfg["per_layer_config"] or {}
-        i = per_layer.index("full_attention")
-        entry = overrides.get(str(i), overrides.get(i)) or {}
-        return entry.get("head_dim") or head_dim
-    return cfg.get("global_head_dim", 512) or head_dim
-
-
-def _rope_parameters(cfg, model_type, names, mpe):
+def _rope_parameters(cfg, arch, names, mpe):
     """Standardised rope parameters: (flat dict, False) or ({layer type: dict | None}, True).
     Mirrors each config class's `convert_rope_params_to_dict` and `standardize_rope_params`."""
-    if model_type == "gptj":  # GPT-J has no rope config: theta 10000, plain RoPE, always
-        return {"rope_type": "default", "rope_theta": 10000.0}, False
-
-    if model_type == "gemma4_text":  # no legacy form; these are Gemma4TextConfig's defaults
-        params = copy.deepcopy(cfg.get("rope_parameters")) or {
-            "sliding_attention": {"rope_type": "default", "rope_theta": 10_000.0},
-            "full_attention": {"rope_type": "proportional", "partial_rotary_factor": 0.25,
-                               "rope_theta": 1_000_000.0}}
-        for p in params.values():
-            if p is not None and "rope_theta" not in p:
-                raise ValueError("gemma4_text rope_parameters entries need 'rope_theta'")
-        theta, partial = None, None
-    elif model_type == "gemma3_text":
-        params = copy.deepcopy(cfg.get("rope_parameters")) or {
-            "sliding_attention": {"rope_type": "default"}, "full_attention": {"rope_type": "default"}}
-        if params.get("full_attention") is None:
-            params["full_attention"] = {"rope_type": "default"}
-        if cfg.get("rope_scaling") is not None:  # legacy scaling applies to global layers only
-            params["full_attention"].update(cfg["rope_scaling"])
-        params["full_attention"].setdefault("rope_theta", cfg.get("rope_theta", 1_000_000.0))
-        if params.get("sliding_attention") is None:
-            params["sliding_attention"] = {"rope_type": "default"}
-        params["sliding_attention"].setdefault("rope_theta", cfg.get("rope_local_base_freq", 10_000.0))
-        theta, partial = None, cfg.get("partial_rotary_factor")
+    if arch.rope_params is not None:
+        params, theta, partial = arch.rope_params(cfg)
     else:
         params = copy.deepcopy(cfg.get("rope_scaling") or cfg.get("rope_parameters")) or {}
-        if model_type == "gpt_neox":  # GPTNeoXConfig reads only its own legacy names
-            theta = cfg.get("rotary_emb_base", 10_000.0)
-            partial = cfg.get("rotary_pct", 0.25)
-        else:
-            theta = cfg.get("rope_theta", 10_000.0)
-            partial = cfg.get("partial_rotary_factor", _PARTIAL_DEFAULT.get(model_type))
+        theta = cfg.get("rope_theta", 10_000.0)
+        partial = cfg.get("partial_rotary_factor", arch.partial_rotary)
 
     nested_keys = [k for k, v in params.items() if isinstance(v, dict) or (v is None and k in names)]
     for p in ([params[k] for k in nested_keys] if nested_keys else [params]):
@@ -439,29 +390,28 @@ def _rope_parameters(cfg, model_type, names, mpe):
     return params, bool(nested_keys)
 
 
-def _spec(p, cfg, model_type, d, mpe, nested) -> RopeSpec:
+def _spec(p, cfg, arch, d, mpe, nested) -> RopeSpec:
     kind = p["rope_type"]
     if kind not in ROPE_TYPES:
         raise ValueError(f"unsupported RoPE type {kind!r} (supported: {', '.join(ROPE_TYPES)})")
     partial = p.get("partial_rotary_factor")
     partial = 1.0 if partial is None else partial
-    if model_type == "gptj":
-        rotary_dim = cfg.get("rotary_dim", 64)  # GPTJConfig's default; null = the whole head
-        r, source = (d if rotary_dim is None else int(rotary_dim)), f"rotary_dim={rotary_dim}"
+    if arch.rotary_dim is not None:
+        r, source = arch.rotary_dim(cfg, d)
     else:
         source = f"partial_rotary_factor={partial}"
         # proportional spans the whole head; the llama family's default RoPE ignores the factor
-        full = kind == "proportional" or (kind == "default" and model_type not in _PARTIAL_DEFAULT)
+        full = kind == "proportional" or (kind == "default" and arch.partial_rotary is None)
         r = d if full else int(d * partial)
     if r <= 0 or r > d or r % 2:
         raise ValueError(f"{source} gives {r} rotary channels for head_dim {d}; "
                          "need an even count in [2, head_dim]")
-    if r != d and model_type not in _PARTIAL_DEFAULT and model_type != "gptj":
-        raise ValueError(f"{model_type} rotates whole heads, but {source} with RoPE type {kind!r} "
+    if r != d and arch.partial_rotary is None and arch.rotary_dim is None:
+        raise ValueError(f"{arch.model_type} rotates whole heads, but {source} with RoPE type {kind!r} "
                          f"gives {r} of {d} channels (transformers fails on this config too)")
     return RopeSpec(
         head_dim=d, rotary_dim=r, theta=p["rope_theta"],
-        pairing="interleaved" if model_type in _INTERLEAVED else "half",
+        pairing=arch.rope_pairing,
         rope_type=kind,
         factor=p.get("factor"),
         original_max_position_embeddings=p.get(_OMPE),

@@ -3,7 +3,8 @@ import json
 
 import pytest
 
-from edgerope.config import ARCHS, ConfigError, load_config, parse_config
+from edgerope import archs
+from edgerope.config import ConfigError, load_config, parse_config
 
 BASE = dict(vocab_size=100, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
             num_attention_heads=4)
@@ -14,7 +15,7 @@ def cfg(model_type, **kw):
 
 
 def test_every_arch_parses_with_minimal_keys():
-    for mt in ARCHS:
+    for mt in [a.model_type for a in archs.all_archs()]:
         extra = {"mistral": {"num_key_value_heads": 2}, "gemma3_text": {"num_key_value_heads": 2},
                  "gptj": {"rotary_dim": 8}}.get(mt, {})
         c = cfg(mt, **extra)

@@ -1,0 +1,24 @@
+"""StableLM (2): LayerNorm, gated SiLU MLP, partial RoPE on a prefix of 0.25 of each head,
+optional q/k biases (`use_qkv_bias`), one LayerNorm per head on q and k (`qk_layernorm`), and
+a parallel residual with the attention's normed input (`use_parallel_residual`)."""
+from .base import Arch, LLAMA_NAMES
+
+_L = "model.layers.{i}."
+
+
+def _adjust(cfg, flags):
+    flags["qk_norm"] = "layer_per_head" if cfg.get("qk_layernorm") else None
+    flags["qkv_bias"] = bool(cfg.get("use_qkv_bias"))
+    flags["residual"] = "parallel" if cfg.get("use_parallel_residual") else "sequential"
+
+
+ARCHS = (
+    Arch("stablelm", norm="layer", shared_norm=True, o_bias=False, partial_rotary=0.25,
+         max_positions=4096,
+         hf_names={**LLAMA_NAMES, "q_norm": _L + "self_attn.q_layernorm.norms.{h}",
+                   "k_norm": _L + "self_attn.k_layernorm.norms.{h}"},
+         defaults=dict(hidden_act="silu", layer_norm_eps=1e-5, tie_word_embeddings=False,
+                       use_qkv_bias=False, qk_layernorm=False, use_parallel_residual=False,
+                       max_position_embeddings=4096),
+         adjust=_adjust),
+)
