@@ -101,16 +101,29 @@ def layer_capacity(window: int | None, n_ctx: int, sinks: int) -> int:
 
 
 class KVCache:
-    """The per-layer caches of one session; `n_ctx` bounds positions on global layers."""
+    """The per-layer caches of one session; `n_ctx` bounds positions on global layers.
+
+    `layers[i]` is the cache layer i attends to. With KV sharing (Gemma 4) a layer that
+    reads another's cache has no cache of its own: `layers[i]` is its source's, and only the
+    `owned()` caches hold memory, store keys and shift."""
 
     def __init__(self, cfg, n_ctx: int, kv_type: str = "f32", sinks: int = 0):
         self.n_ctx, self.kv_type, self.sinks = n_ctx, kv_type, sinks
-        self.layers = []
+        self.layers: list[LayerCache] = []
         for i in range(cfg.num_hidden_layers):
+            src = cfg.kv_source[i]
+            if src != i:
+                self.layers.append(self.layers[src])
+                continue
             w = cfg.window(i)
             self.layers.append(LayerCache(layer_capacity(w, n_ctx, sinks),
-                                          cfg.num_key_value_heads, cfg.head_dim, w, kv_type,
-                                          sinks))
+                                          cfg.layer_kv_heads[i], cfg.layer_head_dims[i], w,
+                                          kv_type, sinks))
+        self._owned = [(i, c) for i, c in enumerate(self.layers) if cfg.kv_source[i] == i]
+
+    def owned(self) -> list[tuple[int, LayerCache]]:
+        """(layer, cache) of the layers that store keys (every layer without KV sharing)."""
+        return self._owned
 
     def check_room(self, p_end: int) -> None:
         if p_end > self.n_ctx:
@@ -118,25 +131,28 @@ class KVCache:
                                    f"{self.n_ctx} (raise --ctx-size, or allow --context-shift)")
 
     def clear(self) -> None:
-        for c in self.layers:
+        for _, c in self._owned:
             c.clear()
 
     @property
     def nbytes(self) -> int:
-        return sum(c.nbytes for c in self.layers)
+        return sum(c.nbytes for _, c in self._owned)
 
     @property
     def max_capacity(self) -> int:
-        return max(c.capacity for c in self.layers)
+        return max(c.capacity for _, c in self._owned)
 
     def describe(self) -> str:
         """One line: element type, slots per kind of layer, total memory."""
         kinds: dict = {}
-        for c in self.layers:
+        shared = len(self.layers) - len(self._owned)
+        for _, c in self._owned:
             key = ("sliding", c.capacity) if c.window else ("global", c.capacity)
             kinds[key] = kinds.get(key, 0) + 1
         parts = [f"{n} {kind} x {cap} slots" for (kind, cap), n in sorted(kinds.items())]
         sinks = f", {self.sinks} sinks" if self.sinks else ""
+        if shared:
+            parts.append(f"{shared} layers sharing them")
         return (f"KV cache {self.kv_type}: {', '.join(parts)}{sinks}; "
                 f"{self.nbytes / 2**20:.1f} MiB")
 
@@ -146,8 +162,11 @@ def kv_bytes(cfg, n_ctx: int, kv_type: str = "f32", sinks: int = 0) -> int:
     per = {"f32": 4, "f16": 2, "int8": 1}[kv_type]
     total = 0
     for i in range(cfg.num_hidden_layers):
+        if cfg.kv_source[i] != i:
+            continue  # reads another layer's cache
         S = layer_capacity(cfg.window(i), n_ctx, sinks)
-        total += 2 * S * cfg.num_key_value_heads * cfg.head_dim * per + 8 * S
+        Hkv, D = cfg.layer_kv_heads[i], cfg.layer_head_dims[i]
+        total += 2 * S * Hkv * D * per + 8 * S
         if kv_type == "int8":
-            total += 2 * S * cfg.num_key_value_heads * 4 * (-(-cfg.head_dim // KV_BLOCK))
+            total += 2 * S * Hkv * 4 * (-(-D // KV_BLOCK))
     return total

@@ -87,6 +87,21 @@ TEMPLATES = {
         "    {{'<start_of_turn>model\\n'}}\n"
         "{%- endif -%}\n"
     ),
+    # Gemma 4: turns as <|turn>role ... <turn|>, a system turn of its own, the reply opened
+    # with <|turn>model (the format of google/gemma-4 checkpoints' own templates, text only).
+    "gemma4": (
+        "{{ bos_token }}"
+        "{%- for message in messages -%}"
+        "{%- set role = 'model' if message['role'] == 'assistant' else message['role'] -%}"
+        "{{ '<|turn>' + role + '\n' }}"
+        "{%- if message['content'] is string -%}{{ message['content'] | trim }}"
+        "{%- else -%}{%- for item in message['content'] -%}"
+        "{%- if item['type'] == 'text' -%}{{ item['text'] | trim }}{%- endif -%}"
+        "{%- endfor -%}{%- endif -%}"
+        "{{ '<turn|>\n' }}"
+        "{%- endfor -%}"
+        "{%- if add_generation_prompt -%}{{ '<|turn>model\n' }}{%- endif -%}"
+    ),
     # ChatML (Qwen, many fine-tunes): every role verbatim, no BOS.
     "chatml": (
         "{% for message in messages %}"

@@ -23,8 +23,10 @@ from .kernels import ScaleRangeError
 from .linear import Linear, check_finite
 from .safetensors_mmap import Checkpoint, to_float32
 
-# Prefixes some checkpoints put before the names above (multimodal Gemma 3, ...).
-_PREFIXES = ("", "language_model.", "model.language_model.")
+# Where multimodal checkpoints (Gemma 3 / 4) put the text decoder's tensors: (start of the
+# name, its replacement): "language_model.model.layers..." (older transformers) or
+# "model.language_model.layers..." (transformers 5).
+_PREFIXES = (("", ""), ("", "language_model."), ("model.", "model.language_model."))
 
 
 @dataclass
@@ -40,8 +42,8 @@ class Norm:
 @dataclass
 class LayerWeights:
     attn_norm: Norm
-    wqkv: Linear            # rows: [q (Hq*D) | k (Hkv*D) | v (Hkv*D)]
-    wo: Linear
+    wqkv: Linear            # rows: [q (Hq*D) | k (Hkv*D) | v (Hkv*D)]; K = V layers: [q | k];
+    wo: Linear              # KV-sharing layers: q only
     w_in: Linear            # gated: [gate (I) | up (I)]; plain: fc1 (I)
     w_down: Linear
     ffn_norm: Norm | None = None
@@ -49,6 +51,45 @@ class LayerWeights:
     k_norm: Norm | None = None
     post_attn_norm: Norm | None = None
     post_ffn_norm: Norm | None = None
+    layer_scalar: float = 1.0  # Gemma 4: the layer's output stream is multiplied by it
+    # Gemma 4 per-layer input branch: gate (P, H), projection (H, P), post-norm
+    ple_gate: Linear | None = None
+    ple_out: Linear | None = None
+    ple_post_norm: Norm | None = None
+    moe: "MoEWeights | None" = None
+
+
+@dataclass
+class MoEWeights:
+    """Gemma 4's experts beside the dense MLP: router (E, H) on the scale-less-normed stream
+    times `router_scale` (H) and H^-1/2; chosen weights times `expert_scale` (E); expert e is a
+    GeGLU with `w_in[e]` ([gate | up], 2I x H) and `w_down[e]` (H x I)."""
+    router: Linear
+    router_scale: np.ndarray
+    expert_scale: np.ndarray
+    w_in: list[Linear]
+    w_down: list[Linear]
+    post_norm_1: Norm       # on the dense MLP's output
+    pre_norm_2: Norm        # on the experts' input
+    post_norm_2: Norm       # on the experts' output
+
+    @property
+    def router_in_scale(self) -> np.ndarray:
+        """router_scale * H^-1/2, the router input's scale (computed once)."""
+        s = self.__dict__.get("_in_scale")
+        if s is None:
+            s = self.__dict__["_in_scale"] = (self.router_scale
+                                              * np.float32(len(self.router_scale) ** -0.5))
+        return s
+
+
+@dataclass
+class PLEWeights:
+    """Gemma 4 per-layer inputs: `embed` (vocab_per_layer, layers x P) looked up and scaled by
+    sqrt(P), `proj` (layers x P, H) of the scaled token embedding times H^-1/2, `norm` (P)."""
+    embed: Linear
+    proj: Linear
+    norm: Norm
 
 
 @dataclass
@@ -57,6 +98,7 @@ class ModelWeights:
     layers: list[LayerWeights]
     out_norm: Norm
     lm_head: Linear         # may be the same object as `embed` (tied)
+    ple: PLEWeights | None = None
 
     @property
     def nbytes(self) -> int:
@@ -70,8 +112,16 @@ class ModelWeights:
     def linears(self):
         yield self.embed
         yield self.lm_head
+        if self.ple is not None:
+            yield from (self.ple.embed, self.ple.proj)
         for lw in self.layers:
             yield from (lw.wqkv, lw.wo, lw.w_in, lw.w_down)
+            if lw.ple_gate is not None:
+                yield from (lw.ple_gate, lw.ple_out)
+            if lw.moe is not None:
+                yield lw.moe.router
+                yield from lw.moe.w_in
+                yield from lw.moe.w_down
 
 
 class SafetensorsSource:
@@ -109,13 +159,22 @@ class _Reader:
     def __init__(self, src, names: dict[str, str], prefixes=_PREFIXES):
         self.src, self.names = src, names
         self.used: set[str] = set()  # tensors read (the rest are reported as unused)
-        self.prefix = next((p for p in prefixes if p + names["embed"] + ".weight" in src), None)
-        if self.prefix is None:
+        self.layout = next((p for p in prefixes if names["embed"].startswith(p[0])
+                            and self._apply(p, names["embed"]) + ".weight" in src), None)
+        if self.layout is None:
             raise WeightsError(f"{src.where}: tensor '{names['embed']}.weight' not found "
                                f"(is this a checkpoint of the configured architecture?)")
+        # a multimodal checkpoint: the text decoder's tensors start with this
+        self.prefix = self.layout[1]
+
+    @staticmethod
+    def _apply(layout, name):
+        old, new = layout
+        return new + name[len(old):] if name.startswith(old) else name
 
     def name(self, key, i=None, h=None, suffix="weight"):
-        return self.prefix + self.names[key].format(i=i, h=h) + "." + suffix
+        name = self._apply(self.layout, self.names[key].format(i=i, h=h))
+        return name if suffix is None else name + "." + suffix
 
     def has(self, key, i=None, suffix="weight", h=0):
         return key in self.names and self.name(key, i, h, suffix) in self.src
@@ -171,9 +230,8 @@ def load_weights(src, cfg: ModelConfig, dtype: str, names: dict[str, str] | None
     if isinstance(src, Checkpoint):
         src = SafetensorsSource(src)
     r = _Reader(src, names or archs.get(cfg.model_type).hf_names,
-                _PREFIXES if names is None else ("",))
-    H, I, V, D = cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size, cfg.head_dim
-    Hq, Hkv = cfg.num_attention_heads, cfg.num_key_value_heads
+                _PREFIXES if names is None else (("", ""),))
+    H, V, Hq = cfg.hidden_size, cfg.vocab_size, cfg.num_attention_heads
 
     def norm(key, n, i=None, kind=None, groups=1, per_head=False):
         kind = kind or cfg.norm
@@ -192,13 +250,19 @@ def load_weights(src, cfg: ModelConfig, dtype: str, names: dict[str, str] | None
     embed = r.linear("embed", (V, H), edtype)
     layers = []
     for i in _progress(cfg.num_hidden_layers, f"loading {os.path.basename(str(src.where))}"):
+        D, Hkv, I = cfg.layer_head_dims[i], cfg.layer_kv_heads[i], cfg.layer_ffn[i]
         if cfg.fused_qkv == "per_head":
             wqkv = r.linear("wqkv", (3 * Hq * D, H), dtype, i, cfg.qkv_bias,
                             perm=per_head_qkv_order(Hq, D))
         else:
-            wqkv = Linear.concat([r.linear("wq", (Hq * D, H), dtype, i, cfg.qkv_bias),
-                                  r.linear("wk", (Hkv * D, H), dtype, i, cfg.qkv_bias),
-                                  r.linear("wv", (Hkv * D, H), dtype, i, cfg.qkv_bias)])
+            parts = [r.linear("wq", (Hq * D, H), dtype, i, cfg.qkv_bias)]
+            if cfg.stores_kv(i):
+                parts.append(r.linear("wk", (Hkv * D, H), dtype, i, cfg.qkv_bias))
+                if not cfg.k_eq_v[i]:
+                    parts.append(r.linear("wv", (Hkv * D, H), dtype, i, cfg.qkv_bias))
+            else:  # checkpoints may still hold the unused K/V of a KV-sharing layer
+                r.used.update(r.name(k, i) for k in ("wk", "wv", "k_norm") if r.has(k, i))
+            wqkv = Linear.concat(parts) if len(parts) > 1 else parts[0]
         if cfg.mlp == "gated":
             if "w_gate_up" in r.names:
                 w_in = r.linear("w_gate_up", (2 * I, H), dtype, i, cfg.mlp_bias)
@@ -220,8 +284,24 @@ def load_weights(src, cfg: ModelConfig, dtype: str, names: dict[str, str] | None
         if cfg.qk_norm:
             per_head = cfg.qk_norm == "layer_per_head"
             lw.q_norm = norm("q_norm", D, i, cfg.qk_norm, Hq, per_head)
-            lw.k_norm = norm("k_norm", D, i, cfg.qk_norm, Hkv, per_head)
+            if cfg.stores_kv(i):
+                lw.k_norm = norm("k_norm", D, i, cfg.qk_norm, Hkv, per_head)
+        if cfg.layer_scalar:
+            lw.layer_scalar = float(r.array("layer_scalar", (1,), i, suffix=None)[0])
+        if cfg.ple_dim:
+            P = cfg.ple_dim
+            lw.ple_gate = r.linear("ple_gate", (P, H), dtype, i)
+            lw.ple_out = r.linear("ple_out", (H, P), dtype, i)
+            lw.ple_post_norm = norm("ple_post_norm", H, i)
+        if cfg.moe is not None:
+            lw.moe = _moe_weights(r, cfg, i, dtype, norm)
         layers.append(lw)
+    ple = None
+    if cfg.ple_dim:
+        LP = cfg.num_hidden_layers * cfg.ple_dim
+        ple = PLEWeights(embed=r.linear("ple_embed", (cfg.ple_vocab, LP), edtype),
+                         proj=r.linear("ple_proj", (LP, H), dtype),
+                         norm=norm("ple_norm", cfg.ple_dim))
     out_norm = norm("out_norm", H)
     # Tied heads share the embedding's arrays (transformers ties them even when a file also
     # stores an lm_head tensor).
@@ -230,10 +310,38 @@ def load_weights(src, cfg: ModelConfig, dtype: str, names: dict[str, str] | None
     unused = set(src.names()) - r.used
     if cfg.tie_word_embeddings:  # a stored copy of the tied head is harmless
         unused = {n for n in unused if not n.endswith(r.names["lm_head"] + ".weight")}
-    if r.prefix:  # a multimodal checkpoint: the other towers are not ours to report
-        unused = {n for n in unused if n.startswith(r.prefix)}
-    warn_unused(getattr(src, "label", src.where), unused, cfg.model_type)
-    return ModelWeights(embed=embed, layers=layers, out_norm=out_norm, lm_head=lm_head)
+    where = getattr(src, "label", src.where)
+    if r.prefix:  # a multimodal checkpoint: its other towers get one line of their own
+        others = {n for n in unused if not n.startswith(r.prefix)}
+        unused -= others
+        if others:
+            towers = sorted({".".join(n.split(".")[:2]) for n in others})
+            warnings.warn(f"{where}: {len(others)} tensors of {', '.join(towers)} not used: "
+                          f"edgerope runs the text decoder only", EdgeropeWarning, stacklevel=2)
+    warn_unused(where, unused, cfg.model_type)
+    return ModelWeights(embed=embed, layers=layers, out_norm=out_norm, lm_head=lm_head,
+                        ple=ple)
+
+
+def _moe_weights(r, cfg, i, dtype, norm) -> MoEWeights:
+    H, E, I = cfg.hidden_size, cfg.moe.num_experts, cfg.moe.intermediate_size
+    w_in = r.array("experts_in", (E, 2 * I, H), i, suffix=None)
+    w_down = r.array("experts_down", (E, H, I), i, suffix=None)
+    try:
+        experts_in = [Linear.from_float(w_in[e], dtype) for e in range(E)]
+        experts_down = [Linear.from_float(w_down[e], dtype) for e in range(E)]
+    except ScaleRangeError as e:
+        raise WeightsError(f"{r.src.where}: experts of layer {i}: {e}") from None
+    del w_in, w_down
+    # the router stays float32 (as llama.cpp keeps ffn_gate_inp): int8 rounding could change
+    # which experts a token gets
+    return MoEWeights(router=r.linear("router_proj", (E, H), "float32", i),
+                      router_scale=r.array("router_scale", (H,), i, suffix=None),
+                      expert_scale=r.array("router_expert_scale", (E,), i, suffix=None),
+                      w_in=experts_in, w_down=experts_down,
+                      post_norm_1=norm("post_ffn_norm_1", H, i),
+                      pre_norm_2=norm("pre_ffn_norm_2", H, i),
+                      post_norm_2=norm("post_ffn_norm_2", H, i))
 
 
 # Tensors checkpoints carry that no model reads: buffers older transformers saved (rotary

@@ -29,6 +29,15 @@ _ALIASES = {"n_embd": "hidden_size", "n_layer": "num_hidden_layers", "n_head": "
 
 
 @dataclass(frozen=True)
+class MoESpec:
+    """A mixture-of-experts block beside the dense MLP (Gemma 4 26B-A4B): `num_experts`
+    gated experts of width `intermediate_size`, `top_k` chosen per token."""
+    num_experts: int
+    top_k: int
+    intermediate_size: int
+
+
+@dataclass(frozen=True)
 class ModelConfig:
     """Everything the engine needs to build and run one model; Hugging Face field names."""
     model_type: str
@@ -63,15 +72,56 @@ class ModelConfig:
     rope: Mapping[str, RopeSpec] = field(hash=False, compare=True)
     bos_token_id: int | None = None
     eos_token_ids: tuple[int, ...] = ()
+    # Per-layer geometry; left empty, every layer gets the uniform values above. Gemma 4's
+    # full-attention layers have their own head size and KV heads, its KV-sharing layers a
+    # double-wide MLP.
+    layer_head_dims: tuple[int, ...] = ()
+    layer_kv_heads: tuple[int, ...] = ()
+    layer_ffn: tuple[int, ...] = ()
+    # KV sharing: the layer whose cache layer i attends to (i itself: it stores its own keys)
+    kv_source: tuple[int, ...] = ()
+    k_eq_v: tuple[bool, ...] = ()   # V is the raw K projection (no v_proj)
+    v_norm: bool = False            # scale-less RMSNorm on V (per head)
+    layer_scalar: bool = False      # each layer's output stream times a stored scalar
+    ple_dim: int = 0                # per-layer input embeddings (Gemma 4 PLE): width per layer
+    ple_vocab: int = 0              # rows of the per-layer embedding table
+    moe: "MoESpec | None" = None
+
+    def __post_init__(self):
+        n = self.num_hidden_layers
+        for name, value in (("layer_head_dims", self.head_dim),
+                            ("layer_kv_heads", self.num_key_value_heads),
+                            ("layer_ffn", self.intermediate_size),
+                            ("k_eq_v", False)):
+            if not getattr(self, name):
+                object.__setattr__(self, name, (value,) * n)
+        if not self.kv_source:
+            object.__setattr__(self, "kv_source", tuple(range(n)))
 
     # -- derived sizes -------------------------------------------------------------------
     @property
     def q_dim(self) -> int:
-        return self.num_attention_heads * self.head_dim
+        """Widest query projection of any layer (buffers are sized by it)."""
+        return max(self.num_attention_heads * d for d in self.layer_head_dims)
 
     @property
     def kv_dim(self) -> int:
-        return self.num_key_value_heads * self.head_dim
+        """Widest key projection of any layer."""
+        return max(h * d for h, d in zip(self.layer_kv_heads, self.layer_head_dims))
+
+    def q_dim_of(self, layer: int) -> int:
+        return self.num_attention_heads * self.layer_head_dims[layer]
+
+    def kv_dim_of(self, layer: int) -> int:
+        return self.layer_kv_heads[layer] * self.layer_head_dims[layer]
+
+    def stores_kv(self, layer: int) -> bool:
+        """False for a layer that reads another layer's KV cache (KV sharing)."""
+        return self.kv_source[layer] == layer
+
+    @property
+    def max_ffn(self) -> int:
+        return max(self.layer_ffn)
 
     @property
     def gqa_ratio(self) -> int:
@@ -199,6 +249,8 @@ def parse_config(raw: dict) -> ModelConfig:
         layer_types, window = default
         if layer_types is None:
             layer_types = ["full_attention"] * n_layers
+    if arch.fix_layer_types is not None and isinstance(layer_types, (list, tuple)):
+        layer_types = arch.fix_layer_types(layer_types)
     layer_types = tuple(layer_types)
     if len(layer_types) != n_layers:
         raise ConfigError(f"layer_types has {len(layer_types)} entries for "
@@ -224,6 +276,16 @@ def parse_config(raw: dict) -> ModelConfig:
         attn_scale, embed_scale = arch.scales(cfg, hidden, head_dim)
     else:
         attn_scale, embed_scale = head_dim ** -0.5, 1.0
+    extra = {}
+    if arch.geometry is not None:
+        try:
+            extra = arch.geometry(cfg, layer_types, {t: s.head_dim for t, s in rope.items()})
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+        for h in extra.get("layer_kv_heads", ()):
+            if h <= 0 or n_heads % h:
+                raise ConfigError(f"num_attention_heads ({n_heads}) is not a multiple of "
+                                  f"a layer's key-value heads ({h})")
 
     return ModelConfig(
         model_type=model_type, vocab_size=vocab, hidden_size=hidden, intermediate_size=inter,
@@ -245,4 +307,5 @@ def parse_config(raw: dict) -> ModelConfig:
         sliding_window=window, layer_types=layer_types, rope=rope,
         bos_token_id=cfg.get("bos_token_id") if isinstance(cfg.get("bos_token_id"), int) else None,
         eos_token_ids=_eos_list(cfg.get("eos_token_id")),
+        **extra,
     )

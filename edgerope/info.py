@@ -34,6 +34,18 @@ def file_size(path) -> int:
     return sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(path) for f in fs)
 
 
+def _ranges(idx: list[int]) -> str:
+    """[15, 16, 17, 20] -> "15-17, 20"."""
+    out, start = [], None
+    for k, i in enumerate(idx):
+        if start is None:
+            start = i
+        if k + 1 == len(idx) or idx[k + 1] != i + 1:
+            out.append(f"{start}-{i}" if i > start else f"{i}")
+            start = None
+    return ", ".join(out)
+
+
 def describe(model, n_ctx: int | None = None,
              kv_type: str = DEFAULT_KV_TYPE) -> list[tuple[str, str]]:
     """(label, value) rows for `edgerope info`; n_ctx: the context of the memory figures
@@ -48,13 +60,39 @@ def describe(model, n_ctx: int | None = None,
                 if model.dtype == "int8" else "")),
             ("layers", str(cfg.num_hidden_layers)), ("hidden size", str(cfg.hidden_size)),
             ("attention heads", f"{cfg.num_attention_heads} query / {cfg.num_key_value_heads} "
-                                f"key-value (GQA {cfg.gqa_ratio}:1), head dim {cfg.head_dim}"),
+                                f"key-value (GQA {cfg.gqa_ratio}:1), head dim {cfg.head_dim}"
+                                + (" (sliding layers)" if len(set(cfg.layer_head_dims)) > 1
+                                   else "")),
             ("vocabulary", str(cfg.vocab_size)),
             ("context (trained)", str(cfg.max_position_embeddings))]
     if cfg.sliding_window:
         n_sw = sum(t == "sliding_attention" for t in cfg.layer_types)
         rows.append(("sliding window", f"{cfg.sliding_window} on {n_sw} of "
                                        f"{cfg.num_hidden_layers} layers"))
+    if len(set(zip(cfg.layer_head_dims, cfg.layer_kv_heads))) > 1:
+        for lt in sorted(set(cfg.layer_types)):
+            idx = [i for i, t in enumerate(cfg.layer_types) if t == lt]
+            shapes = sorted({(cfg.layer_head_dims[i], cfg.layer_kv_heads[i]) for i in idx})
+            rows.append((f"attention ({lt.replace('_attention', '')})", "; ".join(
+                f"head dim {d}, {kv} key-value heads" for d, kv in shapes)
+                + f"{' (K = V)' if any(cfg.k_eq_v[i] for i in idx) else ''}, {len(idx)} layers"))
+    shared = [i for i in range(cfg.num_hidden_layers) if not cfg.stores_kv(i)]
+    if shared:
+        sources = sorted({cfg.kv_source[i] for i in shared})
+        rows.append(("KV sharing", f"layers {_ranges(shared)} read the KV cache of layer"
+                     f"{'s' if len(sources) > 1 else ''} "
+                     + ", ".join(f"{j} ({cfg.layer_types[j].replace('_attention', '')})"
+                                 for j in sources)
+                     + f"; the cache holds {cfg.num_hidden_layers - len(shared)} layers"))
+    if len(set(cfg.layer_ffn)) > 1:
+        rows.append(("feed-forward", ", ".join(f"{w} on {cfg.layer_ffn.count(w)} layers"
+                                               for w in sorted(set(cfg.layer_ffn)))))
+    if cfg.ple_dim:
+        rows.append(("per-layer embeddings", f"{cfg.ple_dim} per layer, "
+                                             f"{cfg.ple_vocab} rows"))
+    if cfg.moe is not None:
+        rows.append(("experts", f"{cfg.moe.top_k} of {cfg.moe.num_experts} per token, width "
+                                f"{cfg.moe.intermediate_size}, beside the dense MLP"))
     for lt in sorted(set(cfg.layer_types)):
         s = cfg.rope[lt]
         ia, _ = s.pairs()

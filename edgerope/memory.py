@@ -82,19 +82,30 @@ def weight_bytes(cfg, dtype: str) -> int | None:
     """Bytes of the weight matrices and biases of a model of this config held as `dtype`
     (what ModelWeights.nbytes reports once loaded); None for an unknown dtype."""
     from .checkpoint import EMBED_DTYPE
-    H, I, V = cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size
-    inner = I * (2 if cfg.mlp == "gated" else 1)
-    qkv = cfg.q_dim + 2 * cfg.kv_dim
+    H, V, Hq = cfg.hidden_size, cfg.vocab_size, cfg.num_attention_heads
+    gate = 2 if cfg.mlp == "gated" else 1
     edtype = EMBED_DTYPE.get(dtype, dtype)  # embedding and output matrices (int4: int8)
     sizes = [_matrix_bytes(V, H, edtype)] * (1 if cfg.tie_word_embeddings else 2)
-    sizes += [_matrix_bytes(n, k, dtype) for n, k in ((qkv, H), (H, cfg.q_dim), (inner, H),
-                                                     (H, I))] * cfg.num_hidden_layers
+    biases = V if cfg.lm_head_bias and not cfg.tie_word_embeddings else 0
+    P = cfg.ple_dim
+    if P:
+        LP = cfg.num_hidden_layers * P
+        sizes += [_matrix_bytes(cfg.ple_vocab, LP, edtype), _matrix_bytes(LP, H, dtype)]
+    for i in range(cfg.num_hidden_layers):
+        I, q = cfg.layer_ffn[i], cfg.q_dim_of(i)
+        kv = 0 if not cfg.stores_kv(i) else cfg.kv_dim_of(i) * (1 if cfg.k_eq_v[i] else 2)
+        sizes += [_matrix_bytes(n, k, dtype) for n, k in ((q + kv, H), (H, q), (gate * I, H),
+                                                         (H, I))]
+        if P:
+            sizes += [_matrix_bytes(P, H, dtype), _matrix_bytes(H, P, dtype)]
+        if cfg.moe is not None:
+            E, Ie = cfg.moe.num_experts, cfg.moe.intermediate_size
+            sizes += [4 * E * H] + [_matrix_bytes(2 * Ie, H, dtype),
+                                    _matrix_bytes(H, Ie, dtype)] * E
+        biases += ((q + kv) if cfg.qkv_bias else 0) + (H if cfg.o_bias else 0) + (
+            gate * I + H if cfg.mlp_bias else 0)
     if None in sizes:
         return None
-    per_layer_bias = (qkv if cfg.qkv_bias else 0) + (H if cfg.o_bias else 0) + (
-        inner + H if cfg.mlp_bias else 0)
-    biases = per_layer_bias * cfg.num_hidden_layers + (
-        V if cfg.lm_head_bias and not cfg.tie_word_embeddings else 0)
     return sum(sizes) + 4 * biases
 
 
@@ -106,10 +117,10 @@ def activation_bytes(cfg, n_ctx: int, n_batch: int = 512) -> int:
     """Float32 buffers of a session (edgerope.model._Buffers), int8 activation copies, the
     attention scratch and the last-token logits."""
     B = min(n_batch, n_ctx)
-    inner = cfg.intermediate_size * (2 if cfg.mlp == "gated" else 1)
-    per_row = (4 * cfg.hidden_size + 3 * cfg.q_dim + 4 * cfg.kv_dim + inner
-               + cfg.intermediate_size)
-    quantized = B * (cfg.hidden_size + cfg.q_dim + cfg.intermediate_size) * 5 // 4
+    inner = cfg.max_ffn * (2 if cfg.mlp == "gated" else 1)
+    per_row = (4 * cfg.hidden_size + 3 * cfg.q_dim + 4 * cfg.kv_dim + inner + cfg.max_ffn
+               + 2 * cfg.num_hidden_layers * cfg.ple_dim + cfg.ple_dim)
+    quantized = B * (cfg.hidden_size + cfg.q_dim + cfg.max_ffn) * 5 // 4
     return 4 * (B * per_row + cfg.vocab_size + 16 * (n_ctx + B + cfg.q_dim)) + quantized
 
 

@@ -54,7 +54,16 @@ class Model:
             raise ConfigError(f"unsupported hidden_act {config.hidden_act!r} "
                               f"(supported: {', '.join(sorted(K.ACT_KINDS))})")
         self._tables: dict = {}
+        self._units: dict = {}
         self._lock = threading.Lock()
+
+    def unit_norm(self, n: int) -> Norm:
+        """A scale-less RMSNorm over n channels (Gemma 4's v_norm and router norm)."""
+        u = self._units.get(n)
+        if u is None:
+            w = np.ones((1, n), np.float32)
+            u = self._units[n] = Norm("rms", w, np.zeros_like(w), self.config.norm_eps)
+        return u
 
     # -- RoPE tables, shared by sessions ---------------------------------------------------
     def rope_table(self, layer_type: str, n_pos: int):
@@ -92,21 +101,38 @@ class Model:
 
 
 class _Buffers:
-    """Every activation buffer of a session, for up to `B` tokens at once."""
+    """Every activation buffer of a session, for up to `B` tokens at once. Buffers whose width
+    differs between layers (Gemma 4: head sizes, KV heads, MLP widths) are flat, sized for the
+    widest layer; a layer takes a contiguous prefix view of its own shape (`view`)."""
 
     def __init__(self, cfg: ModelConfig, B: int, att_len: int):
-        H, D = cfg.hidden_size, cfg.head_dim
-        inner = 2 * cfg.intermediate_size if cfg.mlp == "gated" else cfg.intermediate_size
+        H, Hq = cfg.hidden_size, cfg.num_attention_heads
         f = np.float32
+        gate = 2 if cfg.mlp == "gated" else 1
         self.x, self.h = np.zeros((B, H), f), np.zeros((B, H), f)
         self.o, self.m = np.zeros((B, H), f), np.zeros((B, H), f)
-        self.qkv = np.zeros((B, cfg.q_dim + 2 * cfg.kv_dim), f)
-        self.q = np.zeros((B, cfg.num_attention_heads, D), f)
-        self.k = np.zeros((B, cfg.num_key_value_heads, D), f)
-        self.v = np.zeros((B, cfg.num_key_value_heads, D), f)
-        self.att = np.zeros((B, cfg.num_attention_heads, D), f)
-        self.inner = np.zeros((B, inner), f)
-        self.act = np.zeros((B, cfg.intermediate_size), f)
+        self.qkv = np.zeros(B * (cfg.q_dim + 2 * cfg.kv_dim), f)
+        self.q = np.zeros(B * cfg.q_dim, f)
+        self.k = np.zeros(B * cfg.kv_dim, f)
+        self.v = np.zeros(B * cfg.kv_dim, f)
+        self.att = np.zeros(B * cfg.q_dim, f)
+        self.inner = np.zeros(B * gate * cfg.max_ffn, f)
+        self.act = np.zeros(B * cfg.max_ffn, f)
+        # KV sharing: a producer's chunk keys/values, kept for the layers that read its cache
+        # (its own store waits until they ran, see Session._forward)
+        self.shared = {p: (np.zeros((B, cfg.layer_kv_heads[p], cfg.layer_head_dims[p]), f),
+                           np.zeros((B, cfg.layer_kv_heads[p], cfg.layer_head_dims[p]), f))
+                       for p in sorted(set(cfg.kv_source)) if cfg.kv_source.count(p) > 1}
+        if cfg.ple_dim:
+            LP = cfg.num_hidden_layers * cfg.ple_dim
+            self.ple, self.ple_proj = np.zeros((B, LP), f), np.zeros((B, LP), f)
+            self.ple_gate = np.zeros((B, cfg.ple_dim), f)
+        if cfg.moe is not None:
+            E, I = cfg.moe.num_experts, cfg.moe.intermediate_size
+            self.router_in, self.router = np.zeros((B, H), f), np.zeros((B, E), f)
+            self.expert_x, self.expert_y = np.zeros((B, H), f), np.zeros((B, H), f)
+            self.expert_in, self.expert_act = np.zeros((B, 2 * I), f), np.zeros((B, I), f)
+            self.moe_out = np.zeros((B, H), f)
         self.logits = np.zeros((1, cfg.vocab_size), f)
         self.logits_view = self.logits[0].view()
         self.logits_view.flags.writeable = False
@@ -115,6 +141,19 @@ class _Buffers:
         self.pos = np.zeros(B, np.int64)
         self.scratch = np.zeros((_ATT_CHUNKS, att_len), f)
         self.acts = Activations(B)  # int8-quantized matmul inputs
+        self._views: dict = {}
+
+    def view(self, name: str, *shape) -> np.ndarray:
+        """The contiguous prefix of flat buffer `name`, shaped (made once per shape: decoding
+        creates no array objects for it)."""
+        key = (name, shape)
+        v = self._views.get(key)
+        if v is None:
+            n = 1
+            for d in shape:
+                n *= d
+            v = self._views[key] = getattr(self, name)[:n].reshape(shape)
+        return v
 
 
 class Session:
@@ -144,7 +183,7 @@ class Session:
         self.buf = _Buffers(cfg, self.n_batch, self._att_len())
         self.tokens: list[int] = []
         self._rope = {t: model.rope_table(t, n_ctx) for t in set(cfg.layer_types)}
-        self._partner = {t: partners(cfg.head_dim, ia, ib)
+        self._partner = {t: partners(cfg.rope[t].head_dim, ia, ib)
                          for t, (_, _, ia, ib) in self._rope.items()}
         self.profiler = None  # an edgerope.profile.Profiler times every kernel call
 
@@ -196,7 +235,7 @@ class Session:
         for t, (_, _, ia, ib) in self._rope.items():
             cos, sin = cfg.rope[t].shift(-n, seq_len=self.pos)
             shifts[t] = (cos, sin, ia, ib)
-        for li, c in enumerate(self.cache.layers):
+        for li, c in self.cache.owned():
             c.shift(keep, n, *shifts[cfg.layer_types[li]])
         del self.tokens[keep:keep + n]
         self.n_shifted += n
@@ -241,55 +280,87 @@ class Session:
         T = len(ids)
         self._make_room(T)
         p0 = self.pos
-        Hq, Hkv, D = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
-        qd, kvd = cfg.q_dim, cfg.kv_dim
+        Hq = cfg.num_attention_heads
         b.ids[:T] = ids
         np.add(b.iota[:T], p0, out=b.pos[:T])
         pos = b.pos[:T]
         rope = self._rope_rows(pos)
         x, h, o, mo = b.x[:T], b.h[:T], b.o[:T], b.m[:T]
-        q, k, v, att = b.q[:T], b.k[:T], b.v[:T], b.att[:T]
-        qkv, inner, act = b.qkv[:T], b.inner[:T], b.act[:T]
         op = self._run()
         op("embed", W.embed.embed, x, b.ids[:T], cfg.embed_scale)
+        if W.ple is not None:
+            self._per_layer_inputs(op, W.ple, x, T)
         parallel = cfg.residual == "parallel"
+        deferred = []  # KV-sharing producers store after the layers that read them
         for li, lw in enumerate(W.layers):
-            op("norm", apply_norm, lw.attn_norm, h, x)
-            op("matmul.qkv", lw.wqkv, qkv, h, b.acts)
-            q.reshape(T, qd)[:] = qkv[:, :qd]
-            k.reshape(T, kvd)[:] = qkv[:, qd:qd + kvd]
-            v.reshape(T, kvd)[:] = qkv[:, qd + kvd:]
-            if lw.q_norm is not None:
-                qf, kf = q.reshape(T * Hq, D), k.reshape(T * Hkv, D)
-                op("norm", apply_norm, lw.q_norm, qf, qf)
-                op("norm", apply_norm, lw.k_norm, kf, kf)
+            D, Hkv, src = cfg.layer_head_dims[li], cfg.layer_kv_heads[li], cfg.kv_source[li]
+            qd, kvd = Hq * D, Hkv * D
+            q, att = b.view("q", T, Hq, D), b.view("att", T, Hq, D)
             cos, sin, ia, ib, rows = rope[cfg.layer_types[li]]
+            op("norm", apply_norm, lw.attn_norm, h, x)
+            if src == li:
+                if li in b.shared:
+                    k, v = b.shared[li][0][:T], b.shared[li][1][:T]
+                else:
+                    k, v = b.view("k", T, Hkv, D), b.view("v", T, Hkv, D)
+                kq_eq_v = cfg.k_eq_v[li]
+                qkv = b.view("qkv", T, qd + (1 if kq_eq_v else 2) * kvd)
+                op("matmul.qkv", lw.wqkv, qkv, h, b.acts)
+                q.reshape(T, qd)[:] = qkv[:, :qd]
+                k.reshape(T, kvd)[:] = qkv[:, qd:qd + kvd]
+                v.reshape(T, kvd)[:] = qkv[:, qd + kvd:] if not kq_eq_v else qkv[:, qd:]
+                if lw.q_norm is not None:
+                    qf, kf = q.reshape(T * Hq, D), k.reshape(T * Hkv, D)
+                    op("norm", apply_norm, lw.q_norm, qf, qf)
+                    op("norm", apply_norm, lw.k_norm, kf, kf)
+                if cfg.v_norm:
+                    vf = v.reshape(T * Hkv, D)
+                    op("norm", apply_norm, self.model.unit_norm(D), vf, vf)
+                op("rope", K.rope_apply, k, rows, cos, sin, ia, ib)
+            else:  # reads the cache (and this chunk's keys) of layer src
+                op("matmul.qkv", lw.wqkv, q.reshape(T, qd), h, b.acts)
+                if lw.q_norm is not None:
+                    qf = q.reshape(T * Hq, D)
+                    op("norm", apply_norm, lw.q_norm, qf, qf)
+                k, v = b.shared[src][0][:T], b.shared[src][1][:T]
             op("rope", K.rope_apply, q, rows, cos, sin, ia, ib)
-            op("rope", K.rope_apply, k, rows, cos, sin, ia, ib)
-            c = self.cache.layers[li]
+            c = self.cache.layers[src]
+            window = cfg.window(li) or 0
             if T == 1 and c.capacity > K.DECODE_SPLIT:  # long cache: parts in parallel
                 op("attention", K.attention_decode, att, q, c.k, c.v, c.ks, c.vs, c.pos, k, v,
-                   pos, cfg.attn_scale, c.window or 0, cfg.attn_softcap or 0.0, b.scratch,
+                   pos, cfg.attn_scale, window, cfg.attn_softcap or 0.0, b.scratch,
                    min(c.n, c.capacity))
             else:
                 op("attention", K.attention, att, q, c.k, c.v, c.ks, c.vs, c.pos, k, v, pos,
-                   cfg.attn_scale, c.window or 0, cfg.attn_softcap or 0.0, b.scratch)
-            op("kv store", c.store, k, v, pos, self._partner[cfg.layer_types[li]])
+                   cfg.attn_scale, window, cfg.attn_softcap or 0.0, b.scratch)
+            partner = self._partner[cfg.layer_types[li]]
+            if src == li and li in b.shared:
+                deferred.append((c, k, v, partner))
+            elif src == li:
+                op("kv store", c.store, k, v, pos, partner)
             op("matmul.o", lw.wo, o, att.reshape(T, qd), b.acts)
             if lw.post_attn_norm is not None:
                 op("norm", apply_norm, lw.post_attn_norm, o, o)
             if parallel:
                 if lw.ffn_norm is not None:
                     op("norm", apply_norm, lw.ffn_norm, h, x)
-                self._mlp(op, lw, mo, h, inner, act)
+                self._mlp(op, lw, mo, h, T, cfg.layer_ffn[li])
                 op("add", K.add, x, x, o)
             else:
                 op("add", K.add, x, x, o)
                 op("norm", apply_norm, lw.ffn_norm, h, x)
-                self._mlp(op, lw, mo, h, inner, act)
+                self._mlp(op, lw, mo, h, T, cfg.layer_ffn[li])
+                if lw.moe is not None:
+                    self._experts(op, lw.moe, mo, x, T)
                 if lw.post_ffn_norm is not None:
                     op("norm", apply_norm, lw.post_ffn_norm, mo, mo)
             op("add", K.add, x, x, mo)
+            if lw.ple_gate is not None:
+                self._per_layer_branch(op, lw, li, x, T)
+            if cfg.layer_scalar:
+                op("scale", np.multiply, x, lw.layer_scalar, x)
+        for c, k, v, partner in deferred:
+            op("kv store", c.store, k, v, pos, partner)
         self.tokens.extend(ids.tolist())
         if logits_out is not None:
             op("norm", apply_norm, W.out_norm, h[r0:], x[r0:])
@@ -307,6 +378,70 @@ class Session:
             last = None  # a chunk before the requested logits
         return last
 
+    def _per_layer_inputs(self, op, ple, x, T) -> None:
+        """Gemma 4 PLE: (table[ids] sqrt(P) + norm(x W_proj H^-1/2)) / sqrt(2), for every
+        layer at once (x: the scaled token embedding)."""
+        cfg, b = self.model.config, self.buf
+        P, H = cfg.ple_dim, cfg.hidden_size
+        pe, proj = b.ple[:T], b.ple_proj[:T]
+        op("embed", ple.embed.embed, pe, b.ids[:T], float(P) ** 0.5)
+        op("matmul.ple", ple.proj, proj, x, b.acts)
+        op("scale", np.multiply, proj, np.float32(H ** -0.5), proj)
+        flat = proj.reshape(T * cfg.num_hidden_layers, P)
+        op("norm", apply_norm, ple.norm, flat, flat)
+        op("add", K.add, pe, pe, proj)
+        op("scale", np.multiply, pe, np.float32(2 ** -0.5), pe)
+
+    def _per_layer_branch(self, op, lw, li, x, T) -> None:
+        """x += post_norm(W_out (gelu(W_gate x) * ple[layer]))."""
+        cfg, b = self.model.config, self.buf
+        P = cfg.ple_dim
+        g, out = b.ple_gate[:T], b.o[:T]
+        op("matmul.ple", lw.ple_gate, g, x, b.acts)
+        op("activation", K.act, g, g, self.model._act)
+        op("scale", np.multiply, g, b.ple[:T, li * P:(li + 1) * P], g)
+        op("matmul.ple", lw.ple_out, out, g, b.acts)
+        op("norm", apply_norm, lw.ple_post_norm, out, out)
+        op("add", K.add, x, x, out)
+
+    def _experts(self, op, moe, mo, x, T) -> None:
+        """Gemma 4 MoE beside the dense MLP: mo = post_norm_1(mo) + post_norm_2(experts).
+        The router reads the post-attention stream x: softmax over all experts, top-k,
+        renormalised, times the per-expert scales. Each chosen expert runs on the tokens that
+        chose it only (its weights are read once per chunk, never for tokens not routed)."""
+        cfg, b, model = self.model.config, self.buf, self.model
+        H, k = cfg.hidden_size, cfg.moe.top_k
+        op("norm", apply_norm, moe.post_norm_1, mo, mo)
+        r_in, logits = b.router_in[:T], b.router[:T]
+        op("norm", apply_norm, model.unit_norm(H), r_in, x)
+        op("scale", np.multiply, r_in, moe.router_in_scale, r_in)
+        # row by row: a GEMM sums in another order than a GEMV, and with int8 activations
+        # after it those last bits could grow, so decode and prefill route alike this way
+        for t in range(T):
+            op("matmul.router", moe.router, logits[t:t + 1], r_in[t:t + 1], b.acts)
+        top = np.argsort(-logits, axis=1, kind="stable")[:, :k]
+        probs = np.exp(logits - logits.max(axis=1, keepdims=True))
+        probs /= probs.sum(axis=1, keepdims=True)
+        w = np.take_along_axis(probs, top, axis=1)
+        w /= w.sum(axis=1, keepdims=True)
+        w *= moe.expert_scale[top]
+        h2, out = b.h[:T], b.moe_out[:T]
+        op("norm", apply_norm, moe.pre_norm_2, h2, x)
+        out[:] = 0.0
+        for e in np.unique(top).tolist():
+            rows, slot = np.nonzero(top == e)
+            n = len(rows)
+            xe, ye = b.expert_x[:n], b.expert_y[:n]
+            gu, act = b.expert_in[:n], b.expert_act[:n]
+            np.take(h2, rows, axis=0, out=xe)
+            op("matmul.experts", moe.w_in[e], gu, xe, b.acts)
+            op("activation", K.act_mul, act, gu, model._act)
+            op("matmul.experts", moe.w_down[e], ye, act, b.acts)
+            ye *= w[rows, slot][:, None]
+            out[rows] += ye
+        op("norm", apply_norm, moe.post_norm_2, out, out)
+        op("add", K.add, mo, mo, out)
+
     def _rope_rows(self, pos: np.ndarray) -> dict:
         """Per layer type: (cos, sin, ia, ib, rows) where rows index the cos/sin tables.
 
@@ -323,10 +458,14 @@ class Session:
                 out[t] = (cos, sin, ia, ib, pos)
         return out
 
-    def _mlp(self, op, lw, out, h, inner, act) -> None:
-        op("matmul.ffn_in", lw.w_in, inner, h, self.buf.acts)
-        if self.model.config.mlp == "gated":
+    def _mlp(self, op, lw, out, h, T, width) -> None:
+        b = self.buf
+        gated = self.model.config.mlp == "gated"
+        inner = b.view("inner", T, 2 * width if gated else width)
+        act = b.view("act", T, width)
+        op("matmul.ffn_in", lw.w_in, inner, h, b.acts)
+        if gated:
             op("activation", K.act_mul, act, inner, self.model._act)
         else:
             op("activation", K.act, act, inner, self.model._act)
-        op("matmul.ffn_down", lw.w_down, out, act, self.buf.acts)
+        op("matmul.ffn_down", lw.w_down, out, act, b.acts)

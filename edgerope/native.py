@@ -34,7 +34,8 @@ import time
 
 import numpy as np
 
-from .checkpoint import LayerWeights, ModelWeights, Norm, warn_unused
+from .checkpoint import (LayerWeights, ModelWeights, MoEWeights, Norm, PLEWeights,
+                         warn_unused)
 from .errors import WeightsError
 from .kernels import ScaleRangeError
 from .kernels import Q4_BLOCK_BYTES, Q8_BLOCK_BYTES, packed_shape
@@ -47,7 +48,9 @@ VERSION = 3
 # packed bytes per block a model of each dtype may hold (int4 models keep int8 embeddings)
 _BLOCK_BYTES = {"int8": (Q8_BLOCK_BYTES,), "int4": (Q4_BLOCK_BYTES, Q8_BLOCK_BYTES)}
 _LAYER_LINEARS = ("wqkv", "wo", "w_in", "w_down")
-_LAYER_NORMS = ("attn_norm", "ffn_norm", "q_norm", "k_norm", "post_attn_norm", "post_ffn_norm")
+_LAYER_NORMS = ("attn_norm", "ffn_norm", "q_norm", "k_norm", "post_attn_norm", "post_ffn_norm",
+                "ple_post_norm")
+_MOE_NORMS = ("post_norm_1", "pre_norm_2", "post_norm_2")
 
 
 def is_native(path: str) -> bool:
@@ -87,11 +90,29 @@ def native_tensors(W: ModelWeights) -> tuple[dict, dict, dict]:
     if W.lm_head is not W.embed:
         _put_linear(tensors, shapes, "lm_head", W.lm_head)
     _put_norm(tensors, kinds, "out_norm", W.out_norm)
+    if W.ple is not None:
+        _put_linear(tensors, shapes, "ple.embed", W.ple.embed)
+        _put_linear(tensors, shapes, "ple.proj", W.ple.proj)
+        _put_norm(tensors, kinds, "ple.norm", W.ple.norm)
     for i, lw in enumerate(W.layers):
-        for key in _LAYER_LINEARS:
-            _put_linear(tensors, shapes, f"layers.{i}.{key}", getattr(lw, key))
+        p = f"layers.{i}."
+        for key in _LAYER_LINEARS + ("ple_gate", "ple_out"):
+            if getattr(lw, key, None) is not None:
+                _put_linear(tensors, shapes, p + key, getattr(lw, key))
         for key in _LAYER_NORMS:
-            _put_norm(tensors, kinds, f"layers.{i}.{key}", getattr(lw, key))
+            _put_norm(tensors, kinds, p + key, getattr(lw, key))
+        if lw.layer_scalar != 1.0:
+            tensors[p + "layer_scalar"] = np.array([lw.layer_scalar], np.float32)
+        m = lw.moe
+        if m is not None:
+            _put_linear(tensors, shapes, p + "moe.router", m.router)
+            tensors[p + "moe.router_scale"] = np.ascontiguousarray(m.router_scale, np.float32)
+            tensors[p + "moe.expert_scale"] = np.ascontiguousarray(m.expert_scale, np.float32)
+            for e, (a, b) in enumerate(zip(m.w_in, m.w_down)):
+                _put_linear(tensors, shapes, f"{p}moe.w_in.{e}", a)
+                _put_linear(tensors, shapes, f"{p}moe.w_down.{e}", b)
+            for key in _MOE_NORMS:
+                _put_norm(tensors, kinds, f"{p}moe.{key}", getattr(m, key))
     return tensors, kinds, shapes
 
 
@@ -205,7 +226,7 @@ def load_native(ck: Checkpoint, cfg, dtype: str) -> ModelWeights:
         used.add(name)
         return ck.raw(name)
 
-    def lin(name) -> Linear:
+    def lin(name, keep_float: bool = False) -> Linear:
         bias = raw(name + ".bias") if name + ".bias" in ck else None
         if name + ".wp" in ck:
             if name not in shapes:
@@ -229,7 +250,7 @@ def load_native(ck: Checkpoint, cfg, dtype: str) -> ModelWeights:
                 wp = aligned_copy(wp)
             return Linear(wp=wp, wsp=wsp, shape=tuple(shapes[name]), bias=bias)
         if name + ".w" in ck:
-            if dtype != "float32":
+            if dtype != "float32" and not keep_float:
                 try:
                     return Linear.from_float(raw(name + ".w"), dtype, bias)
                 except ScaleRangeError as e:
@@ -247,15 +268,40 @@ def load_native(ck: Checkpoint, cfg, dtype: str) -> ModelWeights:
                 raise WeightsError(f"{path}: tensor '{name}{t}' holds NaN or infinite values")
         return Norm(kind, w, b, float(eps))
 
+    def vector(name, n) -> np.ndarray:
+        if name not in ck:
+            raise WeightsError(f"{path}: tensor '{name}' is missing")
+        a = raw(name)
+        if a.shape != (n,) or not np.isfinite(a).all():
+            raise WeightsError(f"{path}: tensor '{name}' must be {n} finite values")
+        return a
+
     embed = lin("embed")
     layers = []
     for i in range(cfg.num_hidden_layers):
         p = f"layers.{i}."
-        layers.append(LayerWeights(
+        lw = LayerWeights(
             attn_norm=norm(p + "attn_norm"), **{k: lin(p + k) for k in _LAYER_LINEARS},
-            **{k: norm(p + k) for k in _LAYER_NORMS if k != "attn_norm"}))
+            **{k: norm(p + k) for k in _LAYER_NORMS if k != "attn_norm"})
+        if cfg.layer_scalar and p + "layer_scalar" in ck:
+            lw.layer_scalar = float(vector(p + "layer_scalar", 1)[0])
+        if cfg.ple_dim:
+            lw.ple_gate, lw.ple_out = lin(p + "ple_gate"), lin(p + "ple_out")
+        if cfg.moe is not None:
+            E = cfg.moe.num_experts
+            lw.moe = MoEWeights(
+                router=lin(p + "moe.router", keep_float=True),  # float32, as at load
+                router_scale=vector(p + "moe.router_scale", cfg.hidden_size),
+                expert_scale=vector(p + "moe.expert_scale", E),
+                w_in=[lin(f"{p}moe.w_in.{e}") for e in range(E)],
+                w_down=[lin(f"{p}moe.w_down.{e}") for e in range(E)],
+                **{k: norm(f"{p}moe.{k}") for k in _MOE_NORMS})
+        layers.append(lw)
+    ple = None
+    if cfg.ple_dim:
+        ple = PLEWeights(embed=lin("ple.embed"), proj=lin("ple.proj"), norm=norm("ple.norm"))
     W = ModelWeights(embed=embed, layers=layers, out_norm=norm("out_norm"),
-                     lm_head=embed if meta.get("tied") else lin("lm_head"))
+                     lm_head=embed if meta.get("tied") else lin("lm_head"), ple=ple)
     _check_norms(W, cfg, path)
     _check_shapes(W, cfg, path)
     warn_unused(ck.files[0].path, set(ck.names()) - used, cfg.model_type)
@@ -271,6 +317,8 @@ def required_norms(cfg) -> tuple[str, ...]:
         need += ["post_attn_norm", "post_ffn_norm"]
     if cfg.qk_norm:
         need += ["q_norm", "k_norm"]
+    if cfg.ple_dim:
+        need.append("ple_post_norm")
     return tuple(need)
 
 
@@ -279,19 +327,40 @@ def _check_norms(W: ModelWeights, cfg, path: str) -> None:
         raise WeightsError(f"{path}: norm 'out_norm' is missing")
     for i, lw in enumerate(W.layers):
         for key in required_norms(cfg):
+            if key == "k_norm" and not cfg.stores_kv(i):
+                continue  # reads another layer's keys
             if getattr(lw, key) is None:
                 raise WeightsError(f"{path}: norm 'layers.{i}.{key}' is missing")
+        if lw.moe is not None and None in [getattr(lw.moe, k) for k in _MOE_NORMS]:
+            raise WeightsError(f"{path}: a norm of 'layers.{i}.moe' is missing")
+    if cfg.ple_dim and W.ple.norm is None:
+        raise WeightsError(f"{path}: norm 'ple.norm' is missing")
 
 
 def _check_shapes(W: ModelWeights, cfg, path: str) -> None:
-    H, V = cfg.hidden_size, cfg.vocab_size
-    inner = cfg.intermediate_size * (2 if cfg.mlp == "gated" else 1)
+    H, V, P = cfg.hidden_size, cfg.vocab_size, cfg.ple_dim
+    gate = 2 if cfg.mlp == "gated" else 1
     want = {"embed": (W.embed, (V, H)), "lm_head": (W.lm_head, (V, H))}
+    if P:
+        LP = cfg.num_hidden_layers * P
+        want["ple.embed"] = (W.ple.embed, (cfg.ple_vocab, LP))
+        want["ple.proj"] = (W.ple.proj, (LP, H))
     for i, lw in enumerate(W.layers):
-        want[f"layers.{i}.wqkv"] = (lw.wqkv, (cfg.q_dim + 2 * cfg.kv_dim, H))
-        want[f"layers.{i}.wo"] = (lw.wo, (H, cfg.q_dim))
-        want[f"layers.{i}.w_in"] = (lw.w_in, (inner, H))
-        want[f"layers.{i}.w_down"] = (lw.w_down, (H, cfg.intermediate_size))
+        q, I = cfg.q_dim_of(i), cfg.layer_ffn[i]
+        kv = 0 if not cfg.stores_kv(i) else cfg.kv_dim_of(i) * (1 if cfg.k_eq_v[i] else 2)
+        want[f"layers.{i}.wqkv"] = (lw.wqkv, (q + kv, H))
+        want[f"layers.{i}.wo"] = (lw.wo, (H, q))
+        want[f"layers.{i}.w_in"] = (lw.w_in, (gate * I, H))
+        want[f"layers.{i}.w_down"] = (lw.w_down, (H, I))
+        if P:
+            want[f"layers.{i}.ple_gate"] = (lw.ple_gate, (P, H))
+            want[f"layers.{i}.ple_out"] = (lw.ple_out, (H, P))
+        if lw.moe is not None:
+            E, Ie = cfg.moe.num_experts, cfg.moe.intermediate_size
+            want[f"layers.{i}.moe.router"] = (lw.moe.router, (E, H))
+            for e in range(E):
+                want[f"layers.{i}.moe.w_in.{e}"] = (lw.moe.w_in[e], (2 * Ie, H))
+                want[f"layers.{i}.moe.w_down.{e}"] = (lw.moe.w_down[e], (H, Ie))
     for name, (lin, shape) in want.items():
         got = (lin.out_features, lin.in_features)
         if got != shape:

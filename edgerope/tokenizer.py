@@ -34,7 +34,7 @@ _FROM_MODEL = object()  # sentinel: "take this id from the tokenizer model itsel
 
 # Control-token texts that end generation (llama.cpp's EOG list, src/llama-vocab.cpp).
 EOG_TEXTS = frozenset({"<|eot_id|>", "<|im_end|>", "<end_of_turn>", "<|end|>", "<|endoftext|>",
-                       "<|end_of_text|>", "<EOT>", "<|return|>", "<|eom_id|>"})
+                       "<|end_of_text|>", "<EOT>", "<|return|>", "<|eom_id|>", "<turn|>"})
 
 
 def _first_line(e: BaseException) -> str:

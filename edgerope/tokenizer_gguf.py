@@ -22,6 +22,7 @@ Special-token text (control, unknown and user-defined tokens) is split out by
 from __future__ import annotations
 
 import os
+import re
 from typing import Iterable
 
 import numpy as np
@@ -132,8 +133,12 @@ class BPETokenizer(Tokenizer):
             if isinstance(frag, int):
                 ids.append(frag)
             else:
-                ids += self.hf.encode(frag, add_special_tokens=False).ids
+                ids += self._encode_text(frag)
         return self._add_bos(ids, add_bos)
+
+    def _encode_text(self, text: str) -> list[int]:
+        """Ids of text without special-token text in it."""
+        return self.hf.encode(text, add_special_tokens=False).ids
 
     def _keep(self, ids):
         special, n = self.special_ids, self.vocab_size
@@ -165,6 +170,24 @@ class BPETokenizer(Tokenizer):
         os.makedirs(directory, exist_ok=True)
         self.hf.save(os.path.join(directory, "tokenizer.json"))
         _write_json(os.path.join(directory, "tokenizer_config.json"), self._config())
+
+
+class Gemma4Tokenizer(BPETokenizer):
+    """llama.cpp's `gemma4` vocabulary: as BPETokenizer, except that a run of newlines that is
+    a token of its own becomes that token, as llama.cpp does (its merges may not build it)."""
+
+    def _encode_text(self, text: str) -> list[int]:
+        ids: list[int] = []
+        for part in _NEWLINE_RUNS.split(text):
+            if not part:
+                continue
+            whole = self.hf.token_to_id(part) if part[0] == "\n" else None
+            ids += [whole] if whole is not None else self.hf.encode(
+                part, add_special_tokens=False).ids
+        return ids
+
+
+_NEWLINE_RUNS = re.compile(r"(\n+)")
 
 
 # --- GGUF vocabularies -------------------------------------------------------------------------
@@ -334,9 +357,9 @@ def _build(meta: _Vocab):
     tokens = meta.strings("tokenizer.ggml.tokens")
     if model is None or tokens is None:
         raise TokenizerError("GGUF file has no tokenizer (tokenizer.ggml.model / tokens missing)")
-    if model not in ("llama", "gpt2"):
+    if model not in ("llama", "gpt2", "gemma4"):
         raise TokenizerError(f"tokenizer.ggml.model: unsupported tokenizer {model!r} "
-                             "(supported: llama, gpt2)")
+                             "(supported: llama, gpt2, gemma4)")
     if not tokens:
         raise TokenizerError("tokenizer.ggml.tokens: empty vocabulary")
     tokens = [t if t else f"[EMPTY_{i}]" for i, t in enumerate(tokens)]  # as llama.cpp
@@ -379,11 +402,20 @@ def _build(meta: _Vocab):
                 chat_template=chat_template, chat_template_origin=origin)
         except TokenizerError as e:
             raise TokenizerError(f"tokenizer.ggml.tokens: {e}") from None
-    pre = meta.string("tokenizer.ggml.pre") or "default"
     merges = meta.strings("tokenizer.ggml.merges")
     if merges is None:
-        raise TokenizerError("tokenizer.ggml.merges: missing (a gpt2 vocabulary needs merges)")
+        raise TokenizerError(f"tokenizer.ggml.merges: missing (a {model} vocabulary needs "
+                             "merges)")
     pairs = _merge_pairs(merges, index)
+    if model == "gemma4":
+        # llama.cpp adds BOS for Gemma 4 whatever the file says
+        try:
+            hf = _hf_gemma4(tokens, index, pairs, types)
+        except Exception as e:  # noqa: BLE001 - the tokenizers library raises a bare Exception
+            raise TokenizerError(f"tokenizer.ggml.merges: {_first_line(e)}") from None
+        return Gemma4Tokenizer(hf, bos_id=ids["bos"], eos_ids=eos, add_bos_default=True,
+                               chat_template=chat_template, chat_template_origin=origin)
+    pre = meta.string("tokenizer.ggml.pre") or "default"
     regexes, ignore_merges = PRE_TOKENIZER_REGEXES.get(pre, PRE_TOKENIZER_REGEXES["default"])
     if pre not in PRE_TOKENIZER_REGEXES:
         meta.warn(f"unknown tokenizer.ggml.pre {pre!r}: using llama.cpp's 'default' "
@@ -593,15 +625,8 @@ def _proto_piece_types(blob: bytes) -> dict[int, int]:
 
 # --- byte-level BPE via the tokenizers library ------------------------------------------------
 
-def _hf_bpe(tokens, vocab, pairs, types, regexes, ignore_merges):
-    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers
-
-    bpe = models.BPE(vocab=vocab, merges=pairs, ignore_merges=ignore_merges)
-    tok = Tokenizer(bpe)
-    tok.pre_tokenizer = pre_tokenizers.Sequence(
-        [pre_tokenizers.Split(Regex(r), behavior="isolated") for r in regexes]
-        + [pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
-    tok.decoder = decoders.ByteLevel()
+def _added_tokens(tok, tokens, types):
+    from tokenizers import AddedToken
     types = np.asarray(types)
     special = [AddedToken(tokens[i], special=True, normalized=False)
                for i in np.flatnonzero((types == CONTROL) | (types == UNKNOWN)).tolist()]
@@ -611,4 +636,30 @@ def _hf_bpe(tokens, vocab, pairs, types, regexes, ignore_merges):
         tok.add_special_tokens(special)
     if user:
         tok.add_tokens(user)
+
+
+def _hf_gemma4(tokens, vocab, pairs, types):
+    """llama.cpp's `gemma4` vocabulary: BPE over raw UTF-8 (no GPT-2 byte alphabet), spaces
+    written as "▁", the text split only into lines and runs of newlines, bytes the vocabulary
+    lacks as <0xXX> tokens."""
+    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=pairs, byte_fallback=True))
+    tok.normalizer = normalizers.Replace(" ", "\u2581")
+    tok.pre_tokenizer = pre_tokenizers.Split(Regex(r"[^\n]+|[\n]+"), behavior="isolated")
+    tok.decoder = decoders.Sequence([decoders.Replace("\u2581", " "), decoders.ByteFallback(),
+                                     decoders.Fuse()])
+    _added_tokens(tok, tokens, types)
+    return tok
+
+
+def _hf_bpe(tokens, vocab, pairs, types, regexes, ignore_merges):
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+
+    bpe = models.BPE(vocab=vocab, merges=pairs, ignore_merges=ignore_merges)
+    tok = Tokenizer(bpe)
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.Split(Regex(r), behavior="isolated") for r in regexes]
+        + [pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    tok.decoder = decoders.ByteLevel()
+    _added_tokens(tok, tokens, types)
     return tok

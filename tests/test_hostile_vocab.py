@@ -70,7 +70,7 @@ ERRORS = {
                    "is not of the form <0xXX>"),
     "model-unknown": ("spm", _spoil("tokenizer.ggml.model", "bert", "STRING"),
                       "tokenizer.ggml.model: unsupported tokenizer 'bert' (supported: llama, "
-                      "gpt2)"),
+                      "gpt2, gemma4)"),
     "model-number": ("bpe", _spoil("tokenizer.ggml.model", 7, "UINT32"),
                      "tokenizer.ggml.model: expected a string, found an integer"),
     "pre-number": ("bpe", _spoil("tokenizer.ggml.pre", 7, "UINT32"),

@@ -45,6 +45,31 @@ CASES: dict[str, tuple[str, dict]] = {
                         pad_token_id=0)),
 }
 
+# Gemma 4 in the shapes of its releases (transformers' models/gemma4): E2B (4:1 sliding:full,
+# per-layer embeddings, the last layers sharing KV, double-wide MLP there), 31B (5:1, K = V on
+# full layers with their own KV heads) and 26B-A4B (31B's attention plus experts).
+_G4_ROPE = {"sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
+            "full_attention": {"rope_type": "proportional", "partial_rotary_factor": 0.25,
+                               "rope_theta": 1000000.0}}
+_G4 = dict(final_logit_softcapping=30.0, tie_word_embeddings=True, head_dim=16,
+           global_head_dim=32, sliding_window=8, rope_parameters=_G4_ROPE)
+CASES.update({
+    "gemma4-e2b": ("gemma4_text", dict(
+        _G4, num_hidden_layers=10, layer_types=(["sliding_attention"] * 4 + ["full_attention"]) * 2,
+        num_key_value_heads=1, num_kv_shared_layers=4, use_double_wide_mlp=True,
+        hidden_size_per_layer_input=8, vocab_size_per_layer_input=128)),
+    "gemma4-31b": ("gemma4_text", dict(
+        _G4, num_hidden_layers=6, layer_types=["sliding_attention"] * 5 + ["full_attention"],
+        num_key_value_heads=2, num_global_key_value_heads=1, attention_k_eq_v=True,
+        hidden_size_per_layer_input=0)),
+    "gemma4-a4b": ("gemma4_text", dict(
+        _G4, num_hidden_layers=6, intermediate_size=48,
+        layer_types=["sliding_attention"] * 5 + ["full_attention"],
+        num_key_value_heads=2, num_global_key_value_heads=1, attention_k_eq_v=True,
+        hidden_size_per_layer_input=0, enable_moe_block=True, num_experts=8, top_k_experts=2,
+        moe_intermediate_size=16)),
+})
+
 _LLAMA_ROPE = {
     "linear": {"rope_type": "linear", "factor": 2.0},
     "dynamic": {"rope_type": "dynamic", "factor": 2.0},
@@ -90,13 +115,26 @@ def build(name: str, out_dir: str, seed: int = 0):
             elif p.ndim == 1:
                 # norm weights in [0.5, 1.5]; Gemma stores w for a (1 + w) multiplier
                 p.copy_(0.5 + torch.rand(p.shape, generator=gen) - float(model_type == "gemma3_text"))
+                if model_type == "gemma4_text" and pname.endswith(("q_norm.weight",
+                                                                   "k_norm.weight")):
+                    # Gemma 4 scales attention logits by 1.0: its q/k norm weights carry the
+                    # 1/sqrt(head_dim) a trained model needs (random ones of size 1 make the
+                    # softmax a near-argmax that amplifies any rounding many times over)
+                    p.mul_(p.shape[0] ** -0.25)
             elif p is emb:
                 # unit-RMS token vectors (RMS sqrt(hidden) after Gemma's scale): a residual
                 # stream of the size trained models have, not one that the normalized outputs
                 # of Gemma's sandwich norms swamp
                 p.copy_(torch.randn(p.shape, generator=gen) * cfg.hidden_size ** -0.5)
+            elif pname.endswith("router.proj.weight"):
+                # a decisive router, as trained ones are: with initializer-range weights all
+                # experts score alike and any rounding reshuffles the top-k
+                p.copy_(torch.randn(p.shape, generator=gen) * 2.0)
             else:
                 p.copy_(torch.randn(p.shape, generator=gen) * 0.02)  # initializer_range
+        for bname, buf in model.named_buffers():
+            if bname.endswith("layer_scalar"):  # Gemma 4: a stored buffer, not a parameter
+                buf.copy_(0.5 + torch.rand(buf.shape, generator=gen))
     model.eval()
     os.makedirs(out_dir, exist_ok=True)
     model.save_pretrained(out_dir)

@@ -68,7 +68,9 @@ class Arch:
     `rotary_dim(cfg, head_dim)` -> (rotary channels, the key it came from) (GPT-J);
     `rope_head_dim(cfg, layer_type, per_layer_types, head_dim)` -> the head size of a layer
     type (Gemma 4's `global_head_dim`); `fix_layer_types(types)` -> the layer types the config
-    class really uses (Gemma 4 forces the last one to full attention).
+    class really uses (Gemma 4 forces the last one to full attention);
+    `geometry(cfg, layer_types, head_dims_by_type)` -> extra ModelConfig fields (per-layer
+    head sizes, KV heads and MLP widths, KV sharing, K = V, PLE, MoE: see ModelConfig).
     """
     model_type: str
     norm: str
@@ -99,6 +101,7 @@ class Arch:
     rotary_dim: Callable | None = None
     rope_head_dim: Callable | None = None
     fix_layer_types: Callable | None = None
+    geometry: Callable | None = None
 
     def flags(self) -> dict:
         """The forward-pass shape fields, as a dict `adjust` may change."""
