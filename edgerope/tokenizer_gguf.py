@@ -217,6 +217,20 @@ PRE_TOKENIZER_REGEXES: dict[str, tuple[list[str], bool]] = {
                                      "jina-v1-en", "jina-v2-code", "roberta-bpe", "a.x-4.0")},
     **{k: ([_QWEN2], False) for k in ("qwen2", "deepseek-r1-qwen", "stablelm2", "megrez",
                                       "hunyuan", "kormo")},
+    "qwen35": ([r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?"
+                r"[\p{L}\p{M}]+|\p{N}| ?[^\s\p{L}\p{M}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"],
+               False),
+    "falcon": ([r"[\p{P}\$\+<=>\^~\|`]+", _GPT2, r"[0-9][0-9][0-9]"], False),
+    # llama.cpp's regexes, character for character (escaped: the letter class is long)
+    "deepseek-llm": (['[\r\n]',
+                      '\\s?[A-Za-z\xb5\xc0-\xd6\xd8-\xf6\xf8-\u01ba\u01bc-\u01bf\u01c4-\u0293\u0295-\u02af\u0370-\u0373\u0376\u0377\u037b-\u037d\u037f\u0386\u0388-\u038a\u038c\u038e-\u03a1\u03a3-\u03f5\u03f7-\u0481\u048a-\u052f\u0531-\u0556\u10a0-\u10c5\u13a0-\u13f5\u13f8-\u13fd\u1c90-\u1cba\u1cbd-\u1cbf\u1d00-\u1d2b\u1d6b-\u1d77\u1d79-\u1d9a\u1e00-\u1f15\u1f18-\u1f1d\u1f20-\u1f45\u1f48-\u1f4d\u1f50-\u1f57\u1f59\u1f5b\u1f5d\u1f5f-\u1f7d\u1f80-\u1fb4\u1fb6-\u1fbc\u1fbe\u1fc2-\u1fc4\u1fc6-\u1fcc\u1fd0-\u1fd3\u1fd6-\u1fdb\u1fe0-\u1fec\u1ff2-\u1ff4\u1ff6-\u1ffc\u2102\u2107\u210a-\u2113\u2115\u2119-\u211d\u2124\u2126\u2128\u212a-\u212d\u212f-\u2134\u2139\u213c-\u213f\u2145-\u2149\u214e\u2183\u2184\u2c00-\u2c7b\u2c7e-\u2ce4\u2ceb-\u2cee\u2cf2\u2cf3\ua640-\ua66d\ua680-\ua69b\ua722-\ua76f\ua771-\ua787\ua78b-\ua78e\uab70-\uabbf\ufb00-\ufb06\ufb13-\ufb17\uff21-\uff3a\uff41-\uff5a\U00010400-\U0001044f\U000104b0-\U000104d3\U000104d8-\U000104fb\U00010c80-\U00010cb2\U00010cc0-\U00010cf2\U000118a0-\U000118df\U0001e900-\U0001e943]+',
+                      '\\s?[!-/:-~\uff01-\uff0f\uff1a-\uff5e\u2018-\u201f\u3000-\u3002]+',
+                      '\\s+$',
+                      '[\u4e00-\u9fa5\u0800-\u4e00\uac00-\ud7ff]+',
+                      '\\p{N}+'],
+                     False),
+    "deepseek-coder": ([r"[\r\n]", r"\s?\p{L}+", r"\s?\p{P}+", r"[一-龥ࠀ-一가-퟿]+", r"\p{N}"],
+                       False),
 }
 
 
@@ -424,9 +438,10 @@ def _build(meta: _Vocab):
         add_bos = pre in ("llama3", "llama-v3", "llama-bpe", "falcon3", "falcon-h1",
                           "pixtral", "midm-2.0", "lfm2", "tekken", "chameleon")
     try:
-        hf = _hf_bpe(tokens, index, pairs, types, regexes, ignore_merges)
+        hf = _hf_bpe(tokens, index, pairs, types, ignore_merges)
     except Exception as e:  # noqa: BLE001 - the tokenizers library raises a bare Exception
         raise TokenizerError(f"tokenizer.ggml.merges: {_first_line(e)}") from None
+    hf.pre_tokenizer = _pre_tokenizer(regexes)
     return BPETokenizer(hf, bos_id=ids["bos"], eos_ids=eos, add_bos_default=add_bos,
                         chat_template=chat_template, chat_template_origin=origin)
 
@@ -652,14 +667,20 @@ def _hf_gemma4(tokens, vocab, pairs, types):
     return tok
 
 
-def _hf_bpe(tokens, vocab, pairs, types, regexes, ignore_merges):
-    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+def _pre_tokenizer(regexes):
+    """llama.cpp's regexes in sequence (each splits what the previous left, matches kept),
+    then GPT-2's byte alphabet. The regexes are edgerope's own table: a failure is a bug."""
+    from tokenizers import Regex, pre_tokenizers
+    return pre_tokenizers.Sequence(
+        [pre_tokenizers.Split(Regex(r), behavior="isolated") for r in regexes]
+        + [pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+
+
+def _hf_bpe(tokens, vocab, pairs, types, ignore_merges):
+    from tokenizers import Tokenizer, decoders, models
 
     bpe = models.BPE(vocab=vocab, merges=pairs, ignore_merges=ignore_merges)
     tok = Tokenizer(bpe)
-    tok.pre_tokenizer = pre_tokenizers.Sequence(
-        [pre_tokenizers.Split(Regex(r), behavior="isolated") for r in regexes]
-        + [pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
     tok.decoder = decoders.ByteLevel()
     _added_tokens(tok, tokens, types)
     return tok

@@ -12,7 +12,9 @@ from edgerope.gguf_reader import GGUFFile
 from edgerope.tokenizer import tokenizer_from_gguf
 
 ROOT = os.environ.get("EDGEROPE_LLAMA_CPP")
-VOCABS = ["gemma-4"]
+# every decoder vocabulary the sdist ships (bert-bge is an encoder's WordPiece)
+VOCABS = ["command-r", "deepseek-coder", "deepseek-llm", "falcon", "gemma-4", "gpt-2",
+          "llama-bpe", "llama-spm", "mpt", "phi-3", "qwen2", "qwen35", "refact", "starcoder"]
 
 
 def _models():
