@@ -223,10 +223,12 @@ EMBED_DTYPE = {"int4": "int8"}  # weight dtype -> dtype of the embedding and out
 
 
 def load_weights(src, cfg: ModelConfig, dtype: str, names: dict[str, str] | None = None,
-                 norm_plus_one_stored: bool = False) -> ModelWeights:
+                 norm_plus_one_stored: bool = False, qkv_per_head: bool = True) -> ModelWeights:
     """Read every tensor the configured architecture needs from `src` (a Checkpoint or a
     source with the SafetensorsSource interface). `norm_plus_one_stored`: the file holds
-    Gemma's norm weights as 1 + w already (llama.cpp's GGUF conversion does that)."""
+    Gemma's norm weights as 1 + w already (llama.cpp's GGUF conversion does that).
+    `qkv_per_head`: a fused qkv of a per-head layout (GPT-NeoX, Persimmon) is stored as in
+    Hugging Face files; False: already as [all q | all k | all v] (llama.cpp's converter)."""
     if isinstance(src, Checkpoint):
         src = SafetensorsSource(src)
     r = _Reader(src, names or archs.get(cfg.model_type).hf_names,
@@ -253,7 +255,7 @@ def load_weights(src, cfg: ModelConfig, dtype: str, names: dict[str, str] | None
         D, Hkv, I = cfg.layer_head_dims[i], cfg.layer_kv_heads[i], cfg.layer_ffn[i]
         if cfg.fused_qkv == "per_head":
             wqkv = r.linear("wqkv", (3 * Hq * D, H), dtype, i, cfg.qkv_bias,
-                            perm=per_head_qkv_order(Hq, D))
+                            perm=per_head_qkv_order(Hq, D) if qkv_per_head else None)
         else:
             parts = [r.linear("wq", (Hq * D, H), dtype, i, cfg.qkv_bias)]
             if cfg.stores_kv(i):

@@ -93,11 +93,16 @@ def gguf_config_dict(g: GGUFFile) -> dict:
         num_hidden_layers=need("block_count"), num_attention_heads=n_head,
         num_key_value_heads=opt("attention.head_count_kv", n_head),
         head_dim=head_dim, max_position_embeddings=need("context_length"),
-        rms_norm_eps=need("attention.layer_norm_rms_epsilon", float),
         tie_word_embeddings="output.weight" not in g.tensors,
         bos_token_id=_number(g, "tokenizer.ggml.bos_token_id", int, None, positive=False),
         eos_token_id=_number(g, "tokenizer.ggml.eos_token_id", int, None, positive=False),
     )
+    rms_eps = opt("attention.layer_norm_rms_epsilon", kind=float)
+    ln_eps = opt("attention.layer_norm_epsilon", kind=float)
+    if rms_eps is None and ln_eps is None:
+        need("attention.layer_norm_rms_epsilon", float)  # the usual key, named as missing
+    raw.update({k: v for k, v in (("rms_norm_eps", rms_eps), ("layer_norm_eps", ln_eps))
+                if v is not None})
     theta = opt("rope.freq_base", 10000.0, float)
     rope = {"rope_type": "default", "rope_theta": theta}
     scaling = g.get(f"{arch}.rope.scaling.type")
@@ -110,20 +115,41 @@ def gguf_config_dict(g: GGUFFile) -> dict:
             rope["original_max_position_embeddings"] = int(ompe)
     if "rope_freqs.weight" in g.tensors:
         raise ConfigError(f"{g.path}: per-frequency RoPE factors (rope_freqs) are not supported")
-    rot = opt("rope.dimension_count")
-    if rot is not None and rot != head_dim:
-        raise ConfigError(f"{g.path}: partial RoPE ({rot} of {head_dim} channels) is not "
-                          f"supported for GGUF architecture {arch!r}")
-    spec.gguf.config(_Meta(need, opt, rope), raw)
+    rot = opt("rope.dimension_count") or head_dim
+    if rot > head_dim or rot % 2:
+        raise ConfigError(f"{g.path}: metadata key '{arch}.rope.dimension_count' must be an "
+                          f"even number up to the head size {head_dim}, found {rot}")
+    try:
+        spec.gguf.config(_Meta(g, arch, need, opt, rope, rot, head_dim), raw)
+    except ValueError as e:
+        raise ConfigError(f"{g.path}: {e}") from None
     return raw
 
 
 class _Meta:
-    """What an architecture's GGUF hook reads: metadata keys (without the `<arch>.` prefix),
-    checked as `_number` does, and the file's RoPE parameters."""
+    """What an architecture's GGUF hook reads: metadata keys without the `<arch>.` prefix
+    (`need`, `opt`: checked as `_number` does; `flag`: a bool), the file's RoPE parameters
+    (`rope`), rotary channels (`rot`, of `head_dim`) and which tensors it holds (`has`)."""
 
-    def __init__(self, need, opt, rope):
-        self.need, self.opt, self.rope = need, opt, rope
+    def __init__(self, g, arch, need, opt, rope, rot, head_dim):
+        self.g, self.arch, self.need, self.opt = g, arch, need, opt
+        self.rope, self.rot, self.head_dim = rope, rot, head_dim
+
+    def has(self, name: str) -> bool:
+        return name in self.g.tensors
+
+    def flag(self, key: str, default: bool) -> bool:
+        v = self.g.get(f"{self.arch}.{key}")
+        if v is None:
+            return default
+        if not isinstance(v, (bool, np.bool_)):
+            raise ValueError(f"metadata key '{self.arch}.{key}' should be a bool, found "
+                             f"{_kind(v)}")
+        return bool(v)
+
+    def partial_rope(self) -> dict:
+        """The file's RoPE parameters with the rotary share of each head."""
+        return dict(self.rope, partial_rotary_factor=self.rot / self.head_dim)
 
 
 class GGUFSource:
@@ -199,5 +225,6 @@ def load_gguf(path: str, dtype: str = "int8"):
         raise ConfigError(msg if msg.startswith(g.path) else f"{g.path}: {msg}") from None
     spec = archs.get(cfg.model_type).gguf
     weights = load_weights(GGUFSource(g, cfg), cfg, dtype, names=spec.names,
-                           norm_plus_one_stored=spec.norm_plus_one_stored)
+                           norm_plus_one_stored=spec.norm_plus_one_stored,
+                           qkv_per_head=False)  # llama.cpp stores fused q|k|v concatenated
     return cfg, weights, g

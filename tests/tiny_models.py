@@ -95,13 +95,14 @@ for _name, _rp in _LLAMA_ROPE.items():
         CASES[f"{_arch}-{_name}"] = (CASES[_arch][0], kw)
 
 
-def build(name: str, out_dir: str, seed: int = 0):
-    """Create, randomise and save tiny model `name`; returns the transformers model (eval)."""
+def build(name: str, out_dir: str, seed: int = 0, **overrides):
+    """Create, randomise and save tiny model `name` (config keys in `overrides` replace the
+    case's); returns the transformers model (eval)."""
     import torch
     import transformers
 
     model_type, kw = CASES[name]
-    cfg_kw = dict(BASE, **kw)
+    cfg_kw = {**BASE, **kw, **overrides}
     cfg = transformers.AutoConfig.for_model(model_type, **cfg_kw)
     cfg._attn_implementation = "eager"
     torch.manual_seed(seed)

@@ -43,8 +43,9 @@ def _gguf(meta, raw):
                sliding_window=meta.need("attention.sliding_window"),
                final_logit_softcapping=meta.opt("final_logit_softcapping", kind=float,
                                                 positive=False),
-               rope_parameters={"sliding_attention": {"rope_type": "default",
-                                                      "rope_theta": 10000.0},
+               rope_parameters={"sliding_attention": {
+                   "rope_type": "default",
+                   "rope_theta": meta.opt("rope.freq_base_swa", 10000.0, float)},
                                 "full_attention": meta.rope})
 
 

@@ -4,7 +4,13 @@ from .base import Arch, GGUFArch, LLAMA_NAMES
 
 
 def _gguf(meta, raw):
-    raw.update(model_type="llama", hidden_act="silu", rope_parameters=meta.rope)
+    if meta.rot != meta.head_dim:
+        raise ValueError(f"partial RoPE ({meta.rot} of {meta.head_dim} channels) in a llama "
+                         "file: llama rotates whole heads")
+    # llama.cpp's llama architecture has no sliding window: a Mistral file runs without one
+    raw.update(model_type="llama", hidden_act="silu", rope_parameters=meta.rope,
+               attention_bias=meta.has("blk.0.attn_q.bias"),
+               mlp_bias=meta.has("blk.0.ffn_up.bias"))
 
 
 def _mistral_layers(cfg, n_layers, window):

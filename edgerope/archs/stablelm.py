@@ -1,7 +1,7 @@
 """StableLM (2): LayerNorm, gated SiLU MLP, partial RoPE on a prefix of 0.25 of each head,
 optional q/k biases (`use_qkv_bias`), one LayerNorm per head on q and k (`qk_layernorm`), and
 a parallel residual with the attention's normed input (`use_parallel_residual`)."""
-from .base import Arch, LLAMA_NAMES
+from .base import Arch, GGUFArch, LLAMA_NAMES
 
 _L = "model.layers.{i}."
 
@@ -12,6 +12,14 @@ def _adjust(cfg, flags):
     flags["residual"] = "parallel" if cfg.get("use_parallel_residual") else "sequential"
 
 
+def _gguf(meta, raw):
+    if meta.has("blk.0.attn_q_norm.weight"):
+        raise ValueError("per-head q/k LayerNorms in a stablelm file are not supported")
+    raw.update(model_type="stablelm", hidden_act="silu", qk_layernorm=False,
+               use_qkv_bias=meta.has("blk.0.attn_q.bias"), rope_parameters=meta.partial_rope(),
+               use_parallel_residual=meta.flag("use_parallel_residual", False))
+
+
 ARCHS = (
     Arch("stablelm", norm="layer", shared_norm=True, o_bias=False, partial_rotary=0.25,
          max_positions=4096,
@@ -20,5 +28,5 @@ ARCHS = (
          defaults=dict(hidden_act="silu", layer_norm_eps=1e-5, tie_word_embeddings=False,
                        use_qkv_bias=False, qk_layernorm=False, use_parallel_residual=False,
                        max_position_embeddings=4096),
-         adjust=_adjust),
+         adjust=_adjust, gguf=GGUFArch("stablelm", _gguf)),
 )

