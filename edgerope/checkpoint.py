@@ -41,7 +41,7 @@ class Norm:
 
 @dataclass
 class LayerWeights:
-    attn_norm: Norm
+    attn_norm: Norm | None  # None: no norm before attention (OLMo 2)
     wqkv: Linear            # rows: [q (Hq*D) | k (Hkv*D) | v (Hkv*D)]; K = V layers: [q | k];
     wo: Linear              # KV-sharing layers: q only
     w_in: Linear            # gated: [gate (I) | up (I)]; plain: fc1 (I)
@@ -173,8 +173,12 @@ class _Reader:
         return new + name[len(old):] if name.startswith(old) else name
 
     def name(self, key, i=None, h=None, suffix="weight"):
-        name = self._apply(self.layout, self.names[key].format(i=i, h=h))
-        return name if suffix is None else name + "." + suffix
+        names = self.names[key]
+        for pattern in (names if isinstance(names, tuple) else (names,)):
+            name = self._apply(self.layout, pattern.format(i=i, h=h))
+            name = name if suffix is None else name + "." + suffix
+            if name in self.src or pattern is names[-1] or isinstance(names, str):
+                return name
 
     def has(self, key, i=None, suffix="weight", h=0):
         return key in self.names and self.name(key, i, h, suffix) in self.src
@@ -210,6 +214,15 @@ class _Reader:
 def per_head_qkv_order(n_heads: int, head_dim: int) -> np.ndarray:
     """Row order turning a fused qkv laid out per head as [h][q|k|v][D] into [q | k | v]."""
     return np.arange(3 * n_heads * head_dim).reshape(n_heads, 3, head_dim).swapaxes(0, 1).ravel()
+
+
+def per_group_qkv_order(n_heads: int, n_kv: int, head_dim: int) -> np.ndarray:
+    """Row order turning a fused qkv laid out per KV group as [g][q of its heads | k | v][D]
+    into [q | k | v]."""
+    r = n_heads // n_kv
+    rows = np.arange((n_heads + 2 * n_kv) * head_dim).reshape(n_kv, r + 2, head_dim)
+    return np.concatenate([rows[:, :r].reshape(-1), rows[:, r].reshape(-1),
+                           rows[:, r + 1].reshape(-1)])
 
 
 def _progress(n: int, desc: str):
@@ -256,6 +269,11 @@ def load_weights(src, cfg: ModelConfig, dtype: str, names: dict[str, str] | None
         if cfg.fused_qkv == "per_head":
             wqkv = r.linear("wqkv", (3 * Hq * D, H), dtype, i, cfg.qkv_bias,
                             perm=per_head_qkv_order(Hq, D) if qkv_per_head else None)
+        elif cfg.fused_qkv == "concat":  # one matrix, rows [q | k | v] (Phi-3, Falcon 7B)
+            wqkv = r.linear("wqkv", ((Hq + 2 * Hkv) * D, H), dtype, i, cfg.qkv_bias)
+        elif cfg.fused_qkv == "per_group":  # Falcon 40B: per KV group [queries | k | v]
+            wqkv = r.linear("wqkv", ((Hq + 2 * Hkv) * D, H), dtype, i, cfg.qkv_bias,
+                            perm=per_group_qkv_order(Hq, Hkv, D))
         else:
             parts = [r.linear("wq", (Hq * D, H), dtype, i, cfg.qkv_bias)]
             if cfg.stores_kv(i):
@@ -275,15 +293,18 @@ def load_weights(src, cfg: ModelConfig, dtype: str, names: dict[str, str] | None
         else:
             w_in = r.linear("w_fc1", (I, H), dtype, i, cfg.mlp_bias)
             w_down = r.linear("w_fc2", (H, I), dtype, i, cfg.mlp_bias)
-        lw = LayerWeights(attn_norm=norm("attn_norm", H, i), wqkv=wqkv,
-                          wo=r.linear("wo", (H, Hq * D), dtype, i, cfg.o_bias),
+        lw = LayerWeights(attn_norm=norm("attn_norm", H, i) if cfg.pre_norm else None,
+                          wqkv=wqkv, wo=r.linear("wo", (H, Hq * D), dtype, i, cfg.o_bias),
                           w_in=w_in, w_down=w_down)
-        if cfg.residual == "sequential" or not cfg.shared_norm:
+        if cfg.pre_norm and (cfg.residual == "sequential" or not cfg.shared_norm):
             lw.ffn_norm = norm("ffn_norm", H, i)
         if cfg.sandwich:
             lw.post_attn_norm = norm("post_attn_norm", H, i)
             lw.post_ffn_norm = norm("post_ffn_norm", H, i)
-        if cfg.qk_norm:
+        if cfg.qk_norm == "rms_full":  # one norm over all heads' channels
+            lw.q_norm = norm("q_norm", Hq * D, i, "rms")
+            lw.k_norm = norm("k_norm", Hkv * D, i, "rms")
+        elif cfg.qk_norm:
             per_head = cfg.qk_norm == "layer_per_head"
             lw.q_norm = norm("q_norm", D, i, cfg.qk_norm, Hq, per_head)
             if cfg.stores_kv(i):

@@ -81,18 +81,22 @@ class ModelConfig:
     # KV sharing: the layer whose cache layer i attends to (i itself: it stores its own keys)
     kv_source: tuple[int, ...] = ()
     k_eq_v: tuple[bool, ...] = ()   # V is the raw K projection (no v_proj)
+    rope_layers: tuple[bool, ...] = ()  # False: the layer has no RoPE (SmolLM3's NoPE layers)
     v_norm: bool = False            # scale-less RMSNorm on V (per head)
     layer_scalar: bool = False      # each layer's output stream times a stored scalar
     ple_dim: int = 0                # per-layer input embeddings (Gemma 4 PLE): width per layer
     ple_vocab: int = 0              # rows of the per-layer embedding table
     moe: "MoESpec | None" = None
+    pre_norm: bool = True           # False: no norm before attention and MLP (OLMo 2)
+    residual_scale: float = 1.0     # sublayer outputs times this before the residual add
+    logit_scale: float = 1.0        # logits divided by this (Granite)
 
     def __post_init__(self):
         n = self.num_hidden_layers
         for name, value in (("layer_head_dims", self.head_dim),
                             ("layer_kv_heads", self.num_key_value_heads),
                             ("layer_ffn", self.intermediate_size),
-                            ("k_eq_v", False)):
+                            ("k_eq_v", False), ("rope_layers", True)):
             if not getattr(self, name):
                 object.__setattr__(self, name, (value,) * n)
         if not self.kv_source:
@@ -211,6 +215,8 @@ def parse_config(raw: dict) -> ModelConfig:
     for old, new in _ALIASES.items():
         if old in raw or (old in cfg and new not in raw):
             cfg[new] = cfg[old]  # the architecture's own key name wins over a generic one
+    if arch.prepare is not None:
+        arch.prepare(cfg)
 
     hidden = _positive_int(cfg, "hidden_size")
     n_layers = _positive_int(cfg, "num_hidden_layers")
@@ -297,15 +303,17 @@ def parse_config(raw: dict) -> ModelConfig:
         qkv_bias=_flag(flags["qkv_bias"], attention_bias),
         o_bias=_flag(flags["o_bias"], attention_bias),
         mlp_bias=_flag(flags["mlp_bias"], bool(cfg.get("mlp_bias", False))),
-        lm_head_bias=flags["lm_head_bias"],
+        lm_head_bias=flags["lm_head_bias"], pre_norm=flags["pre_norm"],
         tie_word_embeddings=bool(cfg.get("tie_word_embeddings")),
         embed_scale=embed_scale, attn_scale=attn_scale,
         # Gemma 3 carries attn_logit_softcapping but its reference attention never applies it
-        # (released configs set it to null); no other supported architecture has one.
-        attn_softcap=None,
+        # (released configs set it to null); Gemma 2's does.
+        attn_softcap=(cfg.get("attn_logit_softcapping") or None) if arch.attn_softcap else None,
         final_softcap=cfg.get("final_logit_softcapping"),
         sliding_window=window, layer_types=layer_types, rope=rope,
         bos_token_id=cfg.get("bos_token_id") if isinstance(cfg.get("bos_token_id"), int) else None,
         eos_token_ids=_eos_list(cfg.get("eos_token_id")),
+        residual_scale=float(cfg[arch.residual_scale]) if arch.residual_scale else 1.0,
+        logit_scale=float(cfg[arch.logit_scale]) if arch.logit_scale else 1.0,
         **extra,
     )

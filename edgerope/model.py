@@ -235,8 +235,12 @@ class Session:
         for t, (_, _, ia, ib) in self._rope.items():
             cos, sin = cfg.rope[t].shift(-n, seq_len=self.pos)
             shifts[t] = (cos, sin, ia, ib)
+        no_pairs = np.zeros(0, np.int64)
         for li, c in self.cache.owned():
-            c.shift(keep, n, *shifts[cfg.layer_types[li]])
+            cos, sin, ia, ib = shifts[cfg.layer_types[li]]
+            if not cfg.rope_layers[li]:  # NoPE keys carry no rotation to undo
+                ia = ib = no_pairs
+            c.shift(keep, n, cos, sin, ia, ib)
         del self.tokens[keep:keep + n]
         self.n_shifted += n
 
@@ -297,7 +301,10 @@ class Session:
             qd, kvd = Hq * D, Hkv * D
             q, att = b.view("q", T, Hq, D), b.view("att", T, Hq, D)
             cos, sin, ia, ib, rows = rope[cfg.layer_types[li]]
-            op("norm", apply_norm, lw.attn_norm, h, x)
+            if lw.attn_norm is not None:
+                op("norm", apply_norm, lw.attn_norm, h, x)
+            else:
+                op("add", np.copyto, h, x)
             if src == li:
                 if li in b.shared:
                     k, v = b.shared[li][0][:T], b.shared[li][1][:T]
@@ -309,21 +316,25 @@ class Session:
                 q.reshape(T, qd)[:] = qkv[:, :qd]
                 k.reshape(T, kvd)[:] = qkv[:, qd:qd + kvd]
                 v.reshape(T, kvd)[:] = qkv[:, qd + kvd:] if not kq_eq_v else qkv[:, qd:]
-                if lw.q_norm is not None:
-                    qf, kf = q.reshape(T * Hq, D), k.reshape(T * Hkv, D)
+                if lw.q_norm is not None:  # per head, or over the whole projection
+                    full = cfg.qk_norm == "rms_full"
+                    qf = q.reshape(T, qd) if full else q.reshape(T * Hq, D)
+                    kf = k.reshape(T, kvd) if full else k.reshape(T * Hkv, D)
                     op("norm", apply_norm, lw.q_norm, qf, qf)
                     op("norm", apply_norm, lw.k_norm, kf, kf)
                 if cfg.v_norm:
                     vf = v.reshape(T * Hkv, D)
                     op("norm", apply_norm, self.model.unit_norm(D), vf, vf)
-                op("rope", K.rope_apply, k, rows, cos, sin, ia, ib)
+                if cfg.rope_layers[li]:
+                    op("rope", K.rope_apply, k, rows, cos, sin, ia, ib)
             else:  # reads the cache (and this chunk's keys) of layer src
                 op("matmul.qkv", lw.wqkv, q.reshape(T, qd), h, b.acts)
                 if lw.q_norm is not None:
                     qf = q.reshape(T * Hq, D)
                     op("norm", apply_norm, lw.q_norm, qf, qf)
                 k, v = b.shared[src][0][:T], b.shared[src][1][:T]
-            op("rope", K.rope_apply, q, rows, cos, sin, ia, ib)
+            if cfg.rope_layers[li]:
+                op("rope", K.rope_apply, q, rows, cos, sin, ia, ib)
             c = self.cache.layers[src]
             window = cfg.window(li) or 0
             if T == 1 and c.capacity > K.DECODE_SPLIT:  # long cache: parts in parallel
@@ -341,6 +352,8 @@ class Session:
             op("matmul.o", lw.wo, o, att.reshape(T, qd), b.acts)
             if lw.post_attn_norm is not None:
                 op("norm", apply_norm, lw.post_attn_norm, o, o)
+            if cfg.residual_scale != 1.0:
+                op("scale", np.multiply, o, np.float32(cfg.residual_scale), o)
             if parallel:
                 if lw.ffn_norm is not None:
                     op("norm", apply_norm, lw.ffn_norm, h, x)
@@ -348,12 +361,17 @@ class Session:
                 op("add", K.add, x, x, o)
             else:
                 op("add", K.add, x, x, o)
-                op("norm", apply_norm, lw.ffn_norm, h, x)
+                if lw.ffn_norm is not None:
+                    op("norm", apply_norm, lw.ffn_norm, h, x)
+                else:
+                    op("add", np.copyto, h, x)
                 self._mlp(op, lw, mo, h, T, cfg.layer_ffn[li])
                 if lw.moe is not None:
                     self._experts(op, lw.moe, mo, x, T)
                 if lw.post_ffn_norm is not None:
                     op("norm", apply_norm, lw.post_ffn_norm, mo, mo)
+            if cfg.residual_scale != 1.0:
+                op("scale", np.multiply, mo, np.float32(cfg.residual_scale), mo)
             op("add", K.add, x, x, mo)
             if lw.ple_gate is not None:
                 self._per_layer_branch(op, lw, li, x, T)
@@ -366,11 +384,15 @@ class Session:
             op("norm", apply_norm, W.out_norm, h[r0:], x[r0:])
             op("matmul.lm_head", W.lm_head, logits_out, h[r0:], b.acts)
             last = logits_out[-1]
+            if cfg.logit_scale != 1.0:
+                op("scale", np.divide, logits_out, np.float32(cfg.logit_scale), logits_out)
             if cfg.final_softcap:
                 op("softcap", K.softcap_, logits_out, cfg.final_softcap)
         elif r0 == 0:
             op("norm", apply_norm, W.out_norm, h[:1], x[T - 1:T])
             op("matmul.lm_head", W.lm_head, b.logits, h[:1], b.acts)
+            if cfg.logit_scale != 1.0:
+                op("scale", np.divide, b.logits, np.float32(cfg.logit_scale), b.logits)
             if cfg.final_softcap:
                 op("softcap", K.softcap_, b.logits, cfg.final_softcap)
             last = b.logits_view

@@ -310,8 +310,8 @@ def load_native(ck: Checkpoint, cfg, dtype: str) -> ModelWeights:
 
 def required_norms(cfg) -> tuple[str, ...]:
     """The per-layer norms the forward pass of this architecture reads."""
-    need = ["attn_norm"]
-    if not (cfg.residual == "parallel" and cfg.shared_norm):
+    need = ["attn_norm"] if cfg.pre_norm else []
+    if cfg.pre_norm and not (cfg.residual == "parallel" and cfg.shared_norm):
         need.append("ffn_norm")
     if cfg.sandwich:
         need += ["post_attn_norm", "post_ffn_norm"]

@@ -86,3 +86,22 @@ def test_load_config_errors_name_the_file(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps(dict(BASE, model_type="bert")))
     with pytest.raises(ConfigError, match=r"config.json: unsupported model_type 'bert'"):
         load_config(str(tmp_path))
+
+
+def test_falcon_with_alibi_is_refused():
+    with pytest.raises(ConfigError, match="ALiBi"):
+        cfg("falcon", alibi=True)
+
+
+def test_new_families_read_their_own_keys():
+    assert cfg("falcon", new_decoder_architecture=True, num_kv_heads=2).num_key_value_heads == 2
+    assert cfg("falcon").num_key_value_heads == 1  # multi-query
+    assert cfg("falcon", ffn_hidden_size=None).intermediate_size == 256
+    assert cfg("granite", logits_scaling=8.0, residual_multiplier=0.25).logit_scale == 8.0
+    assert cfg("smollm3", num_hidden_layers=8).rope_layers == (True, True, True, False) * 2
+    assert cfg("olmo2").pre_norm is False and cfg("olmo2").qk_norm == "rms_full"
+    g = cfg("gemma2", num_key_value_heads=2)
+    assert g.attn_softcap == 50.0 and g.layer_types == ("sliding_attention", "full_attention")
+    assert cfg("phi3", rope_parameters={"rope_type": "default", "rope_theta": 1e4,
+                                        "partial_rotary_factor": 0.75}).rope[
+        "full_attention"].rotary_dim == 12

@@ -33,7 +33,9 @@ def test_float32_logits_match_transformers(built, name):
 
 
 @pytest.mark.parametrize("name", ["llama", "gemma3", "gpt_neox", "phi", "stablelm", "persimmon",
-                                  "gptj", "glm", "qwen3", "qwen2", "mistral"])
+                                  "gptj", "glm", "qwen3", "qwen2", "mistral", "phi3", "glm4",
+                                  "gemma2", "granite", "smollm3", "olmo2", "falcon-7b",
+                                  "falcon-40b", "falcon-seq"])
 def test_int8_logits_close_to_transformers(built, name):  # Gemma 4: test_gemma4.py
     path, ref_model = built(name)
     ids = _ids()
@@ -46,7 +48,9 @@ def test_int8_logits_close_to_transformers(built, name):  # Gemma 4: test_gemma4
 
 
 @pytest.mark.parametrize("name", ["llama", "gemma3", "mistral", "phi", "gptj", "gpt_neox",
-                                  "gemma4-e2b", "gemma4-31b", "gemma4-a4b"])
+                                  "gemma4-e2b", "gemma4-31b", "gemma4-a4b", "phi3-window",
+                                  "gemma2", "granite", "glm4", "smollm3-window", "olmo2",
+                                  "falcon-40b"])
 @pytest.mark.parametrize("dtype", ["float32", "int8"])
 def test_decode_matches_prefill(built, name, dtype):
     path, _ = built(name)

@@ -27,7 +27,8 @@ def ids_(n, seed=0, vocab=100):
     return np.random.default_rng(seed).integers(0, vocab, n).tolist()
 
 
-@pytest.mark.parametrize("case", ["llama", "phi", "gptj", "gemma3", "gemma4-e2b", "gemma4-31b"])
+@pytest.mark.parametrize("case", ["llama", "phi", "gptj", "gemma3", "gemma4-e2b", "gemma4-31b",
+                                  "smollm3-window", "gemma2"])
 @pytest.mark.parametrize("kv_type", ["f32", "int8"])
 def test_streaming_keeps_sinks_and_recent_tokens(built, case, kv_type):
     """100 tokens through a 16-token context: positions never reach n_ctx, the cache holds

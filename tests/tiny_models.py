@@ -70,6 +70,37 @@ CASES.update({
         moe_intermediate_size=16)),
 })
 
+# More families (issue 14): Phi-3 / Phi-4-mini (fused projections, partial 0.75, longrope in
+# the -longrope case), GLM-4 (sandwich norms, interleaved partial), Gemma 2 (attention
+# soft-capping, alternating windows), Granite (multipliers).
+CASES.update({
+    "phi3": ("phi3", dict(num_key_value_heads=2, pad_token_id=0, eos_token_id=2, rope_parameters={
+        "rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.75})),
+    "phi3-window": ("phi3", dict(num_key_value_heads=4, sliding_window=8, pad_token_id=0,
+                                 eos_token_id=2)),
+    "glm4": ("glm4", dict(num_key_value_heads=2, head_dim=16, pad_token_id=0)),
+    "gemma2": ("gemma2", dict(num_key_value_heads=2, head_dim=16, sliding_window=8,
+                              query_pre_attn_scalar=24, final_logit_softcapping=30.0,
+                              attn_logit_softcapping=0.5)),
+    "smollm3": ("smollm3", dict(num_key_value_heads=2, num_hidden_layers=4,
+                                no_rope_layer_interval=2, pad_token_id=0, bos_token_id=1,
+                                eos_token_id=2)),
+    "smollm3-window": ("smollm3", dict(num_key_value_heads=2, num_hidden_layers=4,
+                                       no_rope_layers=[1, 0, 1, 0], use_sliding_window=True,
+                                       sliding_window=8, pad_token_id=0, bos_token_id=1,
+                                       eos_token_id=2)),
+    "falcon-7b": ("falcon", dict(multi_query=True, parallel_attn=True, bias=False,
+                                 ffn_hidden_size=96)),
+    "falcon-40b": ("falcon", dict(new_decoder_architecture=True, num_kv_heads=2, bias=True,
+                                  ffn_hidden_size=96)),
+    "falcon-seq": ("falcon", dict(multi_query=False, parallel_attn=False, bias=True,
+                                  ffn_hidden_size=96)),
+    "olmo2": ("olmo2", dict(num_key_value_heads=2, pad_token_id=0, eos_token_id=2)),
+    "granite": ("granite", dict(num_key_value_heads=2, embedding_multiplier=3.0,
+                                attention_multiplier=0.2, residual_multiplier=0.5,
+                                logits_scaling=4.0)),
+})
+
 _LLAMA_ROPE = {
     "linear": {"rope_type": "linear", "factor": 2.0},
     "dynamic": {"rope_type": "dynamic", "factor": 2.0},
@@ -78,6 +109,10 @@ _LLAMA_ROPE = {
                "high_freq_factor": 4.0, "original_max_position_embeddings": 16},
     "longrope": {"rope_type": "longrope", "original_max_position_embeddings": 16},
 }
+_LLAMA_ROPE_ARCHS = ("llama", "phi")
+CASES["phi3-longrope"] = ("phi3", dict(num_key_value_heads=2, original_max_position_embeddings=16,
+                                       pad_token_id=0, eos_token_id=2,
+                                       max_position_embeddings=64))
 for _name, _rp in _LLAMA_ROPE.items():
     for _arch in ("llama", "phi"):
         kw = dict(CASES[_arch][1]) if _arch == "phi" else dict(num_key_value_heads=2)

@@ -17,8 +17,8 @@ from .base import Arch, GGUFArch, LLAMA_NAMES, GGUF_NAMES
 __all__ = ["Arch", "GGUFArch", "all_archs", "get", "find", "by_gguf", "model_types", "gguf_archs",
            "LLAMA_NAMES", "GGUF_NAMES"]
 
-_MODULES = ("llama", "qwen", "gemma3", "gpt_neox", "phi", "stablelm", "persimmon", "gptj",
-            "glm", "gemma4")
+_MODULES = ("llama", "qwen", "gemma2", "gemma3", "gemma4", "gpt_neox", "phi", "phi3",
+            "stablelm", "persimmon", "gptj", "glm", "granite", "smollm3", "olmo2", "falcon")
 
 _REGISTRY: dict[str, Arch] | None = None
 

@@ -48,10 +48,12 @@ class Arch:
     Forward-pass shape (edgerope.config.ModelConfig has the meaning of each): `norm` "rms" |
     "rms1p" (x*(1+w)) | "layer"; `residual` "sequential" | "parallel"; `shared_norm` (parallel
     residual feeds the MLP the attention's normed input); `sandwich` (post-attention and
-    pre/post-feed-forward norms); `mlp` "gated" | "plain"; `qk_norm` None | "rms" | "rms1p" |
-    "layer" | "layer_per_head"; `fused_qkv` None | "per_head"; biases (None: from the config's
+    pre/post-feed-forward norms); `pre_norm` (False: none before attention and MLP, OLMo 2);
+    `mlp` "gated" | "plain"; `qk_norm` None | "rms" | "rms1p" | "layer" | "layer_per_head" |
+    "rms_full" (over all heads' channels at once); `fused_qkv` None | "per_head" | "concat"; biases (None: from the config's
     `attention_bias` / `mlp_bias`).
 
+    `hf_names` values may be a tuple of alternatives: the first the checkpoint holds is read.
     `defaults`: what the transformers config class fills in for a key config.json omits
     (save_pretrained writes only values that differ). RoPE: `max_positions` (the class default
     of max_position_embeddings), `partial_rotary` (the default partial_rotary_factor of a
@@ -61,7 +63,8 @@ class Arch:
     files without one.
 
     Hooks (functions of the config dict with defaults applied, all optional):
-    `adjust(cfg, flags)` changes `flags` (the shape fields above) from config keys;
+    `prepare(cfg)` fills in the generic keys from the family's own ones, before anything
+    is read (Falcon's num_kv_heads, ffn_hidden_size, activation); `adjust(cfg, flags)` changes `flags` (the shape fields above) from config keys;
     `layers(cfg, n_layers, window)` -> (layer_types or None, window) when config.json has no
     `layer_types`; `scales(cfg, hidden, head_dim)` -> (attention scale, embedding scale);
     `rope_params(cfg)` -> (rope parameters, theta, partial) overriding the generic reading;
@@ -87,6 +90,7 @@ class Arch:
     o_bias: bool | None = None
     mlp_bias: bool | None = None
     lm_head_bias: bool = False
+    pre_norm: bool = True            # False: no norm before attention and MLP (OLMo 2)
     partial_rotary: float | None = None
     rope_pairing: str = "half"
     wrappers: tuple[str, ...] = ()
@@ -94,6 +98,7 @@ class Arch:
     gguf: GGUFArch | None = None
     runnable: bool = True
     default_layers: int = 0  # the config class's num_hidden_layers (RoPE's default pattern)
+    prepare: Callable | None = None
     adjust: Callable | None = None
     layers: Callable | None = None
     scales: Callable | None = None
@@ -102,10 +107,14 @@ class Arch:
     rope_head_dim: Callable | None = None
     fix_layer_types: Callable | None = None
     geometry: Callable | None = None
+    attn_softcap: bool = False           # config's attn_logit_softcapping applies (Gemma 2)
+    residual_scale: str | None = None    # config key multiplying sublayer outputs (Granite)
+    logit_scale: str | None = None       # config key dividing the logits (Granite)
 
     def flags(self) -> dict:
         """The forward-pass shape fields, as a dict `adjust` may change."""
         return dict(norm=self.norm, residual=self.residual, shared_norm=self.shared_norm,
                     sandwich=self.sandwich, mlp=self.mlp, qk_norm=self.qk_norm,
                     fused_qkv=self.fused_qkv, qkv_bias=self.qkv_bias, o_bias=self.o_bias,
-                    mlp_bias=self.mlp_bias, lm_head_bias=self.lm_head_bias)
+                    mlp_bias=self.mlp_bias, lm_head_bias=self.lm_head_bias,
+                    pre_norm=self.pre_norm)

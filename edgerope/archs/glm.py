@@ -1,11 +1,19 @@
-"""GLM (glm-4 family, `model_type` "glm"): Llama-shaped with a fused gate|up projection, q/k/v
-biases, and partial RoPE on 0.5 of each head with interleaved pairs."""
+"""GLM (`model_type` "glm", GLM-4-9B-chat-hf) and GLM-4 (`glm4`, GLM-4-0414): Llama-shaped
+with a fused gate|up projection, q/k/v biases, and partial RoPE on 0.5 of each head with
+interleaved pairs; `glm4` adds norms after attention and after the MLP (sandwich)."""
 from .base import Arch, LLAMA_NAMES
 
 ARCHS = (
     Arch("glm", norm="rms", o_bias=False, partial_rotary=0.5, rope_pairing="interleaved",
          max_positions=131072,
          hf_names={**LLAMA_NAMES, "w_gate_up": "model.layers.{i}.mlp.gate_up_proj"},
+         defaults=dict(hidden_act="silu", rms_norm_eps=1.5625e-7, tie_word_embeddings=False,
+                       head_dim=128, attention_bias=True, max_position_embeddings=131072)),
+    Arch("glm4", norm="rms", o_bias=False, partial_rotary=0.5, rope_pairing="interleaved",
+         sandwich=True, max_positions=131072,
+         hf_names={**LLAMA_NAMES, "w_gate_up": "model.layers.{i}.mlp.gate_up_proj",
+                   "post_attn_norm": "model.layers.{i}.post_self_attn_layernorm",
+                   "post_ffn_norm": "model.layers.{i}.post_mlp_layernorm"},
          defaults=dict(hidden_act="silu", rms_norm_eps=1.5625e-7, tie_word_embeddings=False,
                        head_dim=128, attention_bias=True, max_position_embeddings=131072)),
 )

@@ -1,0 +1,15 @@
+"""OLMo 2: norms after each sublayer instead of before (post-attention and post-feed-forward
+RMSNorms, no input norm), and q/k RMSNorms over the whole projection (all heads at once), not
+per head."""
+from .base import Arch, LLAMA_NAMES
+
+_L = "model.layers.{i}."
+
+ARCHS = (
+    Arch("olmo2", norm="rms", qk_norm="rms_full", sandwich=True, pre_norm=False,
+         max_positions=2048,
+         hf_names={**LLAMA_NAMES, "post_attn_norm": _L + "post_attention_layernorm",
+                   "post_ffn_norm": _L + "post_feedforward_layernorm"},
+         defaults=dict(hidden_act="silu", rms_norm_eps=1e-5, tie_word_embeddings=False,
+                       attention_bias=False, max_position_embeddings=2048)),
+)

@@ -1,0 +1,22 @@
+"""Phi-3 / Phi-4-mini: Llama-shaped with fused projections (qkv_proj = [q | k | v],
+gate_up_proj = [gate | up]), partial RoPE on a prefix of `partial_rotary_factor` of each head
+(Phi-4-mini: 0.75; default 1.0) with longrope scaling, and a sliding window on every layer
+when `sliding_window` is set."""
+from .base import Arch, LLAMA_NAMES
+
+_L = "model.layers.{i}."
+
+
+def _layers(cfg, n_layers, window):
+    return (["sliding_attention"] * n_layers if window is not None else None), window
+
+
+ARCHS = (
+    Arch("phi3", norm="rms", fused_qkv="concat", partial_rotary=1.0, max_positions=4096,
+         hf_names={**LLAMA_NAMES, "wqkv": _L + "self_attn.qkv_proj",
+                   "w_gate_up": _L + "mlp.gate_up_proj"},
+         defaults=dict(hidden_act="silu", rms_norm_eps=1e-5, tie_word_embeddings=False,
+                       max_position_embeddings=4096, sliding_window=None,
+                       attention_bias=False),
+         layers=_layers),
+)
