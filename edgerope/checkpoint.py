@@ -236,12 +236,12 @@ EMBED_DTYPE = {"int4": "int8"}  # weight dtype -> dtype of the embedding and out
 
 
 def load_weights(src, cfg: ModelConfig, dtype: str, names: dict[str, str] | None = None,
-                 norm_plus_one_stored: bool = False, qkv_per_head: bool = True) -> ModelWeights:
+                 norm_plus_one_stored: bool = False, qkv_concat: bool = False) -> ModelWeights:
     """Read every tensor the configured architecture needs from `src` (a Checkpoint or a
     source with the SafetensorsSource interface). `norm_plus_one_stored`: the file holds
     Gemma's norm weights as 1 + w already (llama.cpp's GGUF conversion does that).
-    `qkv_per_head`: a fused qkv of a per-head layout (GPT-NeoX, Persimmon) is stored as in
-    Hugging Face files; False: already as [all q | all k | all v] (llama.cpp's converter)."""
+    `qkv_concat`: a fused qkv is stored as [all q | all k | all v] whatever the Hugging Face
+    layout (per head: GPT-NeoX, Persimmon; per KV group: Falcon 40B) -- llama.cpp's files."""
     if isinstance(src, Checkpoint):
         src = SafetensorsSource(src)
     r = _Reader(src, names or archs.get(cfg.model_type).hf_names,
@@ -266,10 +266,11 @@ def load_weights(src, cfg: ModelConfig, dtype: str, names: dict[str, str] | None
     layers = []
     for i in _progress(cfg.num_hidden_layers, f"loading {os.path.basename(str(src.where))}"):
         D, Hkv, I = cfg.layer_head_dims[i], cfg.layer_kv_heads[i], cfg.layer_ffn[i]
-        if cfg.fused_qkv == "per_head":
+        if cfg.fused_qkv == "per_head" and not qkv_concat:
             wqkv = r.linear("wqkv", (3 * Hq * D, H), dtype, i, cfg.qkv_bias,
-                            perm=per_head_qkv_order(Hq, D) if qkv_per_head else None)
-        elif cfg.fused_qkv == "concat":  # one matrix, rows [q | k | v] (Phi-3, Falcon 7B)
+                            perm=per_head_qkv_order(Hq, D))
+        elif cfg.fused_qkv == "concat" or (cfg.fused_qkv and qkv_concat):
+            # one matrix, rows [q | k | v] (Phi-3, Falcon 7B, any fused qkv of a GGUF file)
             wqkv = r.linear("wqkv", ((Hq + 2 * Hkv) * D, H), dtype, i, cfg.qkv_bias)
         elif cfg.fused_qkv == "per_group":  # Falcon 40B: per KV group [queries | k | v]
             wqkv = r.linear("wqkv", ((Hq + 2 * Hkv) * D, H), dtype, i, cfg.qkv_bias,

@@ -147,6 +147,21 @@ class _Meta:
                              f"{_kind(v)}")
         return bool(v)
 
+    def layer_types(self, n_pattern: int) -> list[str]:
+        """llama.cpp's sliding-window layers: `attention.sliding_window_pattern` as a per-layer
+        array (true = sliding) or a period (every n-th layer global), else `n_pattern`."""
+        n = self.need("block_count")
+        v = self.g.get(f"{self.arch}.attention.sliding_window_pattern")
+        if isinstance(v, (list, np.ndarray)):
+            if len(v) != n:
+                raise ValueError(f"metadata key '{self.arch}.attention.sliding_window_pattern' "
+                                 f"has {len(v)} values for {n} layers")
+            return ["sliding_attention" if bool(x) else "full_attention" for x in v]
+        if v is not None:
+            n_pattern = self.opt("attention.sliding_window_pattern")
+        return ["sliding_attention" if n_pattern and (i + 1) % n_pattern else "full_attention"
+                for i in range(n)]
+
     def partial_rope(self) -> dict:
         """The file's RoPE parameters with the rotary share of each head."""
         return dict(self.rope, partial_rotary_factor=self.rot / self.head_dim)
@@ -226,5 +241,5 @@ def load_gguf(path: str, dtype: str = "int8"):
     spec = archs.get(cfg.model_type).gguf
     weights = load_weights(GGUFSource(g, cfg), cfg, dtype, names=spec.names,
                            norm_plus_one_stored=spec.norm_plus_one_stored,
-                           qkv_per_head=False)  # llama.cpp stores fused q|k|v concatenated
+                           qkv_concat=True)  # llama.cpp stores a fused qkv as [q | k | v]
     return cfg, weights, g

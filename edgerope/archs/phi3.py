@@ -2,7 +2,7 @@
 gate_up_proj = [gate | up]), partial RoPE on a prefix of `partial_rotary_factor` of each head
 (Phi-4-mini: 0.75; default 1.0) with longrope scaling, and a sliding window on every layer
 when `sliding_window` is set."""
-from .base import Arch, LLAMA_NAMES
+from .base import GGUF_NAMES, Arch, GGUFArch, LLAMA_NAMES
 
 _L = "model.layers.{i}."
 
@@ -11,6 +11,15 @@ def _layers(cfg, n_layers, window):
     return (["sliding_attention"] * n_layers if window is not None else None), window
 
 
+def _gguf(meta, raw):
+    if meta.has("rope_factors_long.weight") or meta.has("rope_factors_short.weight"):
+        raise ValueError("longrope factors in a phi3 file are not supported yet")
+    window = meta.opt("attention.sliding_window", positive=False) or None
+    raw.update(model_type="phi3", hidden_act="silu", sliding_window=window,
+               rope_parameters=meta.partial_rope())
+
+
+_G = "blk.{i}."
 ARCHS = (
     Arch("phi3", norm="rms", fused_qkv="concat", partial_rotary=1.0, max_positions=4096,
          hf_names={**LLAMA_NAMES, "wqkv": _L + "self_attn.qkv_proj",
@@ -18,5 +27,7 @@ ARCHS = (
          defaults=dict(hidden_act="silu", rms_norm_eps=1e-5, tie_word_embeddings=False,
                        max_position_embeddings=4096, sliding_window=None,
                        attention_bias=False),
-         layers=_layers),
+         layers=_layers,
+         gguf=GGUFArch("phi3", _gguf, names={**GGUF_NAMES, "wqkv": _G + "attn_qkv",
+                                             "w_gate_up": _G + "ffn_up"})),
 )
