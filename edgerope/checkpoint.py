@@ -331,7 +331,8 @@ def load_weights(src, cfg: ModelConfig, dtype: str, names: dict[str, str] | None
     # stores an lm_head tensor).
     lm_head = embed if cfg.tie_word_embeddings else r.linear("lm_head", (V, H), edtype,
                                                              bias=cfg.lm_head_bias)
-    unused = set(src.names()) - r.used
+    # tensors the config was read from (a GGUF rope_freqs) count as used
+    unused = set(src.names()) - r.used - getattr(src, "config_tensors", set())
     if cfg.tie_word_embeddings:  # a stored copy of the tied head is harmless
         unused = {n for n in unused if not n.endswith(r.names["lm_head"] + ".weight")}
     where = getattr(src, "label", src.where)

@@ -87,11 +87,24 @@ def gguf_config_dict(g: GGUFFile) -> dict:
     vocab = len(tokens) if tokens is not None else opt("vocab_size")
     if vocab is None and "token_embd.weight" in g.tensors:
         vocab = g.tensors["token_embd.weight"].shape[0]
+    n_layers = need("block_count")
+    arrays = {}  # per-layer values, for an architecture that reads them (Gemma 4)
+    for key in ("attention.head_count_kv", "feed_forward_length"):
+        v = g.get(f"{arch}.{key}")
+        if spec.gguf.layer_arrays and isinstance(v, (list, np.ndarray)):
+            if len(v) != n_layers or not all(isinstance(x, (int, np.integer)) and x > 0
+                                             for x in v):
+                raise ConfigError(f"{g.path}: metadata key '{arch}.{key}' should hold "
+                                  f"{n_layers} positive integers, found {_kind(v)}")
+            arrays[key] = [int(x) for x in v]
     raw = dict(
         vocab_size=vocab, hidden_size=hidden,
-        intermediate_size=need("feed_forward_length"),
-        num_hidden_layers=need("block_count"), num_attention_heads=n_head,
-        num_key_value_heads=opt("attention.head_count_kv", n_head),
+        intermediate_size=(arrays["feed_forward_length"][0] if "feed_forward_length" in arrays
+                           else need("feed_forward_length")),
+        num_hidden_layers=n_layers, num_attention_heads=n_head,
+        num_key_value_heads=(arrays["attention.head_count_kv"][0]
+                             if "attention.head_count_kv" in arrays
+                             else opt("attention.head_count_kv", n_head)),
         head_dim=head_dim, max_position_embeddings=need("context_length"),
         tie_word_embeddings="output.weight" not in g.tensors,
         bos_token_id=_number(g, "tokenizer.ggml.bos_token_id", int, None, positive=False),
@@ -113,14 +126,14 @@ def gguf_config_dict(g: GGUFFile) -> dict:
         ompe = opt("rope.scaling.original_context_length", positive=False)
         if ompe:
             rope["original_max_position_embeddings"] = int(ompe)
-    if "rope_freqs.weight" in g.tensors:
+    if "rope_freqs.weight" in g.tensors and not spec.gguf.rope_freqs:
         raise ConfigError(f"{g.path}: per-frequency RoPE factors (rope_freqs) are not supported")
     rot = opt("rope.dimension_count") or head_dim
     if rot > head_dim or rot % 2:
         raise ConfigError(f"{g.path}: metadata key '{arch}.rope.dimension_count' must be an "
                           f"even number up to the head size {head_dim}, found {rot}")
     try:
-        spec.gguf.config(_Meta(g, arch, need, opt, rope, rot, head_dim), raw)
+        spec.gguf.config(_Meta(g, arch, need, opt, rope, rot, head_dim, arrays), raw)
     except ValueError as e:
         raise ConfigError(f"{g.path}: {e}") from None
     return raw
@@ -129,11 +142,21 @@ def gguf_config_dict(g: GGUFFile) -> dict:
 class _Meta:
     """What an architecture's GGUF hook reads: metadata keys without the `<arch>.` prefix
     (`need`, `opt`: checked as `_number` does; `flag`: a bool), the file's RoPE parameters
-    (`rope`), rotary channels (`rot`, of `head_dim`) and which tensors it holds (`has`)."""
+    (`rope`), rotary channels (`rot`, of `head_dim`), which tensors it holds (`has`), small
+    tensors (`tensor`) and per-layer arrays of head_count_kv / feed_forward_length
+    (`arrays`, for architectures with `layer_arrays`)."""
 
-    def __init__(self, g, arch, need, opt, rope, rot, head_dim):
+    def __init__(self, g, arch, need, opt, rope, rot, head_dim, arrays=None):
         self.g, self.arch, self.need, self.opt = g, arch, need, opt
         self.rope, self.rot, self.head_dim = rope, rot, head_dim
+        self.arrays = arrays or {}  # per-layer arrays the architecture accepts
+
+    def tensor(self, name: str) -> np.ndarray:
+        """A small tensor's float32 values (rope_freqs)."""
+        t = self.g.tensors[name]
+        if t.ggml_type != _F32:
+            raise ValueError(f"tensor '{name}' should be F32")
+        return np.array(t.raw(), dtype=np.float32).reshape(-1)
 
     def has(self, name: str) -> bool:
         return name in self.g.tensors
@@ -172,7 +195,9 @@ class GGUFSource:
 
     def __init__(self, g: GGUFFile, cfg):
         self.g, self.where, self.cfg = g, g.path, cfg
-        self.unpermute_qk = archs.by_gguf(g.get("general.architecture")).gguf.unpermute_qk
+        spec = archs.by_gguf(g.get("general.architecture")).gguf
+        self.unpermute_qk = spec.unpermute_qk
+        self.config_tensors = {"rope_freqs.weight"} if spec.rope_freqs else set()
 
     def __contains__(self, name):
         return name in self.g.tensors

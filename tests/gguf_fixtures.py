@@ -63,8 +63,35 @@ CASES = {"llama": ("llama", {}, "llama", "_spm"),
                         "_bpe")}
 
 
+# Gemma 4 is built with edgerope's transformers (5.x; 4.57 has no Gemma 4) in `tokenizers`,
+# and only converted in the venv; its tokenizer is a small vocabulary of the kind the
+# converter's Gemma 4 path reads (a SentencePiece-style BPE tokenizer.json: "▁" for spaces,
+# <0xXX> byte fallback, Gemma 4's turn markers).
+MAIN_ENV = {"gemma4-e2b": ("gemma4-e2b", "gemma4"), "gemma4-31b": ("gemma4-31b", "gemma4"),
+            "gemma4-a4b": ("gemma4-a4b", "gemma4")}
+
+
+def _gemma4_tokenizer(d):
+    from edgerope.tokenizer_gguf import BYTE, CONTROL, NORMAL, _hf_gemma4
+    specials = ["<pad>", "<eos>", "<bos>", "<unk>", "<mask>", "<|turn>", "<turn|>"]
+    chars = ["\u2581"] + [chr(c) for c in range(33, 127)] + ["\n"]
+    merges = ["\u2581 t", "h e", "\u2581t he", "i n", "\u2581 a", "e r", "o n", "\u2581 s"]
+    tokens = (specials + [f"<0x{i:02X}>" for i in range(256)] + chars
+              + [m.replace(" ", "") for m in merges])
+    types = [CONTROL] * len(specials) + [BYTE] * 256 + [NORMAL] * (len(chars) + len(merges))
+    tok = _hf_gemma4(tokens, {t: i for i, t in enumerate(tokens)},
+                     [tuple(m.split(" ")) for m in merges], types)
+    os.makedirs(d, exist_ok=True)
+    tok.save(os.path.join(d, "tokenizer.json"))
+    with open(os.path.join(d, "tokenizer_config.json"), "w") as f:
+        json.dump({"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": "<bos>",
+                   "eos_token": "<eos>", "pad_token": "<pad>", "unk_token": "<unk>",
+                   "add_bos_token": True}, f)
+    return len(tokens)
+
+
 def tokenizers(out):
-    """(edgerope's environment) the two tokenizer directories."""
+    """(edgerope's environment) the tokenizer directories, and the Gemma 4 models."""
     import importlib.util
 
     from edgerope.tokenizer import tokenizer_from_gguf
@@ -80,23 +107,35 @@ def tokenizers(out):
         json.dump(dict(config, tokenizer_class="GPT2Tokenizer"), f, indent=1)
     os.makedirs(os.path.join(out, "_spm"), exist_ok=True)
     train_tiny_spm(os.path.join(out, "_spm"), vocab_size=VOCAB["_spm"])
+    n = _gemma4_tokenizer(os.path.join(out, "_g4"))
+    for name, (case, _) in MAIN_ENV.items():
+        d = os.path.join(out, name)
+        shutil.rmtree(d, ignore_errors=True)
+        extra = {"vocab_size_per_layer_input": n} if name == "gemma4-e2b" else {}
+        build(case, d, vocab_size=n, bos_token_id=2, eos_token_id=1, pad_token_id=0, **extra)
+        for f in os.listdir(os.path.join(out, "_g4")):
+            shutil.copy(os.path.join(out, "_g4", f), d)
 
 
 def convert(out, llama_cpp, names):
     made = {}
     for name in names:
         d = os.path.join(out, name)
-        shutil.rmtree(d, ignore_errors=True)
-        case, changes, arch, tok = CASES[name]
-        tok_dir = os.path.join(out, tok)
-        try:
-            build(case, d, vocab_size=VOCAB[tok], bos_token_id=1, eos_token_id=2, **changes)
-        except Exception as e:  # noqa: BLE001 - reported: this transformers cannot build it
-            print(f"{name}: transformers {transformers_version()} cannot build it: {e!r}",
-                  file=sys.stderr)
-            continue
-        for f in os.listdir(tok_dir):
-            shutil.copy(os.path.join(tok_dir, f), d)
+        if name in MAIN_ENV:  # built by `tokenizers`
+            arch = MAIN_ENV[name][1]
+        else:
+            shutil.rmtree(d, ignore_errors=True)
+            case, changes, arch, tok = CASES[name]
+            tok_dir = os.path.join(out, tok)
+            try:
+                build(case, d, vocab_size=VOCAB[tok], bos_token_id=1, eos_token_id=2,
+                      **changes)
+            except Exception as e:  # noqa: BLE001 - reported: this transformers cannot
+                print(f"{name}: transformers {transformers_version()} cannot build it: "
+                      f"{e!r}", file=sys.stderr)  # build it
+                continue
+            for f in os.listdir(tok_dir):
+                shutil.copy(os.path.join(tok_dir, f), d)
         gguf = os.path.join(out, name + ".gguf")
         env = dict(os.environ, PYTHONPATH=os.path.join(llama_cpp, "gguf-py"))
         r = subprocess.run([sys.executable, os.path.join(llama_cpp, "convert_hf_to_gguf.py"),
@@ -120,4 +159,4 @@ if __name__ == "__main__":
     if sys.argv[1] == "tokenizers":
         tokenizers(sys.argv[2])
     else:
-        convert(sys.argv[2], sys.argv[3], sys.argv[4:] or list(CASES))
+        convert(sys.argv[2], sys.argv[3], sys.argv[4:] or list(CASES) + list(MAIN_ENV))

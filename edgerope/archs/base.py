@@ -39,6 +39,8 @@ class GGUFArch:
     names: Mapping[str, str] = field(default_factory=lambda: GGUF_NAMES)
     unpermute_qk: bool = False                 # Q/K rows permuted by the converter (llama)
     norm_plus_one_stored: bool = False         # norm weights stored as 1 + w (gemma)
+    layer_arrays: bool = False                 # per-layer head_count_kv / feed_forward_length
+    rope_freqs: bool = False                   # reads a rope_freqs tensor itself
 
 
 @dataclass(frozen=True)

@@ -19,11 +19,16 @@ transformers' models/gemma4:
 - mixture of experts (`enable_moe_block`, the 26B-A4B shape): a router on the post-attention
   stream picks `top_k_experts` of `num_experts` GeGLU experts, beside the dense MLP.
 
-llama.cpp's GGUF `gemma4` architecture is not read yet (issue 14)."""
+GGUF `gemma4` as llama.cpp's converter writes it: per-layer head_count_kv and
+feed_forward_length arrays, `attention.sliding_window_pattern` per layer, key_length (full)
+and key_length_swa, a `rope_freqs` tensor whose factors mark the proportional rotary pairs
+(1) and the pass-through ones (1e30), experts as 3-D tensors. KV sharing follows transformers:
+a shared layer reads the last non-shared layer of its own type (llama.cpp assumes the last
+non-shared layer is a full-attention one; the two agree on the released shapes)."""
 import copy
 import math
 
-from .base import Arch, LLAMA_NAMES
+from .base import GGUF_NAMES, Arch, GGUFArch, LLAMA_NAMES
 
 _L = "model.layers.{i}."
 
@@ -145,6 +150,67 @@ def _scales(cfg, hidden, head_dim):
     return 1.0, math.sqrt(hidden)
 
 
+def _gguf(meta, raw):
+    types = meta.layer_types(0)
+    if "full_attention" not in types or "sliding_attention" not in types:
+        raise ValueError(f"metadata key '{meta.arch}.attention.sliding_window_pattern' should "
+                         "give both sliding and full layers")
+    n, first_full = len(types), types.index("full_attention")
+    hd_full, hd_swa = meta.need("attention.key_length"), meta.need("attention.key_length_swa")
+    kv = meta.arrays.get("attention.head_count_kv") or [raw["num_key_value_heads"]] * n
+    kv_swa, kv_full = kv[types.index("sliding_attention")], kv[first_full]
+    k_eq_v = not meta.has(f"blk.{first_full}.attn_v.weight")
+    if kv_full != kv_swa and not k_eq_v:
+        raise ValueError("full layers with their own KV heads but a v projection: not a "
+                         "Gemma 4 shape transformers builds")
+    ff = meta.arrays.get("feed_forward_length") or [raw["intermediate_size"]] * n
+    shared = meta.opt("attention.shared_kv_layers", 0, positive=False)
+    if not meta.has("rope_freqs.weight"):
+        raise ValueError("tensor 'rope_freqs.weight' (the full layers' rotary channels) is "
+                         "missing")
+    factors = meta.tensor("rope_freqs.weight")
+    if len(factors) != hd_full // 2:
+        raise ValueError(f"tensor 'rope_freqs.weight' has {len(factors)} values for a head of "
+                         f"{hd_full}")
+    rot_swa = meta.opt("rope.dimension_count_swa", hd_swa)
+    sliding = {"rope_type": "default",
+               "rope_theta": meta.opt("rope.freq_base_swa", 10000.0, float)}
+    if rot_swa != hd_swa:
+        sliding["partial_rotary_factor"] = rot_swa / hd_swa
+    ple = meta.opt("embedding_length_per_layer_input", 0, positive=False)
+    experts = meta.opt("expert_count", 0, positive=False)
+    raw.update(
+        model_type="gemma4_text", hidden_activation="gelu_pytorch_tanh", layer_types=types,
+        head_dim=hd_swa, global_head_dim=hd_full, num_key_value_heads=kv_swa,
+        num_global_key_value_heads=kv_full, attention_k_eq_v=k_eq_v,
+        intermediate_size=ff[0], num_kv_shared_layers=shared,
+        use_double_wide_mlp=any(ff[i] != ff[0] for i in range(n - shared, n)),
+        hidden_size_per_layer_input=ple,
+        vocab_size_per_layer_input=(meta.g.tensors["per_layer_token_embd.weight"].shape[0]
+                                    if ple else 0),
+        enable_moe_block=experts > 0, num_experts=experts or None,
+        top_k_experts=meta.opt("expert_used_count") if experts else None,
+        moe_intermediate_size=meta.opt("expert_feed_forward_length") if experts else None,
+        sliding_window=meta.need("attention.sliding_window"),
+        final_logit_softcapping=meta.opt("final_logit_softcapping", kind=float, positive=False),
+        rope_parameters={"sliding_attention": sliding, "full_attention": {
+            "rope_type": "proportional", "rope_theta": meta.rope["rope_theta"],
+            "partial_rotary_factor": 2 * int((factors == 1.0).sum()) / hd_full}})
+
+
+_G = "blk.{i}."
+_GGUF_NAMES = {
+    **GGUF_NAMES, "post_attn_norm": _G + "post_attention_norm",
+    "post_ffn_norm": _G + "post_ffw_norm", "layer_scalar": _G + "layer_output_scale.weight",
+    "ple_embed": "per_layer_token_embd", "ple_proj": "per_layer_model_proj",
+    "ple_norm": "per_layer_proj_norm", "ple_gate": _G + "inp_gate", "ple_out": _G + "proj",
+    "ple_post_norm": _G + "post_norm", "router_proj": _G + "ffn_gate_inp",
+    "router_scale": _G + "ffn_gate_inp.scale", "router_expert_scale": _G + "ffn_down_exps.scale",
+    "experts_in": _G + "ffn_gate_up_exps.weight", "experts_down": _G + "ffn_down_exps.weight",
+    "post_ffn_norm_1": _G + "post_ffw_norm_1", "pre_ffn_norm_2": _G + "pre_ffw_norm_2",
+    "post_ffn_norm_2": _G + "post_ffw_norm_2"}
+
+
 ARCHS = (
     Arch("gemma4_text", norm="rms", qk_norm="rms", sandwich=True,
          hf_names={**LLAMA_NAMES, "post_attn_norm": _L + "post_attention_layernorm",
@@ -175,5 +241,6 @@ ARCHS = (
                        use_double_wide_mlp=False),
          wrappers=("gemma4",), chat_template="gemma4",
          layers=_layers, default_layers=30, scales=_scales, rope_params=_rope_params,
-         rope_head_dim=rope_head_dim, fix_layer_types=fix_layer_types, geometry=_geometry),
+         rope_head_dim=rope_head_dim, fix_layer_types=fix_layer_types, geometry=_geometry,
+         gguf=GGUFArch("gemma4", _gguf, names=_GGUF_NAMES, layer_arrays=True, rope_freqs=True)),
 )
