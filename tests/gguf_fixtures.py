@@ -67,8 +67,13 @@ CASES = {"llama": ("llama", {}, "llama", "_spm"),
 # and only converted in the venv; its tokenizer is a small vocabulary of the kind the
 # converter's Gemma 4 path reads (a SentencePiece-style BPE tokenizer.json: "▁" for spaces,
 # <0xXX> byte fallback, Gemma 4's turn markers).
-MAIN_ENV = {"gemma4-e2b": ("gemma4-e2b", "gemma4"), "gemma4-31b": ("gemma4-31b", "gemma4"),
-            "gemma4-a4b": ("gemma4-a4b", "gemma4")}
+# The E2B fixture shares 5 layers, not 4 as tests/tiny_models.py's: llama.cpp's KV sharing
+# assumes the last non-shared layer is a full-attention one (it aborts otherwise), as the
+# released E2B has it; transformers' rule (the last non-shared layer of each type) gives the
+# same sources there.
+MAIN_ENV = {"gemma4-e2b": ("gemma4-e2b", "gemma4", {"num_kv_shared_layers": 5}),
+            "gemma4-31b": ("gemma4-31b", "gemma4", {}),
+            "gemma4-a4b": ("gemma4-a4b", "gemma4", {})}
 
 
 def _gemma4_tokenizer(d):
@@ -108,11 +113,12 @@ def tokenizers(out):
     os.makedirs(os.path.join(out, "_spm"), exist_ok=True)
     train_tiny_spm(os.path.join(out, "_spm"), vocab_size=VOCAB["_spm"])
     n = _gemma4_tokenizer(os.path.join(out, "_g4"))
-    for name, (case, _) in MAIN_ENV.items():
+    for name, (case, _, changes) in MAIN_ENV.items():
         d = os.path.join(out, name)
         shutil.rmtree(d, ignore_errors=True)
         extra = {"vocab_size_per_layer_input": n} if name == "gemma4-e2b" else {}
-        build(case, d, vocab_size=n, bos_token_id=2, eos_token_id=1, pad_token_id=0, **extra)
+        build(case, d, vocab_size=n, bos_token_id=2, eos_token_id=1, pad_token_id=0, **extra,
+              **changes)
         for f in os.listdir(os.path.join(out, "_g4")):
             shutil.copy(os.path.join(out, "_g4", f), d)
 

@@ -89,3 +89,42 @@ def test_quantized_gguf_equals_quantized_directory(name):
         assert rel_err(a.logits(ids), b.logits(ids)) <= 1e-5
     else:
         np.testing.assert_array_equal(a.logits(ids), b.logits(ids))
+
+
+# llama.cpp refuses the file, for a reason of the fixture's, not the architecture's
+LLAMA_CPP_CANNOT = {"phi3": "llama.cpp's phi3 vocabulary loader looks up a token of Phi-3's own "
+                            "vocabulary that the fixture's SmolLM2 vocabulary lacks "
+                            "(error loading model vocabulary: unordered_map::at)"}
+
+
+def _llama_cpp():
+    path = os.path.join(ROOT or "", "llama_cpp.json")
+    if not ROOT or not os.path.isfile(path):
+        if os.environ.get("CI"):
+            pytest.fail("no llama.cpp logits: .ci/run runs tests/llama_cpp_logits.py")
+        pytest.skip("no llama.cpp logits here (tests/llama_cpp_logits.py)")
+    with open(path) as f:
+        return json.load(f)
+
+
+@pytest.mark.parametrize("name", sorted(ARCH))
+def test_logits_equal_llama_cpp_on_the_same_file(name):
+    """llama.cpp's own logits on the file (llama-cpp-python 0.3.36, f32 KV cache, flash
+    attention off): edgerope's are within llama.cpp's own distance from transformers (its
+    CPU GELU goes through an fp16 table: ~1e-4 on GELU models, ~1e-6 elsewhere)."""
+    info = _llama_cpp()
+    _manifest()
+    if name in LLAMA_CPP_CANNOT and name in info["failed"]:
+        pytest.xfail(LLAMA_CPP_CANNOT[name])
+    assert name not in info["failed"], info["failed"].get(name)
+    theirs = np.load(os.path.join(ROOT, name + ".llama_cpp.npy"))
+    mg = edgerope.load(os.path.join(ROOT, name + ".gguf"), dtype="float32")
+    ids = np.random.default_rng(1).integers(0, mg.config.vocab_size, 24)
+    ours = mg.logits(ids)
+    ref_model = __import__("transformers").AutoModelForCausalLM.from_pretrained(
+        os.path.join(ROOT, name), torch_dtype=torch.float32, attn_implementation="eager").eval()
+    with torch.no_grad():
+        ref = ref_model(torch.tensor([ids.tolist()])).logits[0].numpy()
+    llama_vs_ref = rel_err(theirs, ref)
+    assert rel_err(ours, theirs) <= llama_vs_ref + 2e-5, (name, rel_err(ours, theirs),
+                                                           llama_vs_ref)
