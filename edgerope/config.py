@@ -11,7 +11,6 @@ details (edgerope.rope), tensor names or what an architecture is (edgerope.archs
 from __future__ import annotations
 
 import json
-import math
 import os
 from dataclasses import dataclass, field
 from typing import Mapping

@@ -82,7 +82,7 @@ def weight_bytes(cfg, dtype: str) -> int | None:
     """Bytes of the weight matrices and biases of a model of this config held as `dtype`
     (what ModelWeights.nbytes reports once loaded); None for an unknown dtype."""
     from .checkpoint import EMBED_DTYPE
-    H, V, Hq = cfg.hidden_size, cfg.vocab_size, cfg.num_attention_heads
+    H, V = cfg.hidden_size, cfg.vocab_size
     gate = 2 if cfg.mlp == "gated" else 1
     edtype = EMBED_DTYPE.get(dtype, dtype)  # embedding and output matrices (int4: int8)
     sizes = [_matrix_bytes(V, H, edtype)] * (1 if cfg.tie_word_embeddings else 2)

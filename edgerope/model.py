@@ -106,7 +106,7 @@ class _Buffers:
     widest layer; a layer takes a contiguous prefix view of its own shape (`view`)."""
 
     def __init__(self, cfg: ModelConfig, B: int, att_len: int):
-        H, Hq = cfg.hidden_size, cfg.num_attention_heads
+        H = cfg.hidden_size
         f = np.float32
         gate = 2 if cfg.mlp == "gated" else 1
         self.x, self.h = np.zeros((B, H), f), np.zeros((B, H), f)
