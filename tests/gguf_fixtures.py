@@ -25,7 +25,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from tiny_models import build  # noqa: E402
 
-VOCAB = {"_bpe": 49152, "_spm": 384}  # SmolLM2's; the tiny SentencePiece model's
+VOCAB = {"_bpe": 49152, "_spm": 384, "_glm": 49153}  # SmolLM2's (+ GLM's <|user|>); the
+# tiny SentencePiece model's
 # fixture -> (tests/tiny_models.py case, config changes, GGUF architecture, tokenizer). The
 # changes are what a llama.cpp file cannot say (README, "GGUF"): sliding windows of Mistral
 # and Qwen 2 (its llama / qwen2 architectures have none); GQA in Phi-2 (the converter writes
@@ -37,8 +38,9 @@ VOCAB = {"_bpe": 49152, "_spm": 384}  # SmolLM2's; the tiny SentencePiece model'
 # MLP width (the converter writes 4x hidden).
 # Falcon: the converter reads the fused QKV as num_kv_heads groups (so the 7B form needs
 # num_kv_heads = 1 said, and the older per-head layout cannot be converted) and has no QKV
-# bias reordering (the 40B form has none). Not here: GPT-J (the converter does not support
-# GPTJForCausalLM), GLM-4 (its vocabulary path needs GLM's own special tokens).
+# bias reordering (the 40B form has none); GLM-4's vocabulary path needs GLM's <|user|>
+# token (the _glm tokenizer adds it). Not here: GPT-J (the converter does not support
+# GPTJForCausalLM).
 CASES = {"llama": ("llama", {}, "llama", "_spm"),
          "mistral": ("mistral", {"sliding_window": None}, "llama", "_spm"),
          "qwen2": ("qwen2", {"use_sliding_window": False}, "qwen2", "_bpe"),
@@ -54,6 +56,7 @@ CASES = {"llama": ("llama", {}, "llama", "_spm"),
          "phi3": ("phi3", {"rope_parameters": None, "partial_rotary_factor": 0.75}, "phi3",
                   "_bpe"),
          "gemma2": ("gemma2", {"query_pre_attn_scalar": 16}, "gemma2", "_spm"),
+         "glm4": ("glm4", {}, "glm4", "_glm"),
          "olmo2": ("olmo2", {}, "olmo2", "_bpe"),
          "granite": ("granite", {}, "granite", "_bpe"),
          "smollm3": ("smollm3", {"no_rope_layer_interval": 4}, "smollm3", "_bpe"),
@@ -110,6 +113,16 @@ def tokenizers(out):
         config = json.load(f)
     with open(path, "w") as f:
         json.dump(dict(config, tokenizer_class="GPT2Tokenizer"), f, indent=1)
+    # GLM-4's converter asks for <|user|> among the added tokens
+    shutil.copytree(os.path.join(out, "_bpe"), os.path.join(out, "_glm"), dirs_exist_ok=True)
+    path = os.path.join(out, "_glm", "tokenizer.json")
+    with open(path, encoding="utf-8") as f:
+        tj = json.load(f)
+    tj["added_tokens"].append({"id": VOCAB["_bpe"], "content": "<|user|>", "single_word": False,
+                               "lstrip": False, "rstrip": False, "normalized": False,
+                               "special": True})
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(tj, f, ensure_ascii=False)
     os.makedirs(os.path.join(out, "_spm"), exist_ok=True)
     train_tiny_spm(os.path.join(out, "_spm"), vocab_size=VOCAB["_spm"])
     n = _gemma4_tokenizer(os.path.join(out, "_g4"))
