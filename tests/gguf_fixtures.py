@@ -38,8 +38,9 @@ VOCAB = {"_bpe": 49152, "_spm": 384, "_glm": 49153}  # SmolLM2's (+ GLM's <|user
 # MLP width (the converter writes 4x hidden).
 # Falcon: the converter reads the fused QKV as num_kv_heads groups (so the 7B form needs
 # num_kv_heads = 1 said, and the older per-head layout cannot be converted) and has no QKV
-# bias reordering (the 40B form has none); GLM-4's vocabulary path needs GLM's <|user|>
-# token (the _glm tokenizer adds it). Not here: GPT-J (the converter does not support
+# bias reordering (the 40B form has none); GLM's vocabulary path needs GLM's <|user|>
+# token (the _glm tokenizer adds it), and its chatglm files take the epsilon from
+# `layernorm_epsilon` (1e-5 when absent), not rms_norm_eps. Not here: GPT-J (the converter does not support
 # GPTJForCausalLM).
 CASES = {"llama": ("llama", {}, "llama", "_spm"),
          "mistral": ("mistral", {"sliding_window": None}, "llama", "_spm"),
@@ -57,6 +58,7 @@ CASES = {"llama": ("llama", {}, "llama", "_spm"),
                   "_bpe"),
          "gemma2": ("gemma2", {"query_pre_attn_scalar": 16}, "gemma2", "_spm"),
          "glm4": ("glm4", {}, "glm4", "_glm"),
+         "glm": ("glm", {"rms_norm_eps": 1e-5}, "chatglm", "_glm"),
          "olmo2": ("olmo2", {}, "olmo2", "_bpe"),
          "granite": ("granite", {}, "granite", "_bpe"),
          "smollm3": ("smollm3", {"no_rope_layer_interval": 4}, "smollm3", "_bpe"),

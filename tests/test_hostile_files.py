@@ -163,8 +163,8 @@ GGUF_CASES = {  # name: (write_gguf kwargs, patch of the written file, words of 
                    ["'tokenizer.ggml.bos_token_id'", "should be an integer"]),
     "architecture-unknown": (dict(arch="mamba"), None,
                              ["unsupported GGUF architecture 'mamba'",
-                              "falcon, gemma2, gemma3, gemma4, glm4, gptneox, granite, llama, "
-                              "olmo2, phi2, phi3, qwen2, qwen3, smollm3, stablelm"]),
+                              "chatglm, falcon, gemma2, gemma3, gemma4, glm4, gptneox, granite, "
+                              "llama, olmo2, phi2, phi3, qwen2, qwen3, smollm3, stablelm"]),
     "architecture-missing": (dict(edit=_set("general.architecture", None, "")), None,
                              ["'general.architecture'", "is missing"]),
     "tokenizer-model": (dict(edit=_set("tokenizer.ggml.model", 3, "UINT32")), None,

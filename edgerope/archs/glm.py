@@ -6,6 +6,13 @@ from .base import GGUF_NAMES, Arch, GGUFArch, LLAMA_NAMES
 _G = "blk.{i}."
 
 
+def _gguf_chatglm(meta, raw):
+    # llama.cpp's converter writes the eps of `layernorm_epsilon` (GLM-4-9B-chat's old key;
+    # 1e-5 when absent) and a theta of 10000 x rope_ratio
+    raw.update(model_type="glm", hidden_act="silu", rope_parameters=meta.partial_rope(),
+               attention_bias=meta.has("blk.0.attn_q.bias"))
+
+
 def _gguf_glm4(meta, raw):
     raw.update(model_type="glm4", hidden_act="silu", rope_parameters=meta.partial_rope(),
                attention_bias=meta.has("blk.0.attn_q.bias"))
@@ -15,7 +22,8 @@ ARCHS = (
          max_positions=131072,
          hf_names={**LLAMA_NAMES, "w_gate_up": "model.layers.{i}.mlp.gate_up_proj"},
          defaults=dict(hidden_act="silu", rms_norm_eps=1.5625e-7, tie_word_embeddings=False,
-                       head_dim=128, attention_bias=True, max_position_embeddings=131072)),
+                       head_dim=128, attention_bias=True, max_position_embeddings=131072),
+         gguf=GGUFArch("chatglm", _gguf_chatglm, names={**GGUF_NAMES, "w_gate_up": _G + "ffn_up"})),
     Arch("glm4", norm="rms", o_bias=False, partial_rotary=0.5, rope_pairing="interleaved",
          sandwich=True, max_positions=131072,
          hf_names={**LLAMA_NAMES, "w_gate_up": "model.layers.{i}.mlp.gate_up_proj",
