@@ -197,7 +197,8 @@ class GGUFSource:
         self.g, self.where, self.cfg = g, g.path, cfg
         spec = archs.by_gguf(g.get("general.architecture")).gguf
         self.unpermute_qk = spec.unpermute_qk
-        self.config_tensors = {"rope_freqs.weight"} if spec.rope_freqs else set()
+        self.config_tensors = set(spec.config_tensors) | (
+            {"rope_freqs.weight"} if spec.rope_freqs else set())
 
     def __contains__(self, name):
         return name in self.g.tensors

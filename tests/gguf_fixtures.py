@@ -25,8 +25,9 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from tiny_models import build  # noqa: E402
 
-VOCAB = {"_bpe": 49152, "_spm": 384, "_glm": 49153}  # SmolLM2's (+ GLM's <|user|>); the
-# tiny SentencePiece model's
+VOCAB = {"_bpe": 49152, "_spm": 384, "_glm": 49153, "_phi": 49155}  # SmolLM2's (+ GLM's
+# <|user|>; + the <unk>, <s>, </s> llama.cpp's loader looks up in a Phi-3 file); the tiny
+# SentencePiece model's
 # fixture -> (tests/tiny_models.py case, config changes, GGUF architecture, tokenizer). The
 # changes are what a llama.cpp file cannot say (README, "GGUF"): sliding windows of Mistral
 # and Qwen 2 (its llama / qwen2 architectures have none); GQA in Phi-2 (the converter writes
@@ -55,7 +56,10 @@ CASES = {"llama": ("llama", {}, "llama", "_spm"),
                                "sliding_window_pattern": 6, "num_hidden_layers": 6},
                     "gemma3", "_spm"),
          "phi3": ("phi3", {"rope_parameters": None, "partial_rotary_factor": 0.75}, "phi3",
-                  "_bpe"),
+                  "_phi"),
+         "phi3-longrope": ("phi3-longrope", {"rope_scaling": {
+             "type": "longrope", "short_factor": [1.0 + 0.1 * i for i in range(8)],
+             "long_factor": [2.0 + 0.3 * i for i in range(8)]}}, "phi3", "_phi"),
          "gemma2": ("gemma2", {"query_pre_attn_scalar": 16}, "gemma2", "_spm"),
          "glm4": ("glm4", {}, "glm4", "_glm"),
          "glm": ("glm", {"rms_norm_eps": 1e-5}, "chatglm", "_glm"),
@@ -115,16 +119,19 @@ def tokenizers(out):
         config = json.load(f)
     with open(path, "w") as f:
         json.dump(dict(config, tokenizer_class="GPT2Tokenizer"), f, indent=1)
-    # GLM-4's converter asks for <|user|> among the added tokens
-    shutil.copytree(os.path.join(out, "_bpe"), os.path.join(out, "_glm"), dirs_exist_ok=True)
-    path = os.path.join(out, "_glm", "tokenizer.json")
-    with open(path, encoding="utf-8") as f:
-        tj = json.load(f)
-    tj["added_tokens"].append({"id": VOCAB["_bpe"], "content": "<|user|>", "single_word": False,
-                               "lstrip": False, "rstrip": False, "normalized": False,
-                               "special": True})
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump(tj, f, ensure_ascii=False)
+    # GLM's converter asks for <|user|> among the added tokens; llama.cpp's loader of a
+    # Phi-3 file looks up <unk>, <s>, </s> and <|endoftext|>
+    for name, extra in (("_glm", ["<|user|>"]), ("_phi", ["<unk>", "<s>", "</s>"])):
+        shutil.copytree(os.path.join(out, "_bpe"), os.path.join(out, name), dirs_exist_ok=True)
+        path = os.path.join(out, name, "tokenizer.json")
+        with open(path, encoding="utf-8") as f:
+            tj = json.load(f)
+        for k, text in enumerate(extra):
+            tj["added_tokens"].append({"id": VOCAB["_bpe"] + k, "content": text,
+                                       "single_word": False, "lstrip": False, "rstrip": False,
+                                       "normalized": False, "special": True})
+        with open(path, "w", encoding="utf-8") as f:
+            json.dump(tj, f, ensure_ascii=False)
     os.makedirs(os.path.join(out, "_spm"), exist_ok=True)
     train_tiny_spm(os.path.join(out, "_spm"), vocab_size=VOCAB["_spm"])
     n = _gemma4_tokenizer(os.path.join(out, "_g4"))

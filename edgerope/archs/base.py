@@ -41,6 +41,7 @@ class GGUFArch:
     norm_plus_one_stored: bool = False         # norm weights stored as 1 + w (gemma)
     layer_arrays: bool = False                 # per-layer head_count_kv / feed_forward_length
     rope_freqs: bool = False                   # reads a rope_freqs tensor itself
+    config_tensors: tuple = ()                 # tensors the config hook reads (not weights)
 
 
 @dataclass(frozen=True)

@@ -12,11 +12,19 @@ def _layers(cfg, n_layers, window):
 
 
 def _gguf(meta, raw):
+    rope = meta.partial_rope()
     if meta.has("rope_factors_long.weight") or meta.has("rope_factors_short.weight"):
-        raise ValueError("longrope factors in a phi3 file are not supported yet")
+        # longrope (Phi-3 128k, Phi-4-mini): the per-frequency factors as tensors
+        if not (meta.has("rope_factors_long.weight") and meta.has("rope_factors_short.weight")):
+            raise ValueError("a phi3 file needs both rope_factors_long and rope_factors_short")
+        rope.update(rope_type="longrope",
+                    long_factor=meta.tensor("rope_factors_long.weight").tolist(),
+                    short_factor=meta.tensor("rope_factors_short.weight").tolist(),
+                    original_max_position_embeddings=meta.need(
+                        "rope.scaling.original_context_length"))
     window = meta.opt("attention.sliding_window", positive=False) or None
     raw.update(model_type="phi3", hidden_act="silu", sliding_window=window,
-               rope_parameters=meta.partial_rope())
+               rope_parameters=rope)
 
 
 _G = "blk.{i}."
@@ -29,5 +37,7 @@ ARCHS = (
                        attention_bias=False),
          layers=_layers,
          gguf=GGUFArch("phi3", _gguf, names={**GGUF_NAMES, "wqkv": _G + "attn_qkv",
-                                             "w_gate_up": _G + "ffn_up"})),
+                                             "w_gate_up": _G + "ffn_up"},
+                       config_tensors=("rope_factors_long.weight",
+                                       "rope_factors_short.weight"))),
 )
