@@ -20,14 +20,20 @@ from gguf_fixtures import CASES, MAIN_ENV  # noqa: E402
 ROOT = os.environ.get("EDGEROPE_GGUF_FIXTURES")
 
 
-def _manifest():
-    path = os.path.join(ROOT or "", "manifest.json")
+def _fixture_json(name: str, made_by: str):
+    """A JSON file .ci/run writes beside the fixtures: skipped without it locally, a failure
+    under CI."""
+    path = os.path.join(ROOT or "", name)
     if not ROOT or not os.path.isfile(path):
         if os.environ.get("CI"):
-            pytest.fail("EDGEROPE_GGUF_FIXTURES is not set: .ci/run converts the fixtures")
-        pytest.skip("no GGUF fixtures here (EDGEROPE_GGUF_FIXTURES; see tests/gguf_fixtures.py)")
+            pytest.fail(f"{name} is missing: .ci/run makes it ({made_by})")
+        pytest.skip(f"no {name} here (EDGEROPE_GGUF_FIXTURES; {made_by})")
     with open(path) as f:
         return json.load(f)
+
+
+def _manifest():
+    return _fixture_json("manifest.json", "tests/gguf_fixtures.py")
 
 
 def rel_err(a, b):
@@ -93,18 +99,8 @@ def test_quantized_gguf_equals_quantized_directory(name):
         np.testing.assert_array_equal(a.logits(ids), b.logits(ids))
 
 
-# llama.cpp refuses the file, for a reason of the fixture's, not the architecture's
-LLAMA_CPP_CANNOT: dict[str, str] = {}
-
-
 def _llama_cpp():
-    path = os.path.join(ROOT or "", "llama_cpp.json")
-    if not ROOT or not os.path.isfile(path):
-        if os.environ.get("CI"):
-            pytest.fail("no llama.cpp logits: .ci/run runs tests/llama_cpp_logits.py")
-        pytest.skip("no llama.cpp logits here (tests/llama_cpp_logits.py)")
-    with open(path) as f:
-        return json.load(f)
+    return _fixture_json("llama_cpp.json", "tests/llama_cpp_logits.py")
 
 
 @pytest.mark.parametrize("name", sorted(ARCH))
@@ -114,8 +110,6 @@ def test_logits_equal_llama_cpp_on_the_same_file(name):
     CPU GELU goes through an fp16 table: ~1e-4 on GELU models, ~1e-6 elsewhere)."""
     info = _llama_cpp()
     _manifest()
-    if name in LLAMA_CPP_CANNOT and name in info["failed"]:
-        pytest.xfail(LLAMA_CPP_CANNOT[name])
     assert name not in info["failed"], info["failed"].get(name)
     theirs = np.load(os.path.join(ROOT, name + ".llama_cpp.npy"))
     mg = edgerope.load(os.path.join(ROOT, name + ".gguf"), dtype="float32")
