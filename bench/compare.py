@@ -27,7 +27,7 @@ FTYPES = {"int8": ("q8_0", 7), "int4": ("q4_0", 2)}  # edgerope dtype -> llama.c
 
 def llama_cpp_copy(src: str, dtype: str = "int8") -> str:
     """llama.cpp's own Q8_0 / Q4_0 requantization of `src`, cached beside converted models."""
-    from edgerope.registry import weights_dir
+    from edgerope.io.registry import weights_dir
     suffix, ftype = FTYPES[dtype]
     dst = os.path.join(weights_dir(),
                        os.path.basename(src).replace(".gguf", "") + f".{suffix}.gguf")
@@ -136,7 +136,7 @@ def main():
     ap.add_argument("-r", "--repetitions", type=int, default=3)
     ap.add_argument("--no-hf", action="store_true", help="skip transformers")
     a = ap.parse_args()
-    from edgerope.registry import is_registered, locate
+    from edgerope.io.registry import is_registered, locate
     src = locate(a.model) if is_registered(a.model) else a.model
     q = llama_cpp_copy(src, a.dtype)
     engines = [Edgerope(q, a.threads, a.dtype)]

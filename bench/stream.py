@@ -21,9 +21,9 @@ import time
 
 import numpy as np
 
-from edgerope.perplexity import _log_softmax_at
-from edgerope.registry import load_any
-from edgerope.sampler import Sampler, SamplingParams
+from edgerope.apps.perplexity import _log_softmax_at
+from edgerope.io.registry import load_any
+from edgerope.engine.sampler import Sampler, SamplingParams
 
 PROMPT = ("The old lighthouse keeper climbed the stairs every evening. He had kept the light "
           "for forty years, and in that time he had seen")

@@ -5,10 +5,10 @@
     for piece in m.generate("Once upon a time", max_tokens=32, temperature=0):
         print(piece, end="")
 """
-from .errors import ConfigError, ContextFullError, EdgeropeError, EdgeropeWarning, WeightsError
-from .kernels import set_threads, get_threads
-from .loading import load
-from .model import Model, Session
+from edgerope.errors import ConfigError, ContextFullError, EdgeropeError, EdgeropeWarning, WeightsError
+from edgerope.kernels import set_threads, get_threads
+from edgerope.io.loading import load
+from edgerope.engine.model import Model, Session
 
 __version__ = "0.1.0"
 __all__ = ["load", "Model", "Session", "set_threads", "get_threads", "EdgeropeError",

@@ -10,8 +10,8 @@ import warnings
 
 import click
 
-from .errors import EdgeropeError, EdgeropeWarning
-from .linear import DTYPES
+from edgerope.errors import EdgeropeError, EdgeropeWarning
+from edgerope.formats.linear import DTYPES
 
 
 def _fail(msg: str, code: int = 1):
@@ -50,7 +50,7 @@ def _kv_options(keep: int, keep_help: str):
 
 
 def _add_kv_options(fn, keep, keep_help):
-    from .cache import DEFAULT_KV_TYPE, KV_TYPES
+    from edgerope.engine.cache import DEFAULT_KV_TYPE, KV_TYPES
     fn = click.option("--context-shift/--no-context-shift", default=True, show_default=True,
                       help="When the context is full, drop the oldest tokens after the first "
                            "--keep and go on (off: stop with a message).")(fn)
@@ -63,7 +63,7 @@ def _add_kv_options(fn, keep, keep_help):
 
 
 def _threads(n):
-    from . import kernels
+    from edgerope import kernels
     return kernels.set_threads(n)
 
 
@@ -100,7 +100,7 @@ def _arg_text(text, option: str):
 def _check_memory(force, model_path, dtype, ctx_size, kv_type, batch_size, keep):
     """Refuse, before loading, a model that plainly cannot fit in the available memory."""
     if not force:
-        from .memory import preflight
+        from edgerope.io.preflight import preflight
         preflight(model_path, dtype, ctx_size, kv_type, batch_size, max(keep, 4))
 
 
@@ -144,7 +144,7 @@ def generate(model_path, prompt, prompt_file, n_predict, threads, ctx_size, batc
              top_k, top_p, min_p, repeat_penalty, repeat_last_n, seed, stop, dtype, kv_type,
              keep, context_shift, profile, verbose, force, debug):
     """Generate text from a prompt, streaming to stdout; timings on stderr."""
-    from .generate import GenerationStats, generate as gen
+    from edgerope.engine.generate import GenerationStats, generate as gen
 
     if prompt_file is not None:
         prompt = _read_text(prompt_file)
@@ -162,7 +162,7 @@ def generate(model_path, prompt, prompt_file, n_predict, threads, ctx_size, batc
                                 n_keep=max(keep, 0), context_shift=context_shift)
     prof = None
     if profile:
-        from .profile import Profiler
+        from edgerope.engine.profile import Profiler
         prof = Profiler()
     out = sys.stdout
     shown = False
@@ -228,7 +228,7 @@ def chat(model_path, system, chat_template, n_predict, threads, ctx_size, batch_
          context_shift, force, debug):
     """Interactive chat with the model's chat template; /reset clears, /exit or Ctrl-D ends.
     Reads one user turn per line when stdin is not a terminal."""
-    from .chat import run_chat
+    from edgerope.apps.chat import run_chat
     system = _arg_text(system, "--system")
     _threads(threads)
     _check_memory(force, model_path, dtype, ctx_size, kv_type, batch_size, keep)
@@ -259,7 +259,7 @@ def _int_list(ctx, param, value):
 
 
 def _kv_list(ctx, param, value):
-    from .cache import DEFAULT_KV_TYPE, KV_TYPES
+    from edgerope.engine.cache import DEFAULT_KV_TYPE, KV_TYPES
     out = [v.strip() for v in (value or DEFAULT_KV_TYPE).split(",") if v.strip()]
     bad = [v for v in out if v not in KV_TYPES]
     if bad:
@@ -294,7 +294,7 @@ def bench(model_path, n_prompt, n_gen, n_depth, kv_types, threads, batch_size, r
     """llama-bench-style ppN / tgN throughput (mean ± stddev over -r runs)."""
     import json
 
-    from .bench import markdown, run_bench
+    from edgerope.apps.bench import markdown, run_bench
     if repetitions < 1:
         raise EdgeropeError(f"--repetitions must be >= 1, got {repetitions}")
     model = _load(model_path, dtype, tokenizer=False)  # bench feeds token ids, no text
@@ -311,7 +311,7 @@ def bench(model_path, n_prompt, n_gen, n_depth, kv_types, threads, batch_size, r
 
 
 def _load(spec, dtype, tokenizer=True):
-    from .registry import load_any
+    from edgerope.io.registry import load_any
     return load_any(spec, dtype=dtype, tokenizer=tokenizer)
 
 
@@ -327,7 +327,7 @@ def _load(spec, dtype, tokenizer=True):
 @handle_errors
 def info(model_path, ctx_size, dtype, kv_type, debug):
     """Architecture, parameters, RoPE, quantization, file size and RAM of a model."""
-    from .info import describe
+    from edgerope.apps.info import describe
     if ctx_size is not None and ctx_size <= 0:
         raise EdgeropeError(f"--ctx-size must be positive, got {ctx_size}")
     model = _load(model_path, dtype)
@@ -352,8 +352,8 @@ def convert(src, dst, dtype, overwrite, debug):
     import os
     import time
 
-    from .native import save_native
-    from .registry import weights_dir
+    from edgerope.io.native import save_native
+    from edgerope.io.registry import weights_dir
     t0 = time.perf_counter()
     model = _load(src, dtype)
     if dst is None:
@@ -379,7 +379,7 @@ def convert(src, dst, dtype, overwrite, debug):
 @handle_errors
 def perplexity(model_path, text_file, ctx_size, batch_size, chunks, threads, dtype, debug):
     """llama-perplexity-style windowed perplexity of a text file."""
-    from .perplexity import perplexity as ppl
+    from edgerope.apps.perplexity import perplexity as ppl
     _threads(threads)
     text = _read_text(text_file)
     model = _load(model_path, dtype)

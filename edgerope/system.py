@@ -91,7 +91,7 @@ def mem_available(root: str = "/") -> int | None:
     from /proc/meminfo; None when unknown (then no check is made)."""
     env = os.environ.get("EDGEROPE_MEM_AVAILABLE")
     if env:
-        from .errors import ConfigError
+        from edgerope.errors import ConfigError
         try:
             n = int(env)
         except ValueError:

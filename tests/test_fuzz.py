@@ -20,7 +20,7 @@ from hypothesis import strategies as st  # noqa: E402
 
 import edgerope  # noqa: E402
 from edgerope.errors import EdgeropeError  # noqa: E402
-from edgerope.native import save_native  # noqa: E402
+from edgerope.io.native import save_native  # noqa: E402
 
 EXAMPLES = int(os.environ.get("EDGEROPE_FUZZ_EXAMPLES", "150"))
 FUZZ = settings(max_examples=EXAMPLES, deadline=None, derandomize=True,
@@ -69,7 +69,7 @@ TEXT = "the cat sat <|im_start|>in there ▁ é 🙂\n\n  x"
 
 
 def use_tokenizer(m):
-    from edgerope.chat import Chat
+    from edgerope.apps.chat import Chat
     tok = m.tokenizer
     for special in (False, True):
         ids = tok.encode(TEXT, special=special)

@@ -25,12 +25,12 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 import edgerope  # noqa: E402
-from edgerope.cache import kv_bytes  # noqa: E402
-from edgerope.chat import Chat  # noqa: E402
+from edgerope.engine.cache import kv_bytes  # noqa: E402
+from edgerope.apps.chat import Chat  # noqa: E402
 from edgerope.cli import main  # noqa: E402
-from edgerope.linear import Linear  # noqa: E402
-from edgerope.memory import estimate, weight_bytes  # noqa: E402
-from edgerope.native import save_native  # noqa: E402
+from edgerope.formats.linear import Linear  # noqa: E402
+from edgerope.engine.memory import estimate, weight_bytes  # noqa: E402
+from edgerope.io.native import save_native  # noqa: E402
 from tiny_models import CASES, build, reference_logits  # noqa: E402
 
 SHAPES = ["gemma4-e2b", "gemma4-31b", "gemma4-a4b"]
@@ -71,7 +71,7 @@ def test_geometry_matches_transformers(built):
 def test_hub_config_form_equals_saved_form(built):
     """Hub configs carry global_head_dim / num_global_key_value_heads; transformers saves
     per_layer_config instead. Both give one geometry."""
-    from edgerope.config import parse_config
+    from edgerope.archs.config import parse_config
     path, _ = built("gemma4-31b")
     saved = json.load(open(os.path.join(path, "config.json")))
     hub = {k: v for k, v in saved.items() if k != "per_layer_config"}

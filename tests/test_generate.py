@@ -9,7 +9,7 @@ transformers = pytest.importorskip("transformers")
 import edgerope  # noqa: E402
 from click.testing import CliRunner  # noqa: E402
 from edgerope.cli import main  # noqa: E402
-from edgerope.generate import GenerationStats, generate  # noqa: E402
+from edgerope.engine.generate import GenerationStats, generate  # noqa: E402
 from spm_fixture import train_tiny_spm  # noqa: E402
 
 VOCAB = 384

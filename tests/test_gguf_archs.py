@@ -14,7 +14,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
 import edgerope  # noqa: E402
-from edgerope.gguf_reader import GGUFFile  # noqa: E402
+from edgerope.io.gguf_file import GGUFFile  # noqa: E402
 from gguf_fixtures import CASES, MAIN_ENV  # noqa: E402
 
 ROOT = os.environ.get("EDGEROPE_GGUF_FIXTURES")

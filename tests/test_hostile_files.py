@@ -202,7 +202,7 @@ def _warnings(r):
 def test_extra_safetensors_tensors_warn_and_change_nothing(tiny_dir, tmp_path):
     from safetensors.numpy import load_file, save_file
 
-    from edgerope.safetensors_mmap import SafetensorsFile
+    from edgerope.io.safetensors import SafetensorsFile
     d = str(tmp_path / "extra")
     shutil.copytree(tiny_dir[0], d)
     st = os.path.join(d, "model.safetensors")
@@ -224,7 +224,7 @@ def test_extra_gguf_and_native_tensors_warn(gguf_mats, tmp_path):
     from safetensors.numpy import load_file, save_file
     from test_q8_formats import write_gguf
 
-    from edgerope.safetensors_mmap import SafetensorsFile
+    from edgerope.io.safetensors import SafetensorsFile
     extra = {f"blk.0.extra_{i}.weight": np.ones(64, np.float32) for i in range(5)}
 
     def add(w):
@@ -254,7 +254,7 @@ def test_known_harmless_buffers_are_not_reported():
     rotary inv_freq, position_ids) are not counted; anything else is."""
     import warnings
 
-    from edgerope.checkpoint import warn_unused
+    from edgerope.io.checkpoint import warn_unused
     harmless = ["model.layers.0.self_attn.rotary_emb.inv_freq", "transformer.h.0.attn.bias",
                 "transformer.h.3.attn.masked_bias", "gpt_neox.layers.0.attention.bias",
                 "gpt_neox.layers.0.attention.masked_bias", "model.embed_positions.position_ids"]

@@ -12,10 +12,10 @@ from click.testing import CliRunner
 pytest.importorskip("gguf")
 
 import edgerope  # noqa: E402
-from edgerope import chat as chat_mod  # noqa: E402
+from edgerope.apps import chat as chat_mod  # noqa: E402
 from edgerope.cli import main  # noqa: E402
 from edgerope.errors import EdgeropeError  # noqa: E402
-from edgerope.native import save_native  # noqa: E402
+from edgerope.io.native import save_native  # noqa: E402
 from vocab_fixtures import BPE_TOKENS, MERGES, set_key, write_vocab_gguf  # noqa: E402
 from test_q8_formats import TOKENS, V  # noqa: E402
 

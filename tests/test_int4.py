@@ -19,9 +19,9 @@ import edgerope  # noqa: E402
 from edgerope.cli import main  # noqa: E402
 from edgerope.errors import WeightsError  # noqa: E402
 from edgerope.kernels import q4dot  # noqa: E402
-from edgerope.linear import Linear  # noqa: E402
-from edgerope.native import save_native  # noqa: E402
-from edgerope.safetensors_mmap import Checkpoint  # noqa: E402
+from edgerope.formats.linear import Linear  # noqa: E402
+from edgerope.io.native import save_native  # noqa: E402
+from edgerope.io.safetensors import Checkpoint  # noqa: E402
 from test_q8_formats import IDS, NKV, HD, SHAPES, q8_0_blocks, write_gguf  # noqa: E402
 from tiny_models import reference_logits  # noqa: E402
 

@@ -1,13 +1,13 @@
-"""KV cache element types, ring slots with sinks, and context shift (edgerope.cache,
+"""KV cache element types, ring slots with sinks, and context shift (edgerope.engine.cache,
 edgerope.kernels.kvstore / half), against numpy twins."""
 import numpy as np
 import pytest
 
 from edgerope import kernels as K
-from edgerope.cache import KV_TYPES, LayerCache, layer_capacity
+from edgerope.engine.cache import KV_TYPES, LayerCache, layer_capacity
 from edgerope.kernels import half
 from edgerope.kernels.kvstore import KV_BLOCK, kv_dequant, partners
-from edgerope.rope import RopeSpec
+from edgerope.archs.rope import RopeSpec
 
 import naive
 

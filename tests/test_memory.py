@@ -1,5 +1,5 @@
 """Defaults for small machines (issue 7): threads = physical performance cores (fake sysfs
-trees), the RAM a model needs (edgerope.memory), and generate / chat refusing, before loading,
+trees), the RAM a model needs (edgerope.engine.memory), and generate / chat refusing, before loading,
 a model that cannot fit ($EDGEROPE_MEM_AVAILABLE stands in for MemAvailable). The runtime's
 own memory (issue 4): compiler pages dropped once kernels load, Numba without scipy.linalg."""
 import gc
@@ -17,7 +17,8 @@ from click.testing import CliRunner
 import edgerope
 from edgerope import kernels as K
 from edgerope.cli import main
-from edgerope.memory import RUNTIME_BYTES, config_of, estimate, preflight, weight_bytes
+from edgerope.engine.memory import RUNTIME_BYTES, estimate, weight_bytes
+from edgerope.io.preflight import config_of, preflight
 from edgerope.system import (clean_library_mappings, drop_clean_library_pages, mem_available,
                              parse_cpu_list, physical_cores)
 from test_generate import tiny_dir  # noqa: F401 - a tiny model with a tokenizer
@@ -345,7 +346,7 @@ def test_a_loaded_gguf_model_does_not_hold_the_file(tmp_path):
     after a release are the file's."""
     pytest.importorskip("gguf")
     import numpy as np
-    from edgerope.gguf_reader import GGUFFile
+    from edgerope.io.gguf_file import GGUFFile
     from test_q8_formats import SHAPES, q8_0_blocks, write_gguf
     r = np.random.default_rng(0)
     path = os.path.realpath(write_gguf(str(tmp_path / "t.gguf"),

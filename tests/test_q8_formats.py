@@ -9,9 +9,9 @@ import pytest
 gguf = pytest.importorskip("gguf")
 
 import edgerope  # noqa: E402
-from edgerope import registry  # noqa: E402
-from edgerope.native import VERSION, save_native  # noqa: E402
-from edgerope.safetensors_mmap import Checkpoint  # noqa: E402
+from edgerope.io import registry  # noqa: E402
+from edgerope.io.native import VERSION, save_native  # noqa: E402
+from edgerope.io.safetensors import Checkpoint  # noqa: E402
 
 H, FF, NH, NKV, HD = 64, 96, 4, 2, 16
 TOKENS = ["<unk>", "<s>", "</s>"] + [f"<0x{i:02X}>" for i in range(256)] + [

@@ -12,7 +12,7 @@ transformers = pytest.importorskip("transformers")
 
 import edgerope  # noqa: E402
 from edgerope.errors import EdgeropeError  # noqa: E402
-from edgerope.registry import locate  # noqa: E402
+from edgerope.io.registry import locate  # noqa: E402
 
 # Thresholds. float32: the issue's. int8 (Q8 weights x Q8 activations, as llama.cpp's Q8_0):
 # Gemma 3 the llama.cpp figures (top-1 0.975, mean KL 0.0032, ppl ratio 1.014).

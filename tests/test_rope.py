@@ -1,4 +1,4 @@
-"""edgerope.rope against transformers' own rotary modules and apply functions.
+"""edgerope.archs.rope against transformers' own rotary modules and apply functions.
 
 Each case is a config.json-style dict read twice: by transformers (`XConfig.from_dict`, then the
 model's RotaryEmbedding) and by `rope_specs_from_config`. Checked:
@@ -36,8 +36,8 @@ from transformers.models.qwen2 import modeling_qwen2  # noqa: E402
 from transformers.models.qwen3 import modeling_qwen3  # noqa: E402
 from transformers.models.stablelm import modeling_stablelm  # noqa: E402
 
-from edgerope import rope  # noqa: E402
-from edgerope.rope import RopeSpec, rope_specs_from_config  # noqa: E402
+from edgerope.archs import rope  # noqa: E402
+from edgerope.archs.rope import RopeSpec, rope_specs_from_config  # noqa: E402
 
 # model_type -> (config class, rotary module class, forward takes a layer_type)
 HF = {

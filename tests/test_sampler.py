@@ -1,10 +1,10 @@
-"""edgerope.sampler: llama.cpp chain semantics, determinism, and support/frequency checks."""
+"""edgerope.engine.sampler: llama.cpp chain semantics, determinism, and support/frequency checks."""
 import math
 
 import numpy as np
 import pytest
 
-from edgerope.sampler import Sampler, SamplingParams
+from edgerope.engine.sampler import Sampler, SamplingParams
 
 
 def reference_probs(logits, history=(), *, temperature, top_k, top_p, min_p,

@@ -1,4 +1,4 @@
-"""edgerope.tokenizer against raw sentencepiece, on a tiny model trained by tests/spm_fixture.py."""
+"""edgerope.text.tokenizer against raw sentencepiece, on a tiny model trained by tests/spm_fixture.py."""
 import json
 import os
 import random
@@ -11,7 +11,7 @@ import sentencepiece as spm
 sys.path.insert(0, os.path.dirname(__file__))
 from spm_fixture import MIN_VOCAB_SIZE, train_tiny_spm  # noqa: E402
 
-from edgerope.tokenizer import SentencePieceTokenizer, StreamDecoder, Tokenizer, load_tokenizer  # noqa: E402
+from edgerope.text.tokenizer import SentencePieceTokenizer, StreamDecoder, Tokenizer, load_tokenizer  # noqa: E402
 
 TEXTS = [
     "",

@@ -18,7 +18,7 @@ import pytest
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "fixtures"))
 import make_token_ids as refs  # noqa: E402
 
-from edgerope.tokenizer import (BPETokenizer, SentencePieceTokenizer, _split_special,  # noqa: E402
+from edgerope.text.tokenizer import (BPETokenizer, SentencePieceTokenizer, _split_special,  # noqa: E402
                                 load_tokenizer, tokenizer_from_gguf)
 
 with open(os.path.join(os.path.dirname(__file__), "fixtures", "token_ids.json"), encoding="utf-8") as f:
@@ -55,7 +55,7 @@ def _path(name):
 
 def _reader(path):
     try:
-        from edgerope.gguf_reader import GGUFFile
+        from edgerope.io.gguf_file import GGUFFile
         return GGUFFile(path)
     except ImportError:
         import gguf
@@ -318,7 +318,7 @@ def test_hf_tokenizer_json_directory(tmp_path):
 
 def test_split_special_is_longest_first():
     specials = [("<|a|>", 7), ("<|", 8)]
-    from edgerope.tokenizer import _sorted_specials
+    from edgerope.text.tokenizer import _sorted_specials
     s = _sorted_specials(specials)
     assert s == [("<|a|>", 7), ("<|", 8)]
     assert _split_special("x<|a|>y<|z", s) == ["x", 7, "y", 8, "z"]

@@ -9,8 +9,8 @@ pytest.importorskip("torch")
 import edgerope  # noqa: E402
 from click.testing import CliRunner  # noqa: E402
 from edgerope.cli import main  # noqa: E402
-from edgerope.native import is_native, save_native  # noqa: E402
-from edgerope.perplexity import perplexity  # noqa: E402
+from edgerope.io.native import is_native, save_native  # noqa: E402
+from edgerope.apps.perplexity import perplexity  # noqa: E402
 from spm_fixture import train_tiny_spm  # noqa: E402
 from tiny_models import build  # noqa: E402
 

@@ -8,8 +8,8 @@ import os
 
 import pytest
 
-from edgerope.gguf_reader import GGUFFile
-from edgerope.tokenizer import tokenizer_from_gguf
+from edgerope.io.gguf_file import GGUFFile
+from edgerope.text.tokenizer import tokenizer_from_gguf
 
 ROOT = os.environ.get("EDGEROPE_LLAMA_CPP")
 # every decoder vocabulary the sdist ships (bert-bge is an encoder's WordPiece)

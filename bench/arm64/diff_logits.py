@@ -21,7 +21,7 @@ import numpy as np
 
 
 def weight_hashes(model):
-    from edgerope.native import native_tensors
+    from edgerope.io.native import native_tensors
     tensors = native_tensors(model.weights)[0]
     return {k: hashlib.sha256(np.ascontiguousarray(v).tobytes()).hexdigest()[:16]
             for k, v in sorted(tensors.items())}

@@ -245,7 +245,7 @@ LOGIT_DTYPES="int8"
 declare -A HOSTNPZ
 if [[ $GENERATE -eq 1 ]]; then
     if MODEL=$(cd "$SRC" && "$HOSTPY" -c \
-            'from edgerope.registry import locate; print(locate("gemma3-270m"))' 2>>"$LOG"); then
+            'from edgerope.io.registry import locate; print(locate("gemma3-270m"))' 2>>"$LOG"); then
         mkdir -p "$CACHE/gen"
         GHASH=$( (printf '%s' "$MODEL $PROMPT $N_GEN"; cat "$SRC"/edgerope/*.py \
                   "$SRC"/edgerope/kernels/*.py "$SRC/bench/arm64/diff_logits.py") | sha256sum | cut -c1-16)

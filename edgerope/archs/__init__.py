@@ -1,7 +1,7 @@
 """The architecture registry: one module per model family, each holding everything edgerope
 knows about it as data -- forward-pass flags, the transformers config-class defaults, RoPE
 defaults per layer type, Hugging Face tensor names, GGUF metadata and tensor names, and the
-built-in chat template for files that carry none. The forward pass (edgerope.model) is one
+built-in chat template for files that carry none. The forward pass (edgerope.engine.model) is one
 function steered by that data; config.py, rope.py, checkpoint.py, gguf_loader.py and chat.py
 read the registry instead of naming architectures.
 
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import importlib
 
-from .base import Arch, GGUFArch, LLAMA_NAMES, GGUF_NAMES
+from edgerope.archs.base import Arch, GGUFArch, LLAMA_NAMES, GGUF_NAMES
 
 __all__ = ["Arch", "GGUFArch", "all_archs", "get", "find", "by_gguf", "model_types", "gguf_archs",
            "LLAMA_NAMES", "GGUF_NAMES"]

@@ -31,7 +31,7 @@ GGUF_NAMES = {
 @dataclass(frozen=True)
 class GGUFArch:
     """How llama.cpp writes an architecture. `config(meta, raw)` adds the architecture's
-    config.json keys to `raw` (the common ones are read by edgerope.gguf_loader); `meta` reads
+    config.json keys to `raw` (the common ones are read by edgerope.io.gguf); `meta` reads
     metadata: `meta.need(key, kind)`, `meta.opt(key, default, kind)` (keys without the
     `<arch>.` prefix) and `meta.rope` (the file's RoPE parameters as a rope_parameters dict)."""
     name: str                                  # general.architecture
@@ -48,7 +48,7 @@ class GGUFArch:
 class Arch:
     """One Hugging Face `model_type`.
 
-    Forward-pass shape (edgerope.config.ModelConfig has the meaning of each): `norm` "rms" |
+    Forward-pass shape (edgerope.archs.config.ModelConfig has the meaning of each): `norm` "rms" |
     "rms1p" (x*(1+w)) | "layer"; `residual` "sequential" | "parallel"; `shared_norm` (parallel
     residual feeds the MLP the attention's normed input); `sandwich` (post-attention and
     pre/post-feed-forward norms); `pre_norm` (False: none before attention and MLP, OLMo 2);

@@ -4,8 +4,8 @@ LayerNorm shared by attention and MLP in a parallel residual, fused QKV [q | k |
 group [its queries, k, v], separate `ln_attn` / `ln_mlp`), and the older forms (per-head
 [q, k, v] fused QKV; sequential residual without `parallel_attn`); biases with `bias`;
 plain GELU MLP; whole-head RoPE. Configs asking for ALiBi instead of RoPE are refused."""
-from ..errors import ConfigError
-from .base import GGUF_NAMES, Arch, GGUFArch
+from edgerope.errors import ConfigError
+from edgerope.archs.base import GGUF_NAMES, Arch, GGUFArch
 
 _H = "transformer.h.{i}."
 

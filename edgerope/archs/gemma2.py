@@ -3,7 +3,7 @@
 layer (the even ones)."""
 import math
 
-from .base import Arch, GGUFArch, LLAMA_NAMES
+from edgerope.archs.base import Arch, GGUFArch, LLAMA_NAMES
 
 _L = "model.layers.{i}."
 

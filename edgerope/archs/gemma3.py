@@ -7,7 +7,7 @@ weights as 1 + w."""
 import copy
 import math
 
-from .base import Arch, GGUFArch, LLAMA_NAMES
+from edgerope.archs.base import Arch, GGUFArch, LLAMA_NAMES
 
 _L = "model.layers.{i}."
 

@@ -28,7 +28,7 @@ non-shared layer is a full-attention one; the two agree on the released shapes).
 import copy
 import math
 
-from .base import GGUF_NAMES, Arch, GGUFArch, LLAMA_NAMES
+from edgerope.archs.base import GGUF_NAMES, Arch, GGUFArch, LLAMA_NAMES
 
 _L = "model.layers.{i}."
 
@@ -103,7 +103,7 @@ def _positive(cfg, key):
 
 
 def _geometry(cfg, types, head_dims):
-    from ..config import MoESpec
+    from edgerope.archs.config import MoESpec
     n = len(types)
     shapes = [_layer_shape(cfg, types, i) for i in range(n)]
     for i, (hd, _) in enumerate(shapes):

@@ -1,7 +1,7 @@
 """GLM (`model_type` "glm", GLM-4-9B-chat-hf) and GLM-4 (`glm4`, GLM-4-0414): Llama-shaped
 with a fused gate|up projection, q/k/v biases, and partial RoPE on 0.5 of each head with
 interleaved pairs; `glm4` adds norms after attention and after the MLP (sandwich)."""
-from .base import GGUF_NAMES, Arch, GGUFArch, LLAMA_NAMES
+from edgerope.archs.base import GGUF_NAMES, Arch, GGUFArch, LLAMA_NAMES
 
 _G = "blk.{i}."
 

@@ -3,7 +3,7 @@ use_parallel_residual=false), plain GELU MLP with biases, fused QKV laid out per
 RoPE on a prefix of `rotary_pct` (0.25) of each head with base `rotary_emb_base`."""
 import copy
 
-from .base import GGUF_NAMES, Arch, GGUFArch
+from edgerope.archs.base import GGUF_NAMES, Arch, GGUFArch
 
 _N = "gpt_neox.layers.{i}."
 

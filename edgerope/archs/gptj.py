@@ -1,7 +1,7 @@
 """GPT-J: one LayerNorm shared by attention and MLP in a parallel residual, plain GELU MLP,
 RoPE with base 10000 on the first `rotary_dim` (64) channels of each head, interleaved pairs
 (channel 2i with 2i+1); no rope config at all."""
-from .base import Arch
+from edgerope.archs.base import Arch
 
 _H = "transformer.h.{i}."
 

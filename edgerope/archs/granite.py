@@ -2,7 +2,7 @@
 (`embedding_multiplier`), the attention scale (`attention_multiplier`, replacing
 1/sqrt(head_dim)), each sublayer's output before its residual add (`residual_multiplier`)
 and the logits (divided by `logits_scaling`)."""
-from .base import Arch, GGUFArch, LLAMA_NAMES
+from edgerope.archs.base import Arch, GGUFArch, LLAMA_NAMES
 
 
 def _scales(cfg, hidden, head_dim):

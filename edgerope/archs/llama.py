@@ -1,6 +1,6 @@
 """Llama and Mistral: RMSNorm, gated SiLU MLP, whole-head RoPE (with every scaling variant);
 Mistral's sliding window applies to every layer. GGUF `llama` (Mistral files use it too)."""
-from .base import Arch, GGUFArch, LLAMA_NAMES
+from edgerope.archs.base import Arch, GGUFArch, LLAMA_NAMES
 
 
 def _gguf(meta, raw):

@@ -1,7 +1,7 @@
 """OLMo 2: norms after each sublayer instead of before (post-attention and post-feed-forward
 RMSNorms, no input norm), and q/k RMSNorms over the whole projection (all heads at once), not
 per head."""
-from .base import Arch, GGUFArch, LLAMA_NAMES
+from edgerope.archs.base import Arch, GGUFArch, LLAMA_NAMES
 
 _L = "model.layers.{i}."
 

@@ -1,6 +1,6 @@
 """Persimmon: LayerNorm, plain squared-ReLU MLP, fused QKV per head with biases, q/k
 LayerNorms, partial RoPE on a prefix of 0.5 of each head."""
-from .base import Arch
+from edgerope.archs.base import Arch
 
 _L = "model.layers.{i}."
 

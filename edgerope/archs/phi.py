@@ -1,7 +1,7 @@
 """Phi-1/1.5/2: LayerNorm shared by attention and MLP in a parallel residual, plain GELU MLP,
 biases everywhere (lm_head too), partial RoPE on a prefix of 0.5 of each head, optional q/k
 LayerNorms."""
-from .base import GGUF_NAMES, Arch, GGUFArch
+from edgerope.archs.base import GGUF_NAMES, Arch, GGUFArch
 
 _L = "model.layers.{i}."
 

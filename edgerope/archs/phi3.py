@@ -2,7 +2,7 @@
 gate_up_proj = [gate | up]), partial RoPE on a prefix of `partial_rotary_factor` of each head
 (Phi-4-mini: 0.75; default 1.0) with longrope scaling, and a sliding window on every layer
 when `sliding_window` is set."""
-from .base import GGUF_NAMES, Arch, GGUFArch, LLAMA_NAMES
+from edgerope.archs.base import GGUF_NAMES, Arch, GGUFArch, LLAMA_NAMES
 
 _L = "model.layers.{i}."
 

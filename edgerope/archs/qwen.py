@@ -1,6 +1,6 @@
 """Qwen 2 and Qwen 3: Llama-shaped; Qwen 2 has q/k/v biases, Qwen 3 per-head q/k RMSNorms.
 `use_sliding_window` puts a window on the layers from `max_window_layers` on."""
-from .base import Arch, GGUFArch, LLAMA_NAMES
+from edgerope.archs.base import Arch, GGUFArch, LLAMA_NAMES
 
 
 def _adjust(cfg, flags):

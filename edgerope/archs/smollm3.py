@@ -1,7 +1,7 @@
 """SmolLM3: Llama-shaped with NoPE layers -- `no_rope_layers[i]` 0 leaves layer i without
 RoPE (default: every `no_rope_layer_interval`-th, 4), and with `use_sliding_window` those
 NoPE layers (only) get the sliding window."""
-from .base import Arch, GGUFArch, LLAMA_NAMES
+from edgerope.archs.base import Arch, GGUFArch, LLAMA_NAMES
 
 
 def _rope_flags(cfg, n):

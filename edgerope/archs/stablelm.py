@@ -1,7 +1,7 @@
 """StableLM (2): LayerNorm, gated SiLU MLP, partial RoPE on a prefix of 0.25 of each head,
 optional q/k biases (`use_qkv_bias`), one LayerNorm per head on q and k (`qk_layernorm`), and
 a parallel residual with the attention's normed input (`use_parallel_residual`)."""
-from .base import Arch, GGUFArch, LLAMA_NAMES
+from edgerope.archs.base import Arch, GGUFArch, LLAMA_NAMES
 
 _L = "model.layers.{i}."
 

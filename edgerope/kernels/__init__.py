@@ -5,21 +5,21 @@ imports numba. Thread count: `set_threads` / `get_threads` / `max_threads` /
 `default_threads`.
 """
 # jit first: it sets up Numba's import (jit._SkipNumbaProbes) before anything imports numba
-from .jit import default_threads, get_threads, max_threads, set_threads
-from .activations import (ACT_GELU, ACT_GELU_TANH, ACT_KINDS, ACT_RELU, ACT_RELU2, ACT_SILU,
+from edgerope.kernels.jit import default_threads, get_threads, max_threads, set_threads
+from edgerope.kernels.activations import (ACT_GELU, ACT_GELU_TANH, ACT_KINDS, ACT_RELU, ACT_RELU2, ACT_SILU,
                           act, act_mul, add, add_bias, scale_, softcap_, softmax_)
-from .attention import DECODE_SPLIT, attention, attention_decode
-from .matmul import (QK, dequantize_q8, f32_embed, f32_gemm, f32_gemv, q8_blocks, q8_embed,
+from edgerope.kernels.attention import DECODE_SPLIT, attention, attention_decode
+from edgerope.kernels.matmul import (QK, dequantize_q8, f32_embed, f32_gemm, f32_gemv, q8_blocks, q8_embed,
                      q8_gemm, q8_gemv, quantize_q8)
-from .norm import layer_norm, rms_norm
-from .q4dot import BLOCK_BYTES as Q4_BLOCK_BYTES
-from .q4dot import dequantize_q4, pack_q4, q4p_embed, q4p_gemm, q4p_gemv, quantize_q4, unpack_q4
-from .q8dot import BLOCK_BYTES as Q8_BLOCK_BYTES
-from .q8dot import (ScaleRangeError, act_buffers, pack_q8, packed_shape, q8p_embed, q8p_gemm,
+from edgerope.kernels.norm import layer_norm, rms_norm
+from edgerope.kernels.q4dot import BLOCK_BYTES as Q4_BLOCK_BYTES
+from edgerope.kernels.q4dot import dequantize_q4, pack_q4, q4p_embed, q4p_gemm, q4p_gemv, quantize_q4, unpack_q4
+from edgerope.kernels.q8dot import BLOCK_BYTES as Q8_BLOCK_BYTES
+from edgerope.kernels.q8dot import (ScaleRangeError, act_buffers, pack_q8, packed_shape, q8p_embed, q8p_gemm,
                     q8p_gemm_portable, q8p_gemm_vnni, q8p_gemv, q8p_gemv_portable, q8p_gemv_vnni,
                     quantize_act, unpack_q8)
-from .simd import MODE as SIMD_MODE
-from .rope import rope_apply, rope_shift
+from edgerope.kernels.simd import MODE as SIMD_MODE
+from edgerope.kernels.rope import rope_apply, rope_shift
 
 __all__ = [
     "set_threads", "get_threads", "max_threads", "default_threads",

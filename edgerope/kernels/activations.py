@@ -10,8 +10,8 @@ import math
 
 import numpy as np
 
-from .expf import exp32
-from .jit import kernel, prange
+from edgerope.kernels.expf import exp32
+from edgerope.kernels.jit import kernel, prange
 
 ACT_SILU = 0
 ACT_GELU = 1

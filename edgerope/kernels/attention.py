@@ -13,9 +13,9 @@ on which heads share its run or chunk, hence results do not depend on the thread
 """
 import numpy as np
 
-from .expf import exp32
-from .jit import kernel, prange
-from .kvstore import kv_axpy, kv_axpy4, kv_axpy4x4, kv_dot, kv_dot4, kv_dot4x4
+from edgerope.kernels.expf import exp32
+from edgerope.kernels.jit import kernel, prange
+from edgerope.kernels.kvstore import kv_axpy, kv_axpy4, kv_axpy4x4, kv_dot, kv_dot4, kv_dot4x4
 
 _KEY_BLOCK = 128  # keys per block: K and V blocks (128 x D floats each) stay in L2
 _RUN = 8          # max query heads walking the key blocks together
@@ -428,7 +428,7 @@ def attention_decode(out, q, k_cache, v_cache, k_scale, v_scale, cache_pos, k_ne
     parallel, each with its own softmax state and output, then merged in part order
     (flash-decoding); otherwise `attention` over those slots. The parts depend on n_slots
     and the scratch shape, never on the thread count. A separate kernel so that short
-    contexts never load it (edgerope.model calls it for caches of more than DECODE_SPLIT
+    contexts never load it (edgerope.engine.model calls it for caches of more than DECODE_SPLIT
     slots)."""
     Hq = q.shape[1]
     Hkv = k_new.shape[1]

@@ -15,7 +15,7 @@ from llvmlite import ir
 from numba.core import types
 from numba.extending import intrinsic
 
-from .jit import kernel
+from edgerope.kernels.jit import kernel
 
 _LO = np.float32(-86.64)       # 2^(n-1) stays a normal number: n >= -125
 _HI = np.float32(88.72283)     # ln(FLT_MAX)

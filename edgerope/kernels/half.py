@@ -11,7 +11,7 @@ from llvmlite import ir
 from numba import types
 from numba.extending import intrinsic
 
-from .simd import HAS_F16_CONVERT, _half_to_float
+from edgerope.kernels.simd import HAS_F16_CONVERT, _half_to_float
 
 _I16 = ir.IntType(16)
 _I32 = ir.IntType(32)

@@ -96,7 +96,7 @@ def default_threads():
     """Physical performance cores (edgerope.system.physical_cores), at most the pool size:
     SMT siblings and LITTLE cores share a core's matmul units or lag behind, and the slowest
     thread sets the pace of a parallel matmul."""
-    from ..system import physical_cores
+    from edgerope.system import physical_cores
     return max(1, min(physical_cores(), max_threads()))
 
 
@@ -156,7 +156,7 @@ class _DropCompilerPages(event.Listener):
         if idle:
             if self._blas_probe is not None and self._blas_probe.settle():
                 self._blas_probe = None
-            from ..system import drop_clean_library_pages
+            from edgerope.system import drop_clean_library_pages
             drop_clean_library_pages()
 
 

@@ -21,8 +21,8 @@ import numpy as np
 from numba import types
 from numba.extending import overload
 
-from .half import f2h, h2f
-from .jit import FASTMATH, kernel
+from edgerope.kernels.half import f2h, h2f
+from edgerope.kernels.jit import FASTMATH, kernel
 
 KV_DTYPES = {"f32": np.float32, "f16": np.uint16, "int8": np.int8}
 KV_BLOCK = 32  # channels per int8 scale

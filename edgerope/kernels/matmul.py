@@ -13,7 +13,7 @@ so results match a float64 reference of the dequantized matrix to float32 roundi
 """
 import numpy as np
 
-from .jit import kernel, prange
+from edgerope.kernels.jit import kernel, prange
 
 QK = 32            # quantization block length (columns per scale); kernels spell it as a literal
 _GEMV_ROWS = 32    # rows per parallel chunk in gemv (multiple of 4; one small alloc each)

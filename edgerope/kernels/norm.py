@@ -9,7 +9,7 @@ Serial on purpose: a norm costs O(M n), negligible next to the matmul that follo
 """
 import numpy as np
 
-from .jit import kernel
+from edgerope.kernels.jit import kernel
 
 
 @kernel

@@ -27,10 +27,10 @@ each path.
 """
 import numpy as np
 
-from . import simd
-from .half import h2f
-from .jit import kernel, prange
-from .q8dot import (_GEMM_GROUPS, _GEMM_TOKENS, QK, ROWS, _aligned_empty, _check,
+from edgerope.kernels import simd
+from edgerope.kernels.half import h2f
+from edgerope.kernels.jit import kernel, prange
+from edgerope.kernels.q8dot import (_GEMM_GROUPS, _GEMM_TOKENS, QK, ROWS, _aligned_empty, _check,
                     packed_shape, scales_to_f16)
 
 BLOCK_BYTES = 256  # ROWS * QK / 2

@@ -47,10 +47,10 @@ Int4 weights (Q4_0) use the same cores through edgerope.kernels.q4dot.
 """
 import numpy as np
 
-from . import simd
-from .half import h2f
-from .jit import kernel, prange
-from .matmul import _q8_inv, _q8_round
+from edgerope.kernels import simd
+from edgerope.kernels.half import h2f
+from edgerope.kernels.jit import kernel, prange
+from edgerope.kernels.matmul import _q8_inv, _q8_round
 
 ROWS = 16          # output rows per group (one zmm of int32 / float32 lanes)
 QK = 32            # columns per block (one scale)

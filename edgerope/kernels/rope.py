@@ -7,7 +7,7 @@ ia = 0, 2, 4.., ib = 1, 3, 5.., and partial rotary uses R < D; channels outside 
 never written, so they stay bit-identical. Building the tables (frequencies, scaling) is the
 caller's job.
 """
-from .jit import kernel
+from edgerope.kernels.jit import kernel
 
 
 @kernel

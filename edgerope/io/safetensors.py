@@ -11,7 +11,7 @@ tensors are laid out biggest alignment first, with no holes (the format forbids 
 
 Owns: file discovery in a model directory, header validation, typed views, float32 conversion,
 aligned writing.
-Does not own: tensor naming (edgerope.checkpoint) or quantization (edgerope.linear).
+Does not own: tensor naming (edgerope.io.checkpoint) or quantization (edgerope.formats.linear).
 """
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ import struct
 
 import numpy as np
 
-from .errors import WeightsError
+from edgerope.errors import WeightsError
 
 _DTYPES = {"F32": np.float32, "F16": np.float16, "BF16": np.uint16, "F64": np.float64,
            "I8": np.int8, "U8": np.uint8, "I16": np.int16, "I32": np.int32, "I64": np.int64,

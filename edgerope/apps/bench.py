@@ -15,10 +15,10 @@ import time
 
 import numpy as np
 
-from . import kernels
-from .cache import DEFAULT_KV_TYPE
-from .info import parameter_count
-from .profile import Profiler
+from edgerope import kernels
+from edgerope.engine.cache import DEFAULT_KV_TYPE
+from edgerope.apps.info import parameter_count
+from edgerope.engine.profile import Profiler
 
 
 def _context(model, n_ctx, n_batch, depth, kv_type):

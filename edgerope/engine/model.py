@@ -16,14 +16,14 @@ import threading
 
 import numpy as np
 
-from . import kernels as K
-from .cache import DEFAULT_KV_TYPE, KVCache
-from .kernels.kvstore import partners
-from .checkpoint import ModelWeights, Norm
-from .config import ModelConfig
-from .errors import ConfigError
-from .linear import Activations
-from .profile import direct
+from edgerope import kernels as K
+from edgerope.engine.cache import DEFAULT_KV_TYPE, KVCache
+from edgerope.kernels.kvstore import partners
+from edgerope.engine.weights import ModelWeights, Norm
+from edgerope.archs.config import ModelConfig
+from edgerope.errors import ConfigError
+from edgerope.formats.linear import Activations
+from edgerope.engine.profile import direct
 
 _ATT_CHUNKS = 16  # parallel work units of the attention kernel (each owns a scratch row)
 
@@ -95,8 +95,8 @@ class Model:
         return self.new_session(n_ctx=n, n_batch=n).eval(ids, all_logits=True)
 
     def generate(self, prompt, **kwargs):
-        """Stream generated text pieces; see `edgerope.generate.generate`."""
-        from .generate import generate
+        """Stream generated text pieces; see `edgerope.engine.generate.generate`."""
+        from edgerope.engine.generate import generate
         return generate(self, prompt, **kwargs)
 
 
@@ -159,9 +159,9 @@ class _Buffers:
 class Session:
     """One sequence being evaluated: KV cache, next position, token history, buffers.
 
-    `kv_type`: "f32", "f16" or "int8" KV cache elements (edgerope.cache). `context_shift`:
+    `kv_type`: "f32", "f16" or "int8" KV cache elements (edgerope.engine.cache). `context_shift`:
     when a chunk does not fit in `n_ctx`, drop the oldest tokens after the first `n_keep`
-    (attention sinks) and renumber the rest (StreamingLLM; edgerope.cache explains how), so
+    (attention sinks) and renumber the rest (StreamingLLM; edgerope.engine.cache explains how), so
     evaluation never runs out of room; without it eval() raises ContextFullError. `tokens`
     is what the cache holds, in position order (after a shift: the sinks, then the recent
     tokens), so `pos == len(tokens)` always; `n_shifted` counts the tokens dropped."""
@@ -185,7 +185,7 @@ class Session:
         self._rope = {t: model.rope_table(t, n_ctx) for t in set(cfg.layer_types)}
         self._partner = {t: partners(cfg.rope[t].head_dim, ia, ib)
                          for t, (_, _, ia, ib) in self._rope.items()}
-        self.profiler = None  # an edgerope.profile.Profiler times every kernel call
+        self.profiler = None  # an edgerope.engine.profile.Profiler times every kernel call
 
     def _run(self):
         return self.profiler or direct

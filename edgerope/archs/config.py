@@ -6,7 +6,7 @@ norms, fused-tensor layout, the defaults its transformers config class fills in 
 `config.json` omits a key, and hooks for config-dependent choices).
 
 Owns: reading config dicts, validation of hyper-parameters, derived sizes. Does not own RoPE
-details (edgerope.rope), tensor names or what an architecture is (edgerope.archs).
+details (edgerope.archs.rope), tensor names or what an architecture is (edgerope.archs).
 """
 from __future__ import annotations
 
@@ -15,9 +15,9 @@ import os
 from dataclasses import dataclass, field
 from typing import Mapping
 
-from . import archs
-from .errors import ConfigError
-from .rope import RopeSpec, rope_specs_from_config
+from edgerope import archs
+from edgerope.errors import ConfigError
+from edgerope.archs.rope import RopeSpec, rope_specs_from_config
 
 # Old or alternative key names -> the Hugging Face name used here.
 _ALIASES = {"n_embd": "hidden_size", "n_layer": "num_hidden_layers", "n_head": "num_attention_heads",

@@ -1,6 +1,6 @@
 """Text <-> token ids: the `Tokenizer` interface, its SentencePiece and byte-level BPE
 implementations, incremental (streaming) detokenization, `load_tokenizer` for Hugging Face-style
-model directories and `tokenizer_from_gguf` for GGUF files (builders in edgerope.tokenizer_gguf).
+model directories and `tokenizer_from_gguf` for GGUF files (builders in edgerope.text.gguf_vocab).
 
 Owns: which token ids begin (`bos_id`) and end (`eos_ids`) a sequence, which ids are "special"
 (never produced by `encode` of plain text, silently dropped by `decode` and by streams), how
@@ -24,7 +24,7 @@ from typing import Iterable
 
 import sentencepiece as spm
 
-from .errors import TokenizerError
+from edgerope.errors import TokenizerError
 
 __all__ = ["Tokenizer", "SentencePieceTokenizer", "BPETokenizer", "StreamDecoder",
            "load_tokenizer", "tokenizer_from_gguf", "EOG_TEXTS"]
@@ -191,7 +191,7 @@ class SentencePieceTokenizer(Tokenizer):
         self.chat_template = chat_template
         # piece_types ({id: type} of the non-NORMAL pieces) spares parsing the proto again
         if piece_types is None:
-            from .tokenizer_gguf import _proto_piece_types
+            from edgerope.text.gguf_vocab import _proto_piece_types
             piece_types = _proto_piece_types(sp.serialized_model_proto())
         types = piece_types
         self._control = frozenset(i for i, t in types.items() if t in (2, 3))  # unknown, control
@@ -448,7 +448,7 @@ def _load_tokenizer(model_dir) -> Tokenizer:
     if os.path.isfile(model_dir) and model_dir.endswith(".model"):
         return SentencePieceTokenizer(model_dir)
     if os.path.isfile(model_dir) and model_dir.endswith(".json"):
-        from .tokenizer_gguf import BPETokenizer
+        from edgerope.text.gguf_vocab import BPETokenizer
         return BPETokenizer.from_file(model_dir)
     sp_path = os.path.join(model_dir, "tokenizer.model")
     json_path = os.path.join(model_dir, "tokenizer.json")
@@ -495,7 +495,7 @@ def _load_tokenizer(model_dir) -> Tokenizer:
         from tokenizers import AddedToken
         from tokenizers import Tokenizer as HFTokenizer
 
-        from .tokenizer_gguf import BPETokenizer
+        from edgerope.text.gguf_vocab import BPETokenizer
         try:
             hf = HFTokenizer.from_file(json_path)
         except Exception as e:  # noqa: BLE001 - tokenizers raises a bare Exception
@@ -541,18 +541,18 @@ def _load_tokenizer(model_dir) -> Tokenizer:
 
 def __getattr__(name):  # BPETokenizer lives in tokenizer_gguf (which imports this module)
     if name == "BPETokenizer":
-        from .tokenizer_gguf import BPETokenizer
+        from edgerope.text.gguf_vocab import BPETokenizer
         return BPETokenizer
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def tokenizer_from_gguf(reader) -> Tokenizer:
     """Tokenizer for a GGUF file's vocabulary: `reader` is a `gguf.GGUFReader`, an
-    `edgerope.gguf_reader.GGUFFile`, or a path. See edgerope.tokenizer_gguf."""
-    from .tokenizer_gguf import tokenizer_from_gguf as build
+    `edgerope.io.gguf_file.GGUFFile`, or a path. See edgerope.text.gguf_vocab."""
+    from edgerope.text.gguf_vocab import tokenizer_from_gguf as build
     if isinstance(reader, (str, os.PathLike)):
         try:
-            from .gguf_reader import GGUFFile
+            from edgerope.io.gguf_file import GGUFFile
             reader = GGUFFile(os.fspath(reader))
         except ImportError:
             import gguf

@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import os
 
-from .checkpoint import load_weights
-from .config import ConfigError, parse_config, read_config_dict
-from .errors import EdgeropeError, TokenizerError, WeightsError
-from .linear import DTYPES
-from .model import Model
-from .native import FORMAT, load_native
-from .safetensors_mmap import Checkpoint
+from edgerope.io.checkpoint import load_weights
+from edgerope.archs.config import ConfigError, parse_config, read_config_dict
+from edgerope.errors import EdgeropeError, TokenizerError, WeightsError
+from edgerope.formats.linear import DTYPES
+from edgerope.engine.model import Model
+from edgerope.io.native import FORMAT, load_native
+from edgerope.io.safetensors import Checkpoint
 
 
 def load(path: str, dtype: str = "int8", tokenizer: bool = True) -> Model:
@@ -42,20 +42,20 @@ def load(path: str, dtype: str = "int8", tokenizer: bool = True) -> Model:
     # tokenizer file that is present but broken is an error.
     if tokenizer and any(os.path.exists(os.path.join(path, f))
                          for f in ("tokenizer.model", "tokenizer.json")):
-        from .tokenizer import load_tokenizer
+        from edgerope.text.tokenizer import load_tokenizer
         tok = load_tokenizer(path)
     return Model(cfg, weights, tok, dtype=dtype, path=path, config_dict=raw)
 
 
 def _load_gguf(path: str, dtype: str, tokenizer: bool) -> Model:
-    from .gguf_loader import gguf_config_dict, load_gguf
+    from edgerope.io.gguf import gguf_config_dict, load_gguf
     with open(path, "rb") as f:
         if f.read(4) != b"GGUF":
             raise WeightsError(f"{path}: not a GGUF file and not a model directory")
     cfg, weights, g = load_gguf(path, dtype)
     tok = None
     if tokenizer:
-        from .tokenizer import tokenizer_from_gguf
+        from edgerope.text.tokenizer import tokenizer_from_gguf
         try:
             tok = tokenizer_from_gguf(g)
         except TokenizerError as e:  # name the file, as every load error does

@@ -1,14 +1,14 @@
 """What a loaded model is: architecture, size, RoPE, quantization, memory at a context.
 
 Owns the rows `edgerope info` prints, computed from the loaded Model (memory figures:
-edgerope.memory).
+edgerope.engine.memory).
 """
 from __future__ import annotations
 
 import os
 
-from .cache import DEFAULT_KV_TYPE, KV_TYPES, kv_bytes
-from .memory import estimate
+from edgerope.engine.cache import DEFAULT_KV_TYPE, KV_TYPES, kv_bytes
+from edgerope.engine.memory import estimate
 
 
 _MB = 1024 * 1024

@@ -12,7 +12,7 @@ cancelled reply, a template that rewrites earlier turns), the session is reset a
 conversation re-evaluated; `Chat.reprefills` counts those. The result is always exactly what a
 fresh evaluation of the rendered conversation would give.
 
-Does not own: the sampling loop (`edgerope.generate.sample_tokens`), which ids end a turn
+Does not own: the sampling loop (`edgerope.engine.generate.sample_tokens`), which ids end a turn
 (`tokenizer.eos_ids`, which include end-of-turn tokens), context shifting.
 """
 from __future__ import annotations
@@ -33,10 +33,10 @@ from jinja2 import nodes
 from jinja2.ext import Extension
 from jinja2.sandbox import ImmutableSandboxedEnvironment, SandboxedFormatter
 
-from .cache import DEFAULT_KV_TYPE
-from .errors import ContextFullError, EdgeropeError
-from .generate import GenerationStats, sample_tokens
-from .sampler import Sampler, SamplingParams
+from edgerope.engine.cache import DEFAULT_KV_TYPE
+from edgerope.errors import ContextFullError, EdgeropeError
+from edgerope.engine.generate import GenerationStats, sample_tokens
+from edgerope.engine.sampler import Sampler, SamplingParams
 
 __all__ = ["TEMPLATES", "render_chat", "pick_template", "Chat", "run_chat"]
 
@@ -409,7 +409,7 @@ def pick_template(model) -> str:
         tmpl = tmpl.get("default")
     if isinstance(tmpl, str) and tmpl.strip():
         return tmpl
-    from . import archs
+    from edgerope import archs
     arch = archs.find(getattr(model.config, "model_type", ""))
     return TEMPLATES[arch.chat_template if arch is not None else "chatml"]
 

@@ -19,7 +19,7 @@ import struct
 
 import numpy as np
 
-from .errors import WeightsError
+from edgerope.errors import WeightsError
 
 _SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?",
             10: "<Q", 11: "<q", 12: "<d"}

@@ -1,6 +1,6 @@
 """edgerope's own on-disk format: a directory that loads with no conversion work.
 
-    config.json             Hugging Face-style config (what edgerope.config parses)
+    config.json             Hugging Face-style config (what edgerope.archs.config parses)
     model.safetensors       tensors by internal name; metadata["edgerope"] = JSON below
     tokenizer.model | tokenizer.json, tokenizer_config.json (chat template, bos/eos)
 
@@ -34,14 +34,14 @@ import time
 
 import numpy as np
 
-from .checkpoint import (LayerWeights, ModelWeights, MoEWeights, Norm, PLEWeights,
+from edgerope.io.checkpoint import (LayerWeights, ModelWeights, MoEWeights, Norm, PLEWeights,
                          warn_unused)
-from .errors import WeightsError
-from .kernels import ScaleRangeError
-from .kernels import Q4_BLOCK_BYTES, Q8_BLOCK_BYTES, packed_shape
-from .kernels.q8dot import aligned_copy
-from .linear import Linear
-from .safetensors_mmap import Checkpoint, write_aligned
+from edgerope.errors import WeightsError
+from edgerope.kernels import ScaleRangeError
+from edgerope.kernels import Q4_BLOCK_BYTES, Q8_BLOCK_BYTES, packed_shape
+from edgerope.kernels.q8dot import aligned_copy
+from edgerope.formats.linear import Linear
+from edgerope.io.safetensors import Checkpoint, write_aligned
 
 FORMAT = "edgerope"
 VERSION = 3

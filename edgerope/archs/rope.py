@@ -308,7 +308,7 @@ _OMPE = "original_max_position_embeddings"
 
 
 def _arch(model_type):
-    from . import archs
+    from edgerope import archs
     a = archs.find(model_type)
     if a is None:
         raise ValueError(f"unsupported model_type {model_type!r} for RoPE "

@@ -16,7 +16,7 @@ import json
 import os
 import sys
 
-from .errors import EdgeropeError
+from edgerope.errors import EdgeropeError
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 _CHECKOUT_WEIGHTS = os.path.join(os.path.dirname(_HERE), "weights")
@@ -123,8 +123,8 @@ def load_named(name: str, dtype: str = "int8", tokenizer: bool = True):
 
     tokenizer=False skips loading the vocabulary (bench needs none); a first-use conversion
     still writes it into the converted copy."""
-    from .loading import load
-    from .native import save_native
+    from edgerope.io.loading import load
+    from edgerope.io.native import save_native
     cached = converted_dir(name, dtype)
     if os.path.isdir(cached):
         try:
@@ -142,7 +142,7 @@ def load_named(name: str, dtype: str = "int8", tokenizer: bool = True):
 
 def load_any(spec: str | None, dtype: str = "int8", tokenizer: bool = True):
     """A path (directory or GGUF file) or a registry name; None = the default model."""
-    from .loading import load
+    from edgerope.io.loading import load
     if spec is None:
         spec = default_model()
     if os.path.exists(spec) or not is_registered(spec):

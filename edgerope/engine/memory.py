@@ -3,7 +3,7 @@
     weights   resident weight bytes: exact for a loaded model (ModelWeights.nbytes), from the
               config and the in-memory dtype before loading (same layouts: int8 / int4 packed
               in groups of 16 rows x 32 columns with fp16 scales, float32 plain)
-    KV cache  edgerope.cache.kv_bytes at that context, KV type and sinks
+    KV cache  edgerope.engine.cache.kv_bytes at that context, KV type and sinks
     buffers   a session's activation and scratch buffers (`activation_bytes`)
     tokenizer its vocabulary as Python objects: ~256 bytes a token + 8 MiB (measured: Gemma 3's
               262k SentencePiece pieces 56-68 MiB, SmolLM2's 49k BPE tokens and merges 30-38)
@@ -26,8 +26,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from .cache import DEFAULT_KV_TYPE, kv_bytes
-from .errors import EdgeropeError
+from edgerope.engine.cache import DEFAULT_KV_TYPE, kv_bytes
+from edgerope.errors import EdgeropeError
 
 _MiB = 1 << 20
 RUNTIME_BYTES = 85 * _MiB
@@ -81,7 +81,7 @@ def _matrix_bytes(n: int, k: int, dtype: str) -> int | None:
 def weight_bytes(cfg, dtype: str) -> int | None:
     """Bytes of the weight matrices and biases of a model of this config held as `dtype`
     (what ModelWeights.nbytes reports once loaded); None for an unknown dtype."""
-    from .checkpoint import EMBED_DTYPE
+    from edgerope.engine.weights import EMBED_DTYPE
     H, V = cfg.hidden_size, cfg.vocab_size
     gate = 2 if cfg.mlp == "gated" else 1
     edtype = EMBED_DTYPE.get(dtype, dtype)  # embedding and output matrices (int4: int8)
@@ -114,7 +114,7 @@ def tokenizer_bytes(cfg) -> int:
 
 
 def activation_bytes(cfg, n_ctx: int, n_batch: int = 512) -> int:
-    """Float32 buffers of a session (edgerope.model._Buffers), int8 activation copies, the
+    """Float32 buffers of a session (edgerope.engine.model._Buffers), int8 activation copies, the
     attention scratch and the last-token logits."""
     B = min(n_batch, n_ctx)
     inner = cfg.max_ffn * (2 if cfg.mlp == "gated" else 1)
@@ -129,7 +129,7 @@ def estimate(model_or_config, n_ctx: int | None = None, kv_type: str = DEFAULT_K
     """RAM to run a model at context `n_ctx` (default: the model's default context).
     `model_or_config`: a loaded Model (its weights are measured; `dtype` is ignored) or a
     ModelConfig (weights computed for `dtype`; ValueError for a dtype of unknown layout)."""
-    from .model import default_ctx
+    from edgerope.engine.model import default_ctx
     if hasattr(model_or_config, "weights"):
         cfg, weights = model_or_config.config, model_or_config.weights.nbytes
     else:
@@ -141,53 +141,3 @@ def estimate(model_or_config, n_ctx: int | None = None, kv_type: str = DEFAULT_K
                           kv_cache=kv_bytes(cfg, n_ctx, kv_type, max(n_keep, 0)),
                           buffers=activation_bytes(cfg, n_ctx, n_batch),
                           tokenizer=tokenizer_bytes(cfg))
-
-
-def config_of(spec: str | None, dtype: str = "int8"):
-    """The ModelConfig of what `registry.load_any(spec, dtype)` would load, read from the
-    config or GGUF header alone (no weights); None when `spec` names nothing loadable (the
-    load then says why)."""
-    from .config import parse_config, read_config_dict
-    from .registry import converted_dir, default_model, is_registered, locate
-    if spec is None:
-        spec = default_model()
-    if os.path.exists(spec):
-        path = spec
-    elif is_registered(spec):
-        path = converted_dir(spec, dtype)
-        if not os.path.isdir(path):
-            path = locate(spec)
-    else:
-        return None
-    if os.path.isfile(path):
-        from .gguf_loader import gguf_config_dict
-        from .gguf_reader import GGUFFile
-        return parse_config(gguf_config_dict(GGUFFile(path)))
-    return parse_config(read_config_dict(path))
-
-
-def preflight(spec: str | None, dtype: str = "int8", n_ctx: int | None = None,
-              kv_type: str = DEFAULT_KV_TYPE, n_batch: int = 512, n_keep: int = 4,
-              available: int | None = None) -> MemoryEstimate | None:
-    """Before loading: raise EdgeropeError when the model plainly cannot fit in the memory
-    available (edgerope.system.mem_available: MemAvailable, or $EDGEROPE_MEM_AVAILABLE).
-    Returns the estimate, or None when it cannot be made (no memory figure, a dtype of
-    unknown layout, a file the load will report on)."""
-    from .system import mem_available
-    if available is None:
-        available = mem_available()
-    if available is None:
-        return None
-    try:
-        cfg = config_of(spec, dtype)
-        est = None if cfg is None else estimate(cfg, n_ctx, kv_type, n_batch, n_keep, dtype)
-    except (EdgeropeError, ValueError, OSError):
-        return None  # the load reports a bad file with its own message
-    if est is not None and est.total > available:
-        ways = ["a smaller -c"] + (["--kv-type int8"] if kv_type != "int8" else []) + (
-            ["an int4 model (--dtype int4)"] if dtype != "int4" else [])
-        raise EdgeropeError(
-            f"model needs ~{human(est.total)} at context {est.n_ctx} but only "
-            f"{human(available)} is available (MiB: {est.parts()}); use "
-            f"{', '.join(ways)}, or --force")
-    return est

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import kernels as K
+from edgerope import kernels as K
 
 BLOCK = 32
 DTYPES = ("int8", "int4", "float32")

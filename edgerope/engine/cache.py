@@ -29,9 +29,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import kernels as K
-from .errors import ConfigError, ContextFullError
-from .kernels.kvstore import (KV_BLOCK, KV_DTYPES, kv_dequant, kv_requant, kv_store,
+from edgerope import kernels as K
+from edgerope.errors import ConfigError, ContextFullError
+from edgerope.kernels.kvstore import (KV_BLOCK, KV_DTYPES, kv_dequant, kv_requant, kv_store,
                               scale_shape)
 
 KV_TYPES = tuple(KV_DTYPES)  # "f32", "f16", "int8"

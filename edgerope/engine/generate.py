@@ -2,7 +2,7 @@
 
 Owns: the prompt -> prefill -> sample -> decode loop, stop conditions (max tokens, end-of-
 sequence tokens, stop strings, full context) and timing. Sampling rules live in
-edgerope.sampler, incremental UTF-8-safe detokenization in edgerope.tokenizer.
+edgerope.engine.sampler, incremental UTF-8-safe detokenization in edgerope.text.tokenizer.
 """
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ import time
 import warnings
 from dataclasses import dataclass, field
 
-from .cache import DEFAULT_KV_TYPE
-from .errors import ContextFullError, EdgeropeError
-from .sampler import Sampler, SamplingParams
+from edgerope.engine.cache import DEFAULT_KV_TYPE
+from edgerope.errors import ContextFullError, EdgeropeError
+from edgerope.engine.sampler import Sampler, SamplingParams
 
 
 @dataclass
@@ -77,7 +77,7 @@ def generate(model, prompt, max_tokens: int = 128, temperature: float = 0.8, top
 
     Greedy when temperature <= 0. Same seed and options -> same text. Stops at `max_tokens`,
     an end-of-sequence token or a stop string (not emitted). A full context shifts (drops the
-    oldest tokens after the first `keep`, see edgerope.model.Session) when `context_shift`,
+    oldest tokens after the first `keep`, see edgerope.engine.model.Session) when `context_shift`,
     else stops generation (stop_reason "context"). `keep` = -1 keeps the whole prompt.
     A prompt longer than the context streams through it with context shift; without, it is
     cut from the left (its first `keep` tokens stay) with a warning. `session` (optional)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import EdgeropeError
+from edgerope.errors import EdgeropeError
 
 
 @dataclass

@@ -1,6 +1,6 @@
 """`BPETokenizer` (byte-level BPE via the `tokenizers` library) and the tokenizers built from a
 GGUF file's vocabulary (`tokenizer.ggml.*` keys), matching llama.cpp. Import these names from
-edgerope.tokenizer; this module holds the GGUF/BPE builders so that one stays readable.
+edgerope.text.tokenizer; this module holds the GGUF/BPE builders so that one stays readable.
 
 `tokenizer_from_gguf(reader)` accepts a `gguf.GGUFReader` or edgerope's own `GGUFFile` (anything
 with `fields[key].contents()`):
@@ -17,7 +17,7 @@ with `fields[key].contents()`):
   regex splits every piece left by the previous one, keeping matches and the text between them.
 
 Special-token text (control, unknown and user-defined tokens) is split out by
-`edgerope.tokenizer._split_special`, which reproduces llama.cpp's `tokenizer_st_partition`.
+`edgerope.text.tokenizer._split_special`, which reproduces llama.cpp's `tokenizer_st_partition`.
 """
 from __future__ import annotations
 
@@ -27,8 +27,8 @@ from typing import Iterable
 
 import numpy as np
 
-from .errors import EdgeropeWarning, TokenizerError
-from .tokenizer import (_BYTE_PIECE, EOG_TEXTS, SentencePieceTokenizer, Tokenizer,
+from edgerope.errors import EdgeropeWarning, TokenizerError
+from edgerope.text.tokenizer import (_BYTE_PIECE, EOG_TEXTS, SentencePieceTokenizer, Tokenizer,
                         _eog_ids_by_text, _first_line, _sorted_specials, _split_special,
                         _write_json)
 
@@ -68,7 +68,7 @@ class BPETokenizer(Tokenizer):
     """Byte-level BPE (GPT-2 style: SmolLM, Llama 3, Qwen 2) run by the `tokenizers` library.
 
     `hf` is a `tokenizers.Tokenizer` (from a tokenizer.json, or built from a GGUF vocabulary by
-    edgerope.tokenizer_gguf). Its special added tokens are control tokens, its other added tokens
+    edgerope.text.gguf_vocab). Its special added tokens are control tokens, its other added tokens
     user-defined ones. With a ByteLevel decoder, every id maps to exact bytes, so decoding and
     streaming are byte-exact; other decoders go through `hf.decode`.
     """
@@ -240,7 +240,7 @@ def _field(reader, key, default=None):
     if f is None:
         return default
     if hasattr(f, "contents"):
-        value = getattr(f, "value", None)  # edgerope.gguf_reader keeps numeric arrays as ndarrays
+        value = getattr(f, "value", None)  # edgerope.io.gguf_file keeps numeric arrays as ndarrays
         return value if isinstance(value, np.ndarray) else f.contents()
     return f
 

@@ -1,7 +1,7 @@
 """GGUF models: llama.cpp metadata -> ModelConfig, GGUF tensors -> edgerope weights.
 
 The metadata is translated into a Hugging Face-style config dict, so one parser
-(edgerope.config) and one forward pass serve both formats. The keys every architecture shares
+(edgerope.archs.config) and one forward pass serve both formats. The keys every architecture shares
 are read here; each architecture's own (and what llama.cpp hard-codes rather than stores, e.g.
 Gemma 3's local RoPE base) come from its `GGUFArch` in edgerope.archs, with its tensor names.
 
@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import archs
-from .checkpoint import load_weights
-from .config import parse_config
-from .errors import ConfigError, WeightsError
-from .gguf_reader import GGUFFile
-from .linear import Linear
+from edgerope import archs
+from edgerope.io.checkpoint import load_weights
+from edgerope.archs.config import parse_config
+from edgerope.errors import ConfigError, WeightsError
+from edgerope.io.gguf_file import GGUFFile
+from edgerope.formats.linear import Linear
 
 _Q8_0, _Q4_0, _F32, _F16, _BF16 = 8, 2, 0, 1, 30
 
@@ -191,7 +191,7 @@ class _Meta:
 
 
 class GGUFSource:
-    """Tensors of a GGUF file with the interface edgerope.checkpoint reads from."""
+    """Tensors of a GGUF file with the interface edgerope.io.checkpoint reads from."""
 
     def __init__(self, g: GGUFFile, cfg):
         self.g, self.where, self.cfg = g, g.path, cfg
