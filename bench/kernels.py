@@ -1,10 +1,10 @@
-"""Micro-benchmark of the int8 matmul kernels on real Gemma 3 270M shapes: old vs packed.
+"""Micro-benchmark of the int8 matmul kernels on real Gemma 3 270M shapes: float32 vs packed.
 
     python bench/kernels.py [--threads 1,2] [--tokens 1,512] [--budget 0.3] [--head-gemm]
                             [--path vnni|avxvnni|portable] [--only SUBSTRING]
 
 Prints best-of timings as GB/s of int8 weights (N*K bytes / s, the decode figure of merit) and
-GFLOP/s (2*N*K*T / s). "old" = q8_gemv / q8_gemm (float accumulation over wq/ws); "new" =
+GFLOP/s (2*N*K*T / s). "old" = f32_gemv / f32_gemm on the dequantized float32 matrix; "new" =
 quantize_act + q8p_gemv / q8p_gemm on the packed layout (activation quantization included).
 The 262144 x 640 output head runs at T=1 only unless --head-gemm (its T=512 output is 512 MB).
 --path times another of the kernel paths the CPU supports (default: the dispatched one).
@@ -19,7 +19,8 @@ import numpy as np
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 import edgerope.kernels as K  # noqa: E402
-from edgerope.kernels import q8dot, simd  # noqa: E402
+from edgerope.formats import q8  # noqa: E402
+from edgerope.kernels import packed, simd  # noqa: E402
 
 SHAPES = [  # (name, N outputs, K inputs)
     ("head 640->262144", 262144, 640),
@@ -56,7 +57,7 @@ def main():
     ap.add_argument("--only", default="", help="substring filter on shape names")
     ap.add_argument("--path", default=simd.MODE, choices=simd.available())
     a = ap.parse_args()
-    gemv_new, gemm_new = q8dot.KERNELS[a.path]
+    gemv_new, gemm_new = packed.KERNELS["q8"][a.path]
     threads = [int(v) for v in a.threads.split(",")]
     tokens = [int(v) for v in a.tokens.split(",")]
     print(f"new = {a.path} kernels; load average {os.getloadavg()[0]:.2f}; best-of timings")
@@ -68,29 +69,31 @@ def main():
             continue
         wq, ws = weights(rng, n, k)
         t0 = time.perf_counter()
-        wp, wsp = q8dot.pack_q8(wq, ws)
+        wp, wsp = q8.pack_q8(wq, ws)
         pack_s = time.perf_counter() - t0
+        w = np.empty((n, k), np.float32)
+        K.dequantize_q8(w, wq, ws)
         for T in tokens:
             if T > 1 and n > 100000 and not a.head_gemm:
                 continue
             x = rng.standard_normal((T, k)).astype(np.float32)
             out_old = np.empty((T, n), np.float32)
             out_new = np.empty((T, n), np.float32)
-            xq, xs, xsum = q8dot.act_buffers(T, k)
+            xq, xs, xsum = packed.act_buffers(T, k)
 
             if T == 1:
                 def old():
-                    K.q8_gemv(out_old[0], x[0], wq, ws)
+                    K.f32_gemv(out_old[0], x[0], w)
 
                 def new():
-                    q8dot.quantize_act(xq, xs, xsum, x)
+                    packed.quantize_act(xq, xs, xsum, x)
                     gemv_new(out_new[0], xq, xs, xsum, wp, wsp, n)
             else:
                 def old():
-                    K.q8_gemm(out_old, x, wq, ws)
+                    K.f32_gemm(out_old, x, w)
 
                 def new():
-                    q8dot.quantize_act(xq, xs, xsum, x)
+                    packed.quantize_act(xq, xs, xsum, x)
                     gemm_new(out_new, xq, xs, xsum, wp, wsp, n)
             for th in threads:
                 K.set_threads(th)

@@ -1,6 +1,8 @@
 """The `edgerope` command line. Thin: parse flags (named as llama.cpp names them), call the
-library, print. Errors caused by input print one line and exit 1 (`--debug` shows the
-traceback); Ctrl-C stops cleanly with exit code 130."""
+library, print. edgerope's own errors (bad input: files, flags, models that cannot fit) print
+one line and exit 1 (`--debug` shows the traceback); anything else is a bug and shows its
+traceback with a request to report it. Ctrl-C stops cleanly with exit code 130. `--help`
+imports no kernels (numba loads only when a command runs)."""
 from __future__ import annotations
 
 import functools
@@ -10,8 +12,12 @@ import warnings
 
 import click
 
+from edgerope.engine import DEFAULT_KV_TYPE, KV_TYPES
 from edgerope.errors import EdgeropeError, EdgeropeWarning
-from edgerope.formats.linear import DTYPES
+from edgerope.formats import DTYPES
+
+_BUG = ("edgerope: this is a bug in edgerope, not in your input; please report it with the "
+        "traceback above and the command that caused it")
 
 
 def _fail(msg: str, code: int = 1):
@@ -20,21 +26,32 @@ def _fail(msg: str, code: int = 1):
 
 
 def handle_errors(fn):
-    """Turn input errors into one clean line and a non-zero exit; library warnings into one
-    "warning: ..." line on stderr."""
+    """Set up the run time (progress lines unless -q), turn edgerope's errors into one clean
+    line and exit 1, library warnings into one "warning: ..." line on stderr. Other
+    exceptions are bugs: their traceback is shown, with the request to report it."""
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
+        from edgerope import runtime
         debug = kwargs.get("debug", False)
+        runtime.setup(quiet=kwargs.get("quiet", False))
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("always")
                 warnings.showwarning = lambda message, *a, **k: click.echo(
                     f"warning: {message}", err=True)
                 return fn(*args, **kwargs)
-        except (EdgeropeError, ValueError, OSError) as e:
+        except EdgeropeError as e:
             if debug:
                 raise
             _fail(str(e).splitlines()[0] if str(e) else type(e).__name__)
+        except (KeyboardInterrupt, SystemExit, click.exceptions.ClickException,
+                click.exceptions.Exit, click.exceptions.Abort):
+            raise
+        except Exception:
+            import traceback
+            traceback.print_exc()
+            click.echo(_BUG, err=True)
+            sys.exit(2)
     return wrapper
 
 
@@ -50,7 +67,6 @@ def _kv_options(keep: int, keep_help: str):
 
 
 def _add_kv_options(fn, keep, keep_help):
-    from edgerope.engine.cache import DEFAULT_KV_TYPE, KV_TYPES
     fn = click.option("--context-shift/--no-context-shift", default=True, show_default=True,
                       help="When the context is full, drop the oldest tokens after the first "
                            "--keep and go on (off: stop with a message).")(fn)
@@ -63,8 +79,40 @@ def _add_kv_options(fn, keep, keep_help):
 
 
 def _threads(n):
-    from edgerope import kernels
-    return kernels.set_threads(n)
+    from edgerope import runtime
+    if n is not None and n < 1:
+        raise EdgeropeError(f"--threads must be >= 1, got {n}")
+    return runtime.set_threads(n)
+
+
+# the sampling flags of generate and chat (llama.cpp's names): (flags, default, type, help)
+_SAMPLING = (
+    (("--temp",), 0.8, float, "Temperature; 0 = greedy."),
+    (("--top-k",), 40, int, "Sample among the k most likely tokens (0 = all)."),
+    (("--top-p",), 0.95, float, "Nucleus sampling: the smallest set with this probability."),
+    (("--min-p",), 0.05, float, "Drop tokens below this fraction of the top probability."),
+    (("--repeat-penalty",), 1.0, float, "Penalty for tokens among the last --repeat-last-n "
+                                        "(1 = off)."),
+    (("--repeat-last-n",), 64, int, "Tokens the repeat penalty looks back over."),
+    (("-s", "--seed"), None, int, "RNG seed (default: random)."),
+)
+
+
+def _sampling_options(fn):
+    """_SAMPLING's flags, and -r/--reverse-prompt, on a command: one definition for both."""
+    fn = click.option("-r", "--reverse-prompt", "stop", multiple=True,
+                      help="Stop when this text is generated (repeatable).")(fn)
+    for flags, default, kind, text in reversed(_SAMPLING):
+        fn = click.option(*flags, default=default, type=kind, help=text,
+                          show_default=default is not None)(fn)
+    return fn
+
+
+def _run_options(fn):
+    """--debug and -q/--quiet, on every command."""
+    fn = click.option("-q", "--quiet", is_flag=True,
+                      help="No progress lines on stderr (compiling, converting).")(fn)
+    return click.option("--debug", is_flag=True, help="Show tracebacks.")(fn)
 
 
 def _decode(data: bytes, where: str) -> str:
@@ -81,8 +129,12 @@ def _read_text(path: str) -> str:
     """A text file, or stdin for "-", as _decode reads it."""
     if path == "-":
         return _decode(sys.stdin.buffer.read(), "stdin")
-    with open(path, "rb") as f:
-        return _decode(f.read(), path)
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        raise EdgeropeError(f"{path}: {e.strerror or e}") from None
+    return _decode(data, path)
 
 
 def _arg_text(text, option: str):
@@ -122,27 +174,18 @@ _FORCE_HELP = "Start even if the model does not seem to fit in the available mem
               help="Context size in tokens (default: min(model's, 4096)).")
 @click.option("-b", "--batch-size", default=512, show_default=True, type=int,
               help="Prompt tokens evaluated per batch.")
-@click.option("--temp", default=0.8, show_default=True, type=float,
-              help="Temperature; 0 = greedy.")
-@click.option("--top-k", default=40, show_default=True, type=int)
-@click.option("--top-p", default=0.95, show_default=True, type=float)
-@click.option("--min-p", default=0.05, show_default=True, type=float)
-@click.option("--repeat-penalty", default=1.0, show_default=True, type=float)
-@click.option("--repeat-last-n", default=64, show_default=True, type=int)
-@click.option("-s", "--seed", default=None, type=int, help="RNG seed (default: random).")
-@click.option("-r", "--reverse-prompt", "stop", multiple=True,
-              help="Stop when this text is generated (repeatable).")
+@_sampling_options
 @click.option("--dtype", type=click.Choice(DTYPES), default="int8",
               show_default=True, help="Weight format in memory.")
 @_kv_options(4, "-1 = the whole prompt.")
 @click.option("--profile", is_flag=True, help="Print time per operation per generated token.")
 @click.option("-v", "--verbose", is_flag=True, help="Print model and KV cache memory.")
 @click.option("--force", is_flag=True, help=_FORCE_HELP)
-@click.option("--debug", is_flag=True, help="Show tracebacks.")
+@_run_options
 @handle_errors
 def generate(model_path, prompt, prompt_file, n_predict, threads, ctx_size, batch_size, temp,
              top_k, top_p, min_p, repeat_penalty, repeat_last_n, seed, stop, dtype, kv_type,
-             keep, context_shift, profile, verbose, force, debug):
+             keep, context_shift, profile, verbose, force, debug, quiet):
     """Generate text from a prompt, streaming to stdout; timings on stderr."""
     from edgerope.engine.generate import GenerationStats, generate as gen
 
@@ -209,23 +252,16 @@ def generate(model_path, prompt, prompt_file, n_predict, threads, ctx_size, batc
 @click.option("-t", "--threads", default=None, type=int, help=_THREADS_HELP)
 @click.option("-c", "--ctx-size", default=None, type=int)
 @click.option("-b", "--batch-size", default=512, show_default=True, type=int)
-@click.option("--temp", default=0.8, show_default=True, type=float)
-@click.option("--top-k", default=40, show_default=True, type=int)
-@click.option("--top-p", default=0.95, show_default=True, type=float)
-@click.option("--min-p", default=0.05, show_default=True, type=float)
-@click.option("--repeat-penalty", default=1.0, show_default=True, type=float)
-@click.option("--repeat-last-n", default=64, show_default=True, type=int)
-@click.option("-s", "--seed", default=None, type=int)
-@click.option("-r", "--reverse-prompt", "stop", multiple=True)
+@_sampling_options
 @click.option("--dtype", type=click.Choice(DTYPES), default="int8",
               show_default=True)
 @_kv_options(-1, "-1 = the system prompt.")
 @click.option("--force", is_flag=True, help=_FORCE_HELP)
-@click.option("--debug", is_flag=True, help="Show tracebacks.")
+@_run_options
 @handle_errors
 def chat(model_path, system, chat_template, n_predict, threads, ctx_size, batch_size, temp,
          top_k, top_p, min_p, repeat_penalty, repeat_last_n, seed, stop, dtype, kv_type, keep,
-         context_shift, force, debug):
+         context_shift, force, debug, quiet):
     """Interactive chat with the model's chat template; /reset clears, /exit or Ctrl-D ends.
     Reads one user turn per line when stdin is not a terminal."""
     from edgerope.apps.chat import run_chat
@@ -259,7 +295,6 @@ def _int_list(ctx, param, value):
 
 
 def _kv_list(ctx, param, value):
-    from edgerope.engine.cache import DEFAULT_KV_TYPE, KV_TYPES
     out = [v.strip() for v in (value or DEFAULT_KV_TYPE).split(",") if v.strip()]
     bad = [v for v in out if v not in KV_TYPES]
     if bad:
@@ -287,10 +322,10 @@ def _kv_list(ctx, param, value):
 @click.option("--profile", is_flag=True, help="Also print time per operation for each test.")
 @click.option("--dtype", type=click.Choice(DTYPES), default="int8",
               show_default=True)
-@click.option("--debug", is_flag=True, help="Show tracebacks.")
+@_run_options
 @handle_errors
 def bench(model_path, n_prompt, n_gen, n_depth, kv_types, threads, batch_size, repetitions,
-          output, profile, dtype, debug):
+          output, profile, dtype, debug, quiet):
     """llama-bench-style ppN / tgN throughput (mean ± stddev over -r runs)."""
     import json
 
@@ -306,6 +341,12 @@ def bench(model_path, n_prompt, n_gen, n_depth, kv_types, threads, batch_size, r
         click.echo(markdown(records))
         click.echo(f"\nJIT warm-up (compile or cache load): {records[0]['jit_s']:.1f} s"
                    if records else "", err=True)
+        mem = [r for r in records if "mem_peak_rss" in r]
+        if mem:
+            peak = max(r["mem_peak_rss"] for r in mem) / 2**20
+            anon = max(r["mem_anonymous"] for r in mem) / 2**20
+            click.echo(f"memory: peak RSS {peak:.0f} MiB, anonymous (private) {anon:.0f} MiB "
+                       f"at most during a test", err=True)
     for (th, test), prof in profiles.items():
         click.echo(f"\nprofile {test}, {th} threads:\n{prof.table()}", err=output == "json")
 
@@ -323,14 +364,15 @@ def _load(spec, dtype, tokenizer=True):
 @click.option("--dtype", type=click.Choice(DTYPES), default="int8",
               show_default=True)
 @click.option("--kv-type", default=None, help="KV cache type of the memory estimate.")
-@click.option("--debug", is_flag=True, help="Show tracebacks.")
+@_run_options
 @handle_errors
-def info(model_path, ctx_size, dtype, kv_type, debug):
+def info(model_path, ctx_size, dtype, kv_type, debug, quiet):
     """Architecture, parameters, RoPE, quantization, file size and RAM of a model."""
     from edgerope.apps.info import describe
     if ctx_size is not None and ctx_size <= 0:
         raise EdgeropeError(f"--ctx-size must be positive, got {ctx_size}")
-    model = _load(model_path, dtype)
+    from edgerope.io.registry import plan_any
+    model = plan_any(model_path, dtype)  # from the headers: nothing computed, no kernel loaded
     rows = describe(model, n_ctx=ctx_size, kv_type=_kv_list(None, None, kv_type)[0])
     width = max(len(k) for k, _ in rows)
     for k, v in rows:
@@ -343,9 +385,9 @@ def info(model_path, ctx_size, dtype, kv_type, debug):
 @click.option("--dtype", type=click.Choice(DTYPES), default="int8",
               show_default=True)
 @click.option("--overwrite", is_flag=True, help="Replace DST if it exists.")
-@click.option("--debug", is_flag=True, help="Show tracebacks.")
+@_run_options
 @handle_errors
-def convert(src, dst, dtype, overwrite, debug):
+def convert(src, dst, dtype, overwrite, debug, quiet):
     """Convert a GGUF file or Hugging Face directory into edgerope's format (loads faster).
 
     DST defaults to weights/<name>-<dtype>."""
@@ -375,9 +417,9 @@ def convert(src, dst, dtype, overwrite, debug):
 @click.option("-t", "--threads", default=None, type=int, help=_THREADS_HELP)
 @click.option("--dtype", type=click.Choice(DTYPES), default="int8",
               show_default=True)
-@click.option("--debug", is_flag=True, help="Show tracebacks.")
+@_run_options
 @handle_errors
-def perplexity(model_path, text_file, ctx_size, batch_size, chunks, threads, dtype, debug):
+def perplexity(model_path, text_file, ctx_size, batch_size, chunks, threads, dtype, debug, quiet):
     """llama-perplexity-style windowed perplexity of a text file."""
     from edgerope.apps.perplexity import perplexity as ppl
     _threads(threads)

@@ -14,6 +14,10 @@ class WeightsError(EdgeropeError, ValueError):
     """A weights file that is missing, malformed or disagrees with the config."""
 
 
+class ParameterError(EdgeropeError, ValueError):
+    """An option or argument out of its range (a temperature below 0, a context of 0, ...)."""
+
+
 class ContextFullError(EdgeropeError, RuntimeError):
     """The KV cache has no room left for more tokens."""
 

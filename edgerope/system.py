@@ -5,7 +5,6 @@ fake tree; elsewhere they fall back to what Python knows (os.cpu_count(), no mem
 """
 from __future__ import annotations
 
-import functools
 import os
 
 # a big.LITTLE core counts as a performance core when its cpu_capacity is at least this
@@ -110,97 +109,27 @@ def mem_available(root: str = "/") -> int | None:
     return None
 
 
-# madvise(2) advice that unmaps pages; a later access maps them again from the file (for a
-# private file mapping whose pages were never written, the same bytes). Linux, every arch.
-_MADV_DONTNEED = 4
-
-
-@functools.lru_cache(maxsize=None)
-def _libc():
-    """The C library (calls keep the GIL: ctypes.PyDLL), or None where it has no madvise."""
-    import ctypes
-    try:
-        lib = ctypes.PyDLL(None)
-        lib.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
-        lib.madvise.restype = ctypes.c_int
-    except (OSError, AttributeError, TypeError):
-        return None
-    return lib
-
-
-def _library_mapping(line: str):
-    """((start, end), perms, path) of a /proc/<pid>/maps or smaps mapping line naming a
-    shared library (".so" / ".so.N") that is not writable; None for any other line."""
-    parts = line.split()
-    if len(parts) < 6 or "w" in parts[1] or parts[0].endswith(":"):
-        return None
-    name = os.path.basename(parts[5])
-    if not (name.endswith(".so") or ".so." in name):
-        return None
-    lo, _, hi = parts[0].partition("-")
-    try:
-        return (int(lo, 16), int(hi, 16)), parts[1], parts[5]
-    except ValueError:
-        return None
-
-
-def clean_library_mappings(smaps_text: str) -> dict:
-    """{mapping: clean} for the non-writable shared-library mappings of a /proc/<pid>/smaps
-    text (mapping = _library_mapping's tuple). Clean: no private or shared dirty page, no
-    anonymous (copied) or swapped page, so every resident page holds the file's bytes and
-    dropping it loses nothing. Relocated data (RELRO, read-only after relocation) is dirty.
-    A clean read-only mapping stays clean: nothing writes it without making it writable."""
+def process_memory(pid: str = "self") -> dict:
+    """This process's memory from /proc, in bytes: `rss` and `peak_rss` (VmRSS / VmHWM:
+    everything resident, file-backed pages included), `anonymous` (Anonymous in
+    smaps_rollup: private memory no file backs -- heap, buffers, KV cache, copies -- which the
+    kernel can only swap, never drop) and `file` (rss - anonymous: library code and
+    memory-mapped weights, clean pages the kernel reclaims first under pressure and reads
+    back on use). Keys are missing where /proc does not say (not Linux)."""
     out = {}
-    head, dirty = None, 0
-    for line in smaps_text.splitlines():
-        if line[:1].isupper():                      # "Field:   123 kB"
-            if head is not None and line.startswith(("Private_Dirty:", "Shared_Dirty:",
-                                                     "Anonymous:", "Swap:")):
-                field = line.split()
-                dirty += int(field[1]) if len(field) > 1 and field[1].isdigit() else 1
-            continue
-        if head is not None:
-            out[head] = dirty == 0
-        head, dirty = _library_mapping(line), 0
-    if head is not None:
-        out[head] = dirty == 0
+    status = _read(f"/proc/{pid}/status") or ""
+    for line in status.splitlines():
+        key, _, rest = line.partition(":")
+        if key in ("VmRSS", "VmHWM", "RssAnon") and rest.split():
+            out[{"VmRSS": "rss", "VmHWM": "peak_rss", "RssAnon": "_rss_anon"}[key]] = \
+                int(rest.split()[0]) * 1024
+    rollup = _read(f"/proc/{pid}/smaps_rollup") or ""
+    for line in rollup.splitlines():
+        if line.startswith("Anonymous:") and len(line.split()) > 1:
+            out["anonymous"] = int(line.split()[1]) * 1024
+    anon = out.pop("_rss_anon", None)
+    if "anonymous" not in out and anon is not None:
+        out["anonymous"] = anon  # kernels without smaps_rollup (before 4.14)
+    if "rss" in out and "anonymous" in out:
+        out["file"] = max(0, out["rss"] - out["anonymous"])
     return out
-
-
-_clean: dict = {}   # clean_library_mappings of this process, read again when libraries load
-
-
-def drop_clean_library_pages() -> int:
-    """Unmap this process's resident pages of shared-library code and read-only data (the
-    clean mappings of clean_library_mappings), so they stop counting as its memory: code
-    that ran once (a compiler, start-up code) leaves the resident set, code still in use
-    maps back on its next access from the page cache. Then hands free malloc memory back to
-    the system (glibc's malloc_trim). Returns the bytes of address range advised; 0 where
-    /proc/self/maps or madvise is unavailable.
-
-    Cost: one read of /proc/self/maps (~1 ms); smaps (~10-25 ms) only when a library was
-    loaded since the last call. Safe with other threads running: a listed mapping is
-    read-only and was never written, and stays so (a library being loaded meanwhile keeps
-    its relocation targets writable until relocated, so they are never listed; Python never
-    unloads a library)."""
-    libc = _libc()
-    if libc is None:
-        return 0
-    try:
-        with open("/proc/self/maps", encoding="ascii", errors="replace") as f:
-            mappings = [m for m in map(_library_mapping, f) if m is not None]
-        if any(m not in _clean for m in mappings):
-            with open("/proc/self/smaps", encoding="ascii", errors="replace") as f:
-                _clean.update(clean_library_mappings(f.read()))
-    except OSError:
-        return 0
-    n = 0
-    for m in mappings:
-        if _clean.get(m):
-            (lo, hi), _, _ = m
-            if libc.madvise(lo, hi - lo, _MADV_DONTNEED) == 0:
-                n += hi - lo
-    trim = getattr(libc, "malloc_trim", None)
-    if trim is not None:
-        trim(0)
-    return n

@@ -86,14 +86,14 @@ MAIN_ENV = {"gemma4-e2b": ("gemma4-e2b", "gemma4", {"num_kv_shared_layers": 5}),
 
 
 def _gemma4_tokenizer(d):
-    from edgerope.text.gguf_vocab import BYTE, CONTROL, NORMAL, _hf_gemma4
+    from edgerope.text.gguf_vocab import BYTE, CONTROL, NORMAL, gemma4_hf_tokenizer
     specials = ["<pad>", "<eos>", "<bos>", "<unk>", "<mask>", "<|turn>", "<turn|>"]
     chars = ["\u2581"] + [chr(c) for c in range(33, 127)] + ["\n"]
     merges = ["\u2581 t", "h e", "\u2581t he", "i n", "\u2581 a", "e r", "o n", "\u2581 s"]
     tokens = (specials + [f"<0x{i:02X}>" for i in range(256)] + chars
               + [m.replace(" ", "") for m in merges])
     types = [CONTROL] * len(specials) + [BYTE] * 256 + [NORMAL] * (len(chars) + len(merges))
-    tok = _hf_gemma4(tokens, {t: i for i, t in enumerate(tokens)},
+    tok = gemma4_hf_tokenizer(tokens, {t: i for i, t in enumerate(tokens)},
                      [tuple(m.split(" ")) for m in merges], types)
     os.makedirs(d, exist_ok=True)
     tok.save(os.path.join(d, "tokenizer.json"))

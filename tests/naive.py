@@ -35,14 +35,6 @@ def dequantize_q8(wq, ws):
     return (wq.astype(np.float64) * np.repeat(ws.astype(np.float64), QK, axis=1)[:, :k])
 
 
-def q8_gemv(x, wq, ws):
-    return dequantize_q8(wq, ws) @ x.astype(np.float64)
-
-
-def q8_gemm(x, wq, ws):
-    return x.astype(np.float64) @ dequantize_q8(wq, ws).T
-
-
 def f32_gemv(x, w):
     return w.astype(np.float64) @ x.astype(np.float64)
 
@@ -170,7 +162,7 @@ def softmax_(x):
     return out
 
 
-# ----------------------------------------------------------------------------- packed int8 (q8dot)
+# ----------------------------------------------------------------------------- packed int8 / int4 (kernels.packed)
 
 def fp32_to_fp16(x):
     """uint16 fp16 bit patterns of float32 x as llama.cpp's GGML_FP32_TO_FP16 computes them

@@ -30,6 +30,11 @@ def test_bench_json_sweeps_like_llama_bench(tiny):
     for x in recs:
         assert FIELDS <= set(x) and len(x["samples_ts"]) == 2 and x["avg_ts"] > 0
         assert (x["n_prompt"], x["n_gen"]) in ((16, 0), (32, 0), (0, 4))
+    import sys
+    if sys.platform.startswith("linux"):  # memory as /proc tells it: peak and private apart
+        for x in recs:
+            assert x["mem_peak_rss"] >= x["mem_rss"] >= x["mem_anonymous"] > 0
+            assert x["mem_rss"] == x["mem_anonymous"] + x["mem_file"]
 
 
 def test_bench_markdown_and_profile(tiny):
@@ -39,6 +44,7 @@ def test_bench_markdown_and_profile(tiny):
     assert "| model | size | params | dtype | kv | threads | test | t/s |" in r.stdout
     assert "profile tg3" in r.stdout and "| matmul.lm_head |" in r.stdout
     assert "| attention |" in r.stdout and "| python overhead |" in r.stdout
+    assert "memory: peak RSS " in r.stderr and " MiB, anonymous (private) " in r.stderr
 
 
 def test_bench_depth_and_kv_type_sweeps(tiny):

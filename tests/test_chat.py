@@ -17,8 +17,10 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 import edgerope  # noqa: E402
-from edgerope.apps.chat import TEMPLATES, Chat, pick_template, render_chat, run_chat  # noqa: E402
+from edgerope.apps.chat import run_chat  # noqa: E402
 from edgerope.errors import ContextFullError, EdgeropeError  # noqa: E402
+from edgerope.text.conversation import Chat  # noqa: E402
+from edgerope.text.template import TEMPLATES, pick_template, render_chat  # noqa: E402
 from edgerope.text.tokenizer import SentencePieceTokenizer  # noqa: E402
 from spm_fixture import train_tiny_spm  # noqa: E402
 
@@ -169,9 +171,7 @@ def test_bad_template_fails_when_the_chat_is_created(model):
 
 def test_pick_template():
     def fake(model_type, chat_template=None):
-        tok = types.SimpleNamespace()
-        if chat_template is not None:
-            tok.chat_template = chat_template
+        tok = types.SimpleNamespace(chat_template=chat_template, chat_template_origin=None)
         return types.SimpleNamespace(tokenizer=tok,
                                      config=types.SimpleNamespace(model_type=model_type))
     assert pick_template(fake("gemma3_text")) == TEMPLATES["gemma"]

@@ -69,7 +69,7 @@ TEXT = "the cat sat <|im_start|>in there ▁ é 🙂\n\n  x"
 
 
 def use_tokenizer(m):
-    from edgerope.apps.chat import Chat
+    from edgerope.text.conversation import Chat
     tok = m.tokenizer
     for special in (False, True):
         ids = tok.encode(TEXT, special=special)

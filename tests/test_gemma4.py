@@ -136,8 +136,7 @@ def test_kv_cache_holds_producer_layers_only(built):
     owned = [i for i, _ in s.cache.owned()]
     assert owned == [0, 1, 2, 3, 4, 5]
     assert s.cache.layers[9] is s.cache.layers[4] and s.cache.layers[6] is s.cache.layers[5]
-    assert kv_bytes(cfg, 64, "f32") == sum(c.k.nbytes + c.v.nbytes + c.pos.nbytes
-                                           for _, c in s.cache.owned())
+    assert kv_bytes(cfg, 64, "f32") == s.cache.nbytes == sum(c.nbytes for _, c in s.cache.owned())
     # what a model without sharing would need: all 10 layers
     every = sum(2 * (8 if t == "sliding_attention" else 64) * cfg.layer_kv_heads[i]
                 * cfg.layer_head_dims[i] * 4 + 8 * (8 if t == "sliding_attention" else 64)

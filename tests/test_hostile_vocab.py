@@ -12,10 +12,11 @@ from click.testing import CliRunner
 pytest.importorskip("gguf")
 
 import edgerope  # noqa: E402
-from edgerope.apps import chat as chat_mod  # noqa: E402
 from edgerope.cli import main  # noqa: E402
 from edgerope.errors import EdgeropeError  # noqa: E402
 from edgerope.io.native import save_native  # noqa: E402
+from edgerope.text import template as template_mod  # noqa: E402
+from edgerope.text.conversation import Chat  # noqa: E402
 from vocab_fixtures import BPE_TOKENS, MERGES, set_key, write_vocab_gguf  # noqa: E402
 from test_q8_formats import TOKENS, V  # noqa: E402
 
@@ -149,9 +150,9 @@ TEMPLATE_ERRORS = {
     "divide": ("{{ 1 / (messages|length - 1) }}", "ZeroDivisionError: division by zero"),
     "huge-expression": ("{{ messages[0]['content'] * 100000000 }}",
                         f"an expression would build 200000000 characters or items (limit "
-                        f"{chat_mod.MAX_RENDER_CHARS})"),
+                        f"{template_mod.MAX_RENDER_CHARS})"),
     "megabytes": ("{% for i in range(99999) %}{{ messages }}{{ messages }}{% endfor %}",
-                  f"renders more than {chat_mod.MAX_RENDER_CHARS} characters"),
+                  f"renders more than {template_mod.MAX_RENDER_CHARS} characters"),
     "loops": ("{% for i in range(99999) %}{% for j in range(99999) %}{% endfor %}{% endfor %}",
               "rendering took more than 0.3 s"),
     "recursion": ("{% macro f(n) %}{{ f(n) }}{% endmacro %}{{ f(1) }}",
@@ -162,7 +163,7 @@ TEMPLATE_ERRORS = {
 @pytest.mark.parametrize("case", list(TEMPLATE_ERRORS))
 def test_bad_gguf_chat_template_is_one_exact_line(tmp_path, monkeypatch, case):
     template, expected = TEMPLATE_ERRORS[case]
-    monkeypatch.setattr(chat_mod, "MAX_RENDER_SECONDS", 0.3)
+    monkeypatch.setattr(template_mod, "MAX_RENDER_SECONDS", 0.3)
     path = write_vocab_gguf(str(tmp_path / "t.gguf"), "bpe", _spoil(
         "tokenizer.chat_template", template, "STRING"))
     assert _one_line(_chat(path)) == f"error: {path}: tokenizer.chat_template: {expected}"
@@ -172,11 +173,11 @@ def test_bad_gguf_chat_template_is_one_exact_line(tmp_path, monkeypatch, case):
 
 def test_render_bounds_leave_ordinary_templates_alone():
     msgs = [{"role": "user", "content": "x" * 300_000}, {"role": "assistant", "content": "ok"}]
-    out = chat_mod.render_chat("chatml", msgs * 4)  # 1.2 MB: over the fixed bound, but 8x input
-    assert len(out) > chat_mod.MAX_RENDER_CHARS
+    out = template_mod.render_chat("chatml", msgs * 4)  # 1.2 MB: over the fixed bound, but 8x input
+    assert len(out) > template_mod.MAX_RENDER_CHARS
     t = ("{{ '%5d'|format(3) }}|{{ '{:>4}'.format(1) }}|{{ 'ab'|center(6) }}|"
          "{{ ['a', 'b']|join(', ') }}|{{ 'a-b'.replace('-', '+') }}|{{ 2 ** 10 }}")
-    assert chat_mod.render_chat(t, msgs[:1]) == "    3|   1|  ab  |a, b|a+b|1024"
+    assert template_mod.render_chat(t, msgs[:1]) == "    3|   1|  ab  |a, b|a+b|1024"
 
 
 # -- Hugging Face tokenizer files --------------------------------------------------------------
@@ -248,7 +249,7 @@ def test_chat_template_jinja_file_error_names_the_file(bpe_dir, tmp_path):
 def test_builtin_template_errors_say_so(bpe_dir):
     m = edgerope.load(bpe_dir)
     with pytest.raises(EdgeropeError) as e:
-        chat_mod.Chat(m, template="gemma", system="s").render(
+        Chat(m, template="gemma", system="s").render(
             [{"role": "user", "content": "a"}, {"role": "user", "content": "b"}])
     assert str(e.value) == "built-in chat template 'gemma': Conversation roles must alternate " \
         "user/assistant/user/assistant/..."

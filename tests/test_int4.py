@@ -18,7 +18,7 @@ gguf = pytest.importorskip("gguf")
 import edgerope  # noqa: E402
 from edgerope.cli import main  # noqa: E402
 from edgerope.errors import WeightsError  # noqa: E402
-from edgerope.kernels import q4dot  # noqa: E402
+from edgerope.formats import q4  # noqa: E402
 from edgerope.formats.linear import Linear  # noqa: E402
 from edgerope.io.native import save_native  # noqa: E402
 from edgerope.io.safetensors import Checkpoint  # noqa: E402
@@ -185,4 +185,4 @@ def test_cli_convert_and_generate_int4(built, tmp_path):
     assert r.exit_code == 0 and "int4" in r.output, r.output
     r = CliRunner().invoke(main, ["info", dst, "--dtype", "int8"])
     assert r.exit_code == 1 and "holds int4 weights" in r.output
-    assert q4dot.BLOCK_BYTES == 256
+    assert q4.BLOCK_BYTES == 256

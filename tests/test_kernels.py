@@ -66,18 +66,6 @@ def test_quantize_ties_round_away_from_zero():
 # ----------------------------------------------------------------------------- matmul
 
 @pytest.mark.parametrize("k", ODD_K)
-@pytest.mark.parametrize("n", [1, 3, 4, 5, 17, 37])
-def test_q8_gemv(n, k):
-    r = rng(n * 1000 + k)
-    wq, ws = q8_weights(r, n, k)
-    x = randn(r, k)
-    out = np.empty(n, np.float32)
-    K.q8_gemv(out, x, wq, ws)
-    mag = np.abs(naive.dequantize_q8(wq, ws)) @ np.abs(x)
-    assert_dot_close(out, naive.q8_gemv(x, wq, ws), mag)
-
-
-@pytest.mark.parametrize("k", ODD_K)
 @pytest.mark.parametrize("n", [1, 5, 17, 36])
 def test_f32_gemv(n, k):
     r = rng(n * 1000 + k + 1)
@@ -85,18 +73,6 @@ def test_f32_gemv(n, k):
     out = np.empty(n, np.float32)
     K.f32_gemv(out, x, w)
     assert_dot_close(out, naive.f32_gemv(x, w), np.abs(w) @ np.abs(x))
-
-
-@pytest.mark.parametrize("k", ODD_K)
-@pytest.mark.parametrize("t,n", [(1, 5), (2, 17), (3, 4), (5, 33), (17, 21), (36, 16)])
-def test_q8_gemm(t, n, k):
-    r = rng(t * 100 + n * 1000 + k)
-    wq, ws = q8_weights(r, n, k)
-    x = randn(r, t, k)
-    out = np.empty((t, n), np.float32)
-    K.q8_gemm(out, x, wq, ws)
-    mag = np.abs(x) @ np.abs(naive.dequantize_q8(wq, ws)).T
-    assert_dot_close(out, naive.q8_gemm(x, wq, ws), mag)
 
 
 @pytest.mark.parametrize("k", ODD_K)
@@ -109,28 +85,12 @@ def test_f32_gemm(t, n, k):
     assert_dot_close(out, naive.f32_gemm(x, w), np.abs(x) @ np.abs(w).T)
 
 
-def test_gemm_row_equals_gemv_row():
-    """A single-row GEMM and the GEMV agree to float32 rounding (not bitwise: different tiling)."""
-    r = rng(3)
-    wq, ws = q8_weights(r, 40, 100)
-    x = randn(r, 1, 100)
-    a, b = np.empty((1, 40), np.float32), np.empty(40, np.float32)
-    K.q8_gemm(a, x, wq, ws)
-    K.q8_gemv(b, x[0], wq, ws)
-    np.testing.assert_allclose(a[0], b, rtol=1e-5, atol=1e-5)
-
-
 @pytest.mark.parametrize("k", [31, 64, 257])
-def test_embed(k):
+def test_f32_embed(k):
     r = rng(k)
     w = randn(r, 11, k)
-    wq, ws = naive.quantize_q8(w)
     ids = np.array([3, 0, 10, 3], np.int64)
     out = np.empty((4, k), np.float32)
-    K.q8_embed(out, ids, wq, ws, 1.0)
-    np.testing.assert_array_equal(out, naive.q8_embed(ids, wq, ws, 1.0))
-    K.q8_embed(out, ids, wq, ws, math.sqrt(k))
-    np.testing.assert_allclose(out, naive.q8_embed(ids, wq, ws, math.sqrt(k)), rtol=1e-6)
     K.f32_embed(out, ids, w, 2.5)
     np.testing.assert_array_equal(out, naive.f32_embed(ids, w, 2.5))
 
@@ -148,13 +108,10 @@ def test_thread_count_does_not_change_results():
 
     def run():
         outs = [np.empty(67, np.float32), np.empty((9, 67), np.float32),
-                np.empty(67, np.float32), np.empty((9, 67), np.float32),
                 np.empty((5, 4, 24), np.float32)]
-        K.q8_gemv(outs[0], x1, wq, ws)
-        K.q8_gemm(outs[1], xt, wq, ws)
-        K.f32_gemv(outs[2], x1, w)
-        K.f32_gemm(outs[3], xt, w)
-        _attention(outs[4], q, kc, vc, cpos, kn, vn, qpos, 0.2, 0, 0.0,
+        K.f32_gemv(outs[0], x1, w)
+        K.f32_gemm(outs[1], xt, w)
+        _attention(outs[2], q, kc, vc, cpos, kn, vn, qpos, 0.2, 0, 0.0,
                     np.zeros((3, 11), np.float32))
         return outs
 
@@ -262,9 +219,11 @@ def test_rope_shift_composes(kind):
 _NO_SCALES = np.ones((1, 1), np.float32)
 
 
-def _attention(out, q, kc, vc, cpos, *rest):
-    """K.attention on a float32 cache (the scale arrays are placeholders then)."""
-    K.attention(out, q, kc, vc, _NO_SCALES, _NO_SCALES, cpos, *rest)
+def _attention(out, q, kc, vc, cpos, kn, vn, qpos, scale, window, softcap, scratch):
+    """K.attention on a float32 cache (the scale arrays are placeholders then), with the
+    twin's flat argument order."""
+    K.attention(out, q, (kc, vc, _NO_SCALES, _NO_SCALES, cpos), (kn, vn, qpos),
+                (scale, window, softcap), scratch)
 
 
 def attention_case(seed, T, S, Hq, Hkv, D, Dv, empty=0, p0=None):
@@ -326,8 +285,8 @@ def test_attention_decode_splits_long_caches(hq, hkv, window, softcap, n_slots):
         try:
             scratch = np.full((16, S + 1 + 512 + hq * D), np.nan, np.float32)
             out = np.full((1, hq, D), np.nan, np.float32)
-            K.attention_decode(out, q, kc, vc, _NO_SCALES, _NO_SCALES, cpos, kn, vn, qpos, 0.15,
-                               window, softcap, scratch, n_slots)
+            K.attention_decode(out, q, (kc, vc, _NO_SCALES, _NO_SCALES, cpos), (kn, vn, qpos),
+                               (0.15, window, softcap), scratch, n_slots)
         finally:
             K.set_threads(before)
         np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5)

@@ -6,7 +6,8 @@ import pytest
 from edgerope import kernels as K
 from edgerope.engine.cache import KV_TYPES, LayerCache, layer_capacity
 from edgerope.kernels import half
-from edgerope.kernels.kvstore import KV_BLOCK, kv_dequant, partners
+from edgerope.kernels.kvstore import kv_dequant, partners
+from edgerope.kernels.layout import KV_BLOCK
 from edgerope.archs.rope import RopeSpec
 
 import naive
@@ -148,7 +149,7 @@ def test_attention_over_quantized_cache(kv_type, window, softcap, hq, hkv, D):
     q, kn, vn = randn(r, T, Hq, D), randn(r, T, Hkv, D), randn(r, T, Hkv, D)
     qpos = np.arange(40, 40 + T, dtype=np.int64)
     out = np.empty((T, Hq, D), np.float32)
-    K.attention(out, q, c.k, c.v, c.ks, c.vs, c.pos, kn, vn, qpos, 0.2, window, softcap,
+    K.attention(out, q, (c.k, c.v, c.ks, c.vs, c.pos), (kn, vn, qpos), (0.2, window, softcap),
                 np.zeros((3, S + T), np.float32))
     kd, vd = np.empty_like(kc), np.empty_like(vc)
     kv_dequant(kd, c.k, c.ks, np.arange(S))

@@ -168,3 +168,13 @@ def test_weight_beyond_fp16_scales_is_a_one_line_error(tmp_path):
     msg = str(e.value)
     assert "\n" not in msg and "'blk.0.ffn_down.weight'" in msg and "float16" in msg
     assert "row 3, block 1" in msg
+
+
+def test_a_source_checkout_finds_its_registry_and_weights_dir(monkeypatch):
+    """Run from a checkout (as the tests are), the registry is weights/registry.json beside
+    the package and converted models go to weights/ there."""
+    monkeypatch.delenv("EDGEROPE_WEIGHTS", raising=False)
+    checkout = os.path.dirname(os.path.dirname(os.path.abspath(edgerope.__file__)))
+    assert registry._registry_path() == os.path.join(checkout, "weights", "registry.json")
+    assert registry.weights_dir() == os.path.join(checkout, "weights")
+    assert registry.default_model() in registry.registry()["models"]

@@ -1,4 +1,4 @@
-"""Packed int8 kernels (edgerope.kernels.q8dot) against their numpy twins in tests/naive.py.
+"""Packed int8 kernels (edgerope.kernels.packed, layout edgerope.formats.q8) against their numpy twins in tests/naive.py.
 
 Every code path the CPU can run is tested (portable everywhere, AVX-512 VNNI and 256-bit
 VNNI where present); all must agree bit for bit, as must the GEMV and the GEMM row of the
@@ -13,11 +13,12 @@ import numpy as np
 import pytest
 
 import edgerope.kernels as K
-from edgerope.kernels import q8dot, simd
+from edgerope.formats import q8 as q8fmt
+from edgerope.kernels import packed, simd
 
 import naive
 
-PATHS = [(m, *q8dot.KERNELS[m]) for m in reversed(simd.available())]  # portable first
+PATHS = [(m, *packed.KERNELS["q8"][m]) for m in reversed(simd.available())]  # portable first
 
 
 def rng(seed):
@@ -58,19 +59,19 @@ def run_all(xq, xs, xsum, wp, wsp, n, paths=PATHS):
 @pytest.mark.parametrize("n", [1, 15, 16, 17, 33])
 def test_pack_matches_twin_and_round_trips(n, k):
     wq, ws = q8(rng(n * 7 + k), n, k)
-    wp, wsp = K.pack_q8(wq, ws)
-    g, nb = K.packed_shape(n, k)
+    wp, wsp = q8fmt.pack_q8(wq, ws)
+    g, nb = q8fmt.packed_shape(n, k)
     assert wp.shape == (g, nb, 512) and wp.dtype == np.uint8 and wp.ctypes.data % 64 == 0
     assert wsp.shape == (g, nb, 16) and wsp.dtype == np.uint16 and wsp.strides == (
         nb * 32, 32, 2)
     tp, ts = naive.pack_q8(wq, ws)
     np.testing.assert_array_equal(wp, tp)
     np.testing.assert_array_equal(wsp, ts)
-    uq, us = K.unpack_q8(wp, wsp, n, k)
+    uq, us = q8fmt.unpack_q8(wp, wsp, n, k)
     np.testing.assert_array_equal(uq, wq)
     assert us.dtype == np.float32
     np.testing.assert_array_equal(us, naive.f16(ws))
-    wp2, wsp2 = K.pack_q8(uq, us)  # fp16 scales pass through float32 unchanged
+    wp2, wsp2 = q8fmt.pack_q8(uq, us)  # fp16 scales pass through float32 unchanged
     np.testing.assert_array_equal(wp2, wp)
     np.testing.assert_array_equal(wsp2, wsp)
 
@@ -78,8 +79,8 @@ def test_pack_matches_twin_and_round_trips(n, k):
 def _packed_scale_bits(ws):
     """fp16 bit patterns pack_q8 stores for float32 scales ws (N, nb), in (N, nb) order."""
     n, nb = ws.shape
-    wp, wsp = K.pack_q8(np.zeros((n, 32 * nb), np.int8), ws)
-    return K.unpack_q8(wp, wsp, n, 32 * nb)[1].astype(np.float16).view(np.uint16)
+    wp, wsp = q8fmt.pack_q8(np.zeros((n, 32 * nb), np.int8), ws)
+    return q8fmt.unpack_q8(wp, wsp, n, 32 * nb)[1].astype(np.float16).view(np.uint16)
 
 
 def test_scale_rounding_is_numpy_float16_and_llama_cpp():
@@ -116,7 +117,7 @@ def test_quantize_then_pack_is_llama_cpp_q8_0():
     wq = np.empty(w.shape, np.int8)
     ws = np.empty((40, 8), np.float32)
     K.quantize_q8(wq, ws, w)
-    uq, us = K.unpack_q8(*K.pack_q8(wq, ws), 40, 256)
+    uq, us = q8fmt.unpack_q8(*q8fmt.pack_q8(wq, ws), 40, 256)
     blocks = np.empty((40, 8, 34), np.uint8)
     blocks[:, :, :2] = us.astype(np.float16).view(np.uint8).reshape(40, 8, 2)
     blocks[:, :, 2:] = uq.view(np.uint8).reshape(40, 8, 32)
@@ -127,18 +128,18 @@ def test_quantize_then_pack_is_llama_cpp_q8_0():
 def test_scale_outside_fp16_raises(bad):
     ws = np.full((3, 2), 0.01, np.float32)
     ws[2, 1] = bad
-    with pytest.raises(K.ScaleRangeError, match=r"float16 \(row 2, block 1"):
-        K.pack_q8(np.ones((3, 64), np.int8), ws)
-    assert issubclass(K.ScaleRangeError, ValueError)
+    with pytest.raises(q8fmt.ScaleRangeError, match=r"float16 \(row 2, block 1"):
+        q8fmt.pack_q8(np.ones((3, 64), np.int8), ws)
+    assert issubclass(q8fmt.ScaleRangeError, ValueError)
     w = np.ones((1, 32), np.float32)
     w[0, 0] = 127 * 65520  # a weight whose scale does not fit
     wq, ws = np.empty((1, 32), np.int8), np.empty((1, 1), np.float32)
     K.quantize_q8(wq, ws, w)
-    with pytest.raises(K.ScaleRangeError):
-        K.pack_q8(wq, ws)
+    with pytest.raises(q8fmt.ScaleRangeError):
+        q8fmt.pack_q8(wq, ws)
     w[0, 0] = 127 * 65519  # rounds down to 65504: fine
     K.quantize_q8(wq, ws, w)
-    assert K.unpack_q8(*K.pack_q8(wq, ws), 1, 32)[1][0, 0] == 65504.0
+    assert q8fmt.unpack_q8(*q8fmt.pack_q8(wq, ws), 1, 32)[1][0, 0] == 65504.0
 
 
 @pytest.mark.parametrize("hardware", [False, True])
@@ -185,7 +186,7 @@ def test_ir_scale_widening_every_finite_pattern(hardware):
 
 def test_embed_from_packed_rows():
     wq, ws = q8(rng(5), 37, 100)
-    wp, wsp = K.pack_q8(wq, ws)
+    wp, wsp = q8fmt.pack_q8(wq, ws)
     ids = np.array([36, 0, 17, 16, 36], np.int64)
     out = np.empty((5, 100), np.float32)
     K.q8p_embed(out, ids, wp, wsp, 1.0)
@@ -229,7 +230,7 @@ def test_quantize_act_ties_round_away_from_zero():
 def test_products_match_twin_on_every_path(t, n, k):
     r = rng(t * 1000 + n * 10 + k)
     wq, ws = q8(r, n, k)
-    wp, wsp = K.pack_q8(wq, ws)
+    wp, wsp = q8fmt.pack_q8(wq, ws)
     ws = naive.f16(ws)  # what the kernels multiply by
     xq, xs, xsum = activations(r, t, k)
     ref = naive.q8p_gemm(xq, xs, wq, ws)
@@ -262,7 +263,7 @@ def test_fp16_scale_extremes_on_every_path():
     ws[r.random(ws.shape) < 0.05] = 0.0
     ws[0] = 65504.0
     ws[1] = np.exp2(-24.0)
-    wp, wsp = K.pack_q8(wq, ws)
+    wp, wsp = q8fmt.pack_q8(wq, ws)
     h = wsp.view(np.float16)
     assert np.any((h != 0) & (np.abs(h) < 2 ** -14)) and np.any(h < 0)  # subnormal, negative
     xq, xs, xsum = activations(r, t, k)
@@ -293,7 +294,7 @@ def test_integer_dots_are_exact(case):
     ws = np.ones((n, k // 32), np.float32)
     xs = np.ones((t, k // 32), np.float32)
     xsum = xq.astype(np.int32).reshape(t, -1, 32).sum(axis=2, dtype=np.int32)
-    wp, wsp = K.pack_q8(wq, ws)
+    wp, wsp = q8fmt.pack_q8(wq, ws)
     exact = naive.q8p_block_dots(xq, wq).sum(axis=2)
     assert np.abs(exact).max() < 2 ** 24
     for name, (out, rows) in run_all(xq, xs, xsum, wp, wsp, n).items():
@@ -307,7 +308,7 @@ def test_strided_views_and_large_tiles():
     t, n, k = 23, 50, 160
     r = rng(9)
     wq, ws = q8(r, n, k)
-    wp, wsp = K.pack_q8(wq, ws)
+    wp, wsp = q8fmt.pack_q8(wq, ws)
     x = r.standard_normal((t, k)).astype(np.float32)
     bq, bs, bsum = K.act_buffers(64, k)
     K.quantize_act(bq[:t], bs[:t], bsum[:t], x)
@@ -324,7 +325,7 @@ def test_thread_count_does_not_change_results():
         pytest.skip("needs 2 threads")
     r = rng(11)
     wq, ws = q8(r, 200, 640)
-    wp, wsp = K.pack_q8(wq, ws)
+    wp, wsp = q8fmt.pack_q8(wq, ws)
     xq, xs, xsum = activations(r, 17, 640)
     before = K.get_threads()
     try:
@@ -340,14 +341,14 @@ def test_thread_count_does_not_change_results():
 
 
 def test_bad_arguments_raise_instead_of_reading_wild_memory():
-    wp, wsp = K.pack_q8(np.ones((20, 64), np.int8), np.ones((20, 2), np.float32))
+    wp, wsp = q8fmt.pack_q8(np.ones((20, 64), np.int8), np.ones((20, 2), np.float32))
     xq, xs, xsum = K.act_buffers(2, 64)
     out = np.empty(20, np.float32)
     with pytest.raises(ValueError, match="row per token"):
         K.q8p_gemv(out, xq[:0], xs, xsum, wp, wsp, 20)
     with pytest.raises(ValueError, match="n_out"):
         K.q8p_gemv(out, xq, xs, xsum, wp, wsp, 33)
-    _, wsp1 = K.pack_q8(np.ones((20, 32), np.int8), np.ones((20, 1), np.float32))
+    _, wsp1 = q8fmt.pack_q8(np.ones((20, 32), np.int8), np.ones((20, 1), np.float32))
     with pytest.raises(ValueError, match="packed"):
         K.q8p_gemm(out[None], xq[:1], xs[:1], xsum[:1], wp, wsp1, 20)
     with pytest.raises(ValueError, match="xq"):
@@ -356,10 +357,10 @@ def test_bad_arguments_raise_instead_of_reading_wild_memory():
     with pytest.raises(Exception, match="xsum"):  # numba's TypingError
         K.q8p_gemv(out, xq, xs, xsum.astype(np.int64), wp, wsp, 20)
     with pytest.raises(Exception, match="wsp"):  # float32 scales (format version 2)
-        K.q8p_gemv(out, xq, xs, xsum, wp, K.unpack_q8(wp, wsp, 20, 64)[1], 20)
+        K.q8p_gemv(out, xq, xs, xsum, wp, q8fmt.unpack_q8(wp, wsp, 20, 64)[1], 20)
 
 
-# ----------------------------------------------------------------------------- selection, cache
+# ----------------------------------------------------------------------------- selection
 
 def _python(code, env):
     return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=env,
@@ -368,32 +369,13 @@ def _python(code, env):
 
 def test_simd_env_override():
     env = dict(os.environ, EDGEROPE_SIMD="portable")
-    p = _python("from edgerope.kernels import q8dot, simd\n"
-                "print(simd.MODE, q8dot.q8p_gemv is q8dot.q8p_gemv_portable)", env)
+    p = _python("from edgerope.kernels import packed, simd\n"
+                "print(simd.MODE, packed.q8p_gemv is packed.KERNELS['q8']['portable'][0],\n"
+                "      packed.q4p_gemm is packed.KERNELS['q4']['portable'][1])", env)
     assert p.returncode == 0, p.stderr
-    assert p.stdout.split() == ["portable", "True"]
-    p = _python("import edgerope.kernels", dict(os.environ, EDGEROPE_SIMD="sse9"))
-    assert p.returncode != 0 and "EDGEROPE_SIMD" in p.stderr
-
-
-def test_compiled_kernels_are_reused_from_the_cache(tmp_path):
-    """Intrinsics and cache=True: a second process loads the machine code, compiles nothing."""
-    code = """
-        import numpy as np
-        from edgerope.kernels import q8dot as Q
-        wp = np.full((2, 2, 512), 129, np.uint8)  # every weight 1
-        wsp = np.full((2, 2, 16), 0x3C00, np.uint16)  # fp16 1.0
-        xq, xs = np.ones((1, 64), np.int8), np.ones((1, 2), np.float32)
-        xsum = np.full((1, 2), 32, np.int32)
-        out = np.empty(20, np.float32)
-        Q.q8p_gemv(out, xq, xs, xsum, wp, wsp, 20)
-        assert np.all(out == 64.0), out
-        st = Q.q8p_gemv.stats
-        print(sum(st.cache_hits.values()), sum(st.cache_misses.values()))
-    """
-    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path))
-    runs = [_python(code, env) for _ in range(2)]
-    for p in runs:
-        assert p.returncode == 0, p.stderr
-    assert runs[0].stdout.split() == ["0", "1"]  # compiled and saved
-    assert runs[1].stdout.split() == ["1", "0"]  # loaded, nothing compiled
+    assert p.stdout.split() == ["portable", "True", "True"]
+    # importing never raises on a bad environment; the first kernel use says what is wrong
+    bad = dict(os.environ, EDGEROPE_SIMD="sse9")
+    assert _python("import edgerope, edgerope.kernels", bad).returncode == 0
+    p = _python("import edgerope.kernels as K\nK.q8p_gemv", bad)
+    assert p.returncode != 0 and "ConfigError: EDGEROPE_SIMD='sse9'" in p.stderr

@@ -18,8 +18,9 @@ import pytest
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "fixtures"))
 import make_token_ids as refs  # noqa: E402
 
-from edgerope.text.tokenizer import (BPETokenizer, SentencePieceTokenizer, _split_special,  # noqa: E402
-                                load_tokenizer, tokenizer_from_gguf)
+from edgerope.text.tokenizer import (BPETokenizer, SentencePieceTokenizer,  # noqa: E402
+                                     load_tokenizer, tokenizer_from_gguf)
+from edgerope.text.tokenizer_base import sorted_specials, split_special  # noqa: E402
 
 with open(os.path.join(os.path.dirname(__file__), "fixtures", "token_ids.json"), encoding="utf-8") as f:
     FIXTURE = json.load(f)
@@ -75,7 +76,7 @@ def _tokenizer_fields(name):
 def model(request):
     name = request.param
     if ("tok", name) not in _cache:
-        _cache[("tok", name)] = tokenizer_from_gguf(_path(name))
+        _cache[("tok", name)] = tokenizer_from_gguf(_reader(_path(name)))
     return name, _cache[("tok", name)]
 
 
@@ -318,12 +319,11 @@ def test_hf_tokenizer_json_directory(tmp_path):
 
 def test_split_special_is_longest_first():
     specials = [("<|a|>", 7), ("<|", 8)]
-    from edgerope.text.tokenizer import _sorted_specials
-    s = _sorted_specials(specials)
+    s = sorted_specials(specials)
     assert s == [("<|a|>", 7), ("<|", 8)]
-    assert _split_special("x<|a|>y<|z", s) == ["x", 7, "y", 8, "z"]
-    assert _split_special("", s) == [""]
-    assert _split_special("<|a|><|a|>", s) == [7, 7]
+    assert split_special("x<|a|>y<|z", s) == ["x", 7, "y", 8, "z"]
+    assert split_special("", s) == [""]
+    assert split_special("<|a|><|a|>", s) == [7, 7]
 
 
 @pytest.fixture(scope="module")

@@ -7,6 +7,12 @@ runs against a KV cache holding d tokens: "pp512 @ d1024". A warm-up run first c
 kernel (its time is reported as `jit_s`, not in the figures); each test then runs
 `repetitions` times and reports mean ± stddev tokens/s. Sweeps: prompt sizes, generation
 lengths, thread counts, depths and KV cache types.
+
+Memory, per test (edgerope.system.process_memory right after a repetition, its session
+alive; of the repetitions, the one of most anonymous memory): `mem_peak_rss` (the process's peak resident set so far,
+file-backed pages included), `mem_rss`, `mem_anonymous` (private memory no file backs: what
+the process really takes from the machine's RAM) and `mem_file` (library code and mapped
+weights: pages the kernel may drop and read back).
 """
 from __future__ import annotations
 
@@ -15,10 +21,22 @@ import time
 
 import numpy as np
 
-from edgerope import kernels
-from edgerope.engine.cache import DEFAULT_KV_TYPE
+from edgerope import runtime
 from edgerope.apps.info import parameter_count
+from edgerope.engine.cache import DEFAULT_KV_TYPE
 from edgerope.engine.profile import Profiler
+from edgerope.system import process_memory
+
+_MEMORY_KEYS = ("rss", "peak_rss", "anonymous", "file")
+
+
+def _note_memory(mem):
+    """Keep in `mem` the edgerope.system.process_memory snapshot of largest anonymous memory
+    so far (taken while a test's session, with its KV cache and buffers, is alive)."""
+    if mem is not None:
+        now = process_memory()
+        if now.get("anonymous", 0) >= mem.get("anonymous", 0):
+            mem.update(now)
 
 
 def _context(model, n_ctx, n_batch, depth, kv_type):
@@ -28,20 +46,21 @@ def _context(model, n_ctx, n_batch, depth, kv_type):
     return s
 
 
-def _pp(model, n, n_batch, prof=None, depth=0, kv_type=DEFAULT_KV_TYPE):
+def _pp(model, n, n_batch, prof=None, depth=0, kv_type=DEFAULT_KV_TYPE, mem=None):
     ids = np.random.default_rng(n).integers(0, model.config.vocab_size, n)
     s = _context(model, depth + n + 1, n_batch, depth, kv_type)
     s.profiler = prof
     t = time.perf_counter()
     s.eval(ids)
     dt = time.perf_counter() - t
+    _note_memory(mem)
     if prof is not None:
         prof.wall += dt
         prof.tokens += n
     return dt
 
 
-def _tg(model, n, prof=None, depth=0, kv_type=DEFAULT_KV_TYPE):
+def _tg(model, n, prof=None, depth=0, kv_type=DEFAULT_KV_TYPE, mem=None):
     s = _context(model, depth + n + 2, 512, depth, kv_type)
     bos = model.config.bos_token_id or 0
     logits = s.eval([bos])
@@ -50,6 +69,7 @@ def _tg(model, n, prof=None, depth=0, kv_type=DEFAULT_KV_TYPE):
     for _ in range(n):
         logits = s.eval([int(np.argmax(logits))])
     dt = time.perf_counter() - t
+    _note_memory(mem)
     if prof is not None:
         prof.wall += dt
         prof.tokens += n
@@ -63,7 +83,7 @@ def run_bench(model, n_prompt=(512,), n_gen=(128,), threads=(None,), repetitions
     records, profiles = [], {}
     size, params = model.weights.nbytes, parameter_count(model)
     for th in threads:
-        n_threads = kernels.set_threads(th)
+        n_threads = runtime.set_threads(th)
         t0 = time.perf_counter()
         for kv in kv_types:
             _pp(model, 8, n_batch, kv_type=kv)
@@ -75,7 +95,8 @@ def run_bench(model, n_prompt=(512,), n_gen=(128,), threads=(None,), repetitions
                 for kind, n in tests:
                     run = _pp if kind == "pp" else _tg
                     extra = (n_batch,) if kind == "pp" else ()
-                    samples = [run(model, n, *extra, depth=d, kv_type=kv)
+                    mem = {}
+                    samples = [run(model, n, *extra, depth=d, kv_type=kv, mem=mem)
                                for _ in range(repetitions)]
                     ts = [n / s for s in samples]
                     test = f"{kind}{n}" + (f" @ d{d}" if d else "")
@@ -88,7 +109,8 @@ def run_bench(model, n_prompt=(512,), n_gen=(128,), threads=(None,), repetitions
                                avg_ts=statistics.fmean(ts),
                                stddev_ts=statistics.stdev(ts) if len(ts) > 1 else 0.0,
                                samples_ts=ts, samples_ns=[int(s * 1e9) for s in samples],
-                               jit_s=jit_s)
+                               jit_s=jit_s,
+                               **{f"mem_{k}": mem[k] for k in _MEMORY_KEYS if k in mem})
                     records.append(rec)
                     if profile:
                         prof = Profiler()

@@ -1,7 +1,8 @@
-"""What a loaded model is: architecture, size, RoPE, quantization, memory at a context.
+"""What a model is: architecture, size, RoPE, quantization, memory at a context.
 
-Owns the rows `edgerope info` prints, computed from the loaded Model (memory figures:
-edgerope.engine.memory).
+Owns the rows `edgerope info` prints, computed from a Model or from the ModelPlan of its
+headers (edgerope.io.loading.plan: the same config and weight shapes, nothing computed);
+memory figures from edgerope.engine.memory.
 """
 from __future__ import annotations
 

@@ -8,7 +8,6 @@ PPL = exp(mean negative log-likelihood); the ± is the standard error carried th
 from __future__ import annotations
 
 import math
-import sys
 import time
 from dataclasses import dataclass
 
@@ -62,9 +61,8 @@ def perplexity(model, text_or_ids, n_ctx: int = 512, n_batch: int = 512,
     t0 = time.perf_counter()
     bar = None
     if progress:
-        from tqdm import tqdm
-        bar = tqdm(total=n_chunks, desc="perplexity", unit="chunk", file=sys.stderr,
-                   leave=False)
+        from edgerope.runtime import progress as progress_bar
+        bar = progress_bar(total=n_chunks, desc="perplexity", unit="chunk", leave=False)
     try:
         for c in range(n_chunks):
             window = np.array(ids[c * n_ctx:(c + 1) * n_ctx], dtype=np.int64)

@@ -2,8 +2,8 @@
 knows about it as data -- forward-pass flags, the transformers config-class defaults, RoPE
 defaults per layer type, Hugging Face tensor names, GGUF metadata and tensor names, and the
 built-in chat template for files that carry none. The forward pass (edgerope.engine.model) is one
-function steered by that data; config.py, rope.py, checkpoint.py, gguf_loader.py and chat.py
-read the registry instead of naming architectures.
+function steered by that data; archs.config, archs.rope, io.checkpoint, io.gguf and
+text.template read the registry instead of naming architectures.
 
 Adding an architecture = one module here that builds an `Arch` and is listed in `_MODULES`,
 plus its tests (parity with transformers in tests/tiny_models.py and tests/test_parity.py).

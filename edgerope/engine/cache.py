@@ -30,22 +30,18 @@ from __future__ import annotations
 import numpy as np
 
 from edgerope import kernels as K
-from edgerope.errors import ConfigError, ContextFullError
-from edgerope.kernels.kvstore import (KV_BLOCK, KV_DTYPES, kv_dequant, kv_requant, kv_store,
-                              scale_shape)
+from edgerope.errors import ConfigError, ContextFullError, ParameterError
+from edgerope.engine import DEFAULT_KV_TYPE, KV_TYPES  # noqa: F401 - defined without numba
+from edgerope.kernels.layout import KV_DTYPES, scale_shape
 
-KV_TYPES = tuple(KV_DTYPES)  # "f32", "f16", "int8"
-# measured (bench/RESULTS.md, Gemma 3 270M, 2 threads): f32 decodes fastest (tg128 113 t/s,
-# 65 at depth 1024; f16 85 / 44, int8 81 / 49: their element conversions do not vectorize as
-# well yet); f16 is as exact in practice (mean KL 4e-7) at half the memory, int8 a quarter
-# (KL ~1e-3). Memory is the reason to pick them on small boards.
-DEFAULT_KV_TYPE = "f32"
+assert set(KV_TYPES) == set(KV_DTYPES), "edgerope.engine.KV_TYPES and kvstore disagree"
 
 
 class LayerCache:
     """Keys (S, Hkv, D), values (S, Hkv, D), their scales (int8) and each slot's position."""
 
-    __slots__ = ("k", "v", "ks", "vs", "pos", "capacity", "window", "sinks", "kv_type", "n")
+    __slots__ = ("k", "v", "ks", "vs", "pos", "capacity", "window", "sinks", "kv_type", "n",
+                 "arrays")
 
     def __init__(self, capacity: int, n_kv: int, head_dim: int, window: int | None,
                  kv_type: str = "f32", sinks: int = 0):
@@ -53,23 +49,35 @@ class LayerCache:
             raise ConfigError(f"unknown KV cache type {kv_type!r} (supported: "
                               f"{', '.join(KV_TYPES)})")
         if not 0 <= sinks < capacity:
-            raise ValueError(f"sinks must be in [0, {capacity}), got {sinks}")
+            raise ParameterError(f"sinks must be in [0, {capacity}), got {sinks}")
         self.capacity, self.window, self.sinks, self.kv_type = capacity, window, sinks, kv_type
-        dt = KV_DTYPES[kv_type]
-        self.k = np.zeros((capacity, n_kv, head_dim), dt)
-        self.v = np.zeros((capacity, n_kv, head_dim), dt)
-        # int8 block scales; a float type keeps a placeholder the kernels never read
-        self.ks = np.zeros(scale_shape(kv_type, capacity, n_kv, head_dim), np.float32)
-        self.vs = np.zeros(scale_shape(kv_type, capacity, n_kv, head_dim), np.float32)
-        self.pos = np.full(capacity, -1, np.int64)
+        for name, (shape, dt) in self.layout(capacity, n_kv, head_dim, kv_type).items():
+            setattr(self, name, np.zeros(shape, dt))
+        self.pos.fill(-1)
+        self.arrays = (self.k, self.v, self.ks, self.vs, self.pos)  # as kernels.attention reads
         self.n = 0  # tokens stored so far (the ring cursor)
+
+    @staticmethod
+    def layout(capacity: int, n_kv: int, head_dim: int, kv_type: str) -> dict:
+        """name -> (shape, dtype) of the arrays a layer cache holds; `nbytes_of` sums them."""
+        dt = KV_DTYPES[kv_type]
+        # int8 block scales; a float type keeps a placeholder the kernels never read
+        scales = (scale_shape(kv_type, capacity, n_kv, head_dim), np.float32)
+        return {"k": ((capacity, n_kv, head_dim), dt), "v": ((capacity, n_kv, head_dim), dt),
+                "ks": scales, "vs": scales, "pos": ((capacity,), np.int64)}
+
+    @staticmethod
+    def nbytes_of(capacity: int, n_kv: int, head_dim: int, kv_type: str) -> int:
+        """Bytes of such a layer cache, without allocating it."""
+        return sum(int(np.prod(shape)) * np.dtype(dt).itemsize for shape, dt in
+                   LayerCache.layout(capacity, n_kv, head_dim, kv_type).values())
 
     def store(self, k_new: np.ndarray, v_new: np.ndarray, pos: np.ndarray, partner) -> None:
         """Write T consecutive tokens (positions pos) at the cursor; partner: the keys' rotary
         pairing (kvstore.partners)."""
         # a chunk longer than the ring overwrites its own first tokens: the same result as
         # storing only its tail, and the cost is small next to the chunk's matmuls
-        kv_store(self.k, self.v, self.ks, self.vs, self.pos, k_new, v_new, pos, self.n,
+        K.kv_store(self.k, self.v, self.ks, self.vs, self.pos, k_new, v_new, pos, self.n,
                  self.sinks, partner)
         self.n += k_new.shape[0]
 
@@ -82,9 +90,9 @@ class LayerCache:
         p[slots] -= n
         if len(slots) and len(ia):
             x = np.empty((len(slots),) + self.k.shape[1:], np.float32)
-            kv_dequant(x, self.k, self.ks, slots)
+            K.kv_dequant(x, self.k, self.ks, slots)
             K.rope_shift(x, cos, sin, ia, ib)
-            kv_requant(self.k, self.ks, slots, x)
+            K.kv_requant(self.k, self.ks, slots, x)
 
     def clear(self) -> None:
         self.pos.fill(-1)
@@ -158,15 +166,9 @@ class KVCache:
 
 
 def kv_bytes(cfg, n_ctx: int, kv_type: str = "f32", sinks: int = 0) -> int:
-    """Bytes of a session's KV cache, without allocating it (info, memory checks)."""
-    per = {"f32": 4, "f16": 2, "int8": 1}[kv_type]
-    total = 0
-    for i in range(cfg.num_hidden_layers):
-        if cfg.kv_source[i] != i:
-            continue  # reads another layer's cache
-        S = layer_capacity(cfg.window(i), n_ctx, sinks)
-        Hkv, D = cfg.layer_kv_heads[i], cfg.layer_head_dims[i]
-        total += 2 * S * Hkv * D * per + 8 * S
-        if kv_type == "int8":
-            total += 2 * S * Hkv * 4 * (-(-D // KV_BLOCK))
-    return total
+    """Bytes of a session's KV cache (KVCache(cfg, ...).nbytes), without allocating it."""
+    if kv_type not in KV_DTYPES:
+        raise ConfigError(f"unknown KV cache type {kv_type!r} (supported: {', '.join(KV_TYPES)})")
+    return sum(LayerCache.nbytes_of(layer_capacity(cfg.window(i), n_ctx, sinks),
+                                    cfg.layer_kv_heads[i], cfg.layer_head_dims[i], kv_type)
+               for i in range(cfg.num_hidden_layers) if cfg.kv_source[i] == i)

@@ -23,17 +23,13 @@ out-of-memory killer.
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 from edgerope.engine.cache import DEFAULT_KV_TYPE, kv_bytes
-from edgerope.errors import EdgeropeError
+from edgerope.formats import DTYPES, matrix_nbytes
 
 _MiB = 1 << 20
 RUNTIME_BYTES = 85 * _MiB
-# bytes of one packed group (16 rows x 32 columns) incl. its 16 fp16 scales (kernels.q8dot,
-# kernels.q4dot)
-_GROUP_BYTES = {"int8": 512 + 32, "int4": 256 + 32}
 
 
 @dataclass(frozen=True)
@@ -70,18 +66,16 @@ def human(n: int) -> str:
     return f"{n / (1 << 30):.1f} GiB" if n >= 1 << 30 else f"{n / _MiB:.0f} MiB"
 
 
-def _matrix_bytes(n: int, k: int, dtype: str) -> int | None:
-    if dtype == "float32":
-        return 4 * n * k
-    if dtype not in _GROUP_BYTES:
-        return None
-    return -(-n // 16) * -(-k // 32) * _GROUP_BYTES[dtype]
+def _matrix_bytes(n: int, k: int, dtype: str) -> int:
+    return matrix_nbytes(dtype, n, k)
 
 
 def weight_bytes(cfg, dtype: str) -> int | None:
     """Bytes of the weight matrices and biases of a model of this config held as `dtype`
     (what ModelWeights.nbytes reports once loaded); None for an unknown dtype."""
     from edgerope.engine.weights import EMBED_DTYPE
+    if dtype not in DTYPES:
+        return None
     H, V = cfg.hidden_size, cfg.vocab_size
     gate = 2 if cfg.mlp == "gated" else 1
     edtype = EMBED_DTYPE.get(dtype, dtype)  # embedding and output matrices (int4: int8)
@@ -104,8 +98,6 @@ def weight_bytes(cfg, dtype: str) -> int | None:
                                     _matrix_bytes(H, Ie, dtype)] * E
         biases += ((q + kv) if cfg.qkv_bias else 0) + (H if cfg.o_bias else 0) + (
             gate * I + H if cfg.mlp_bias else 0)
-    if None in sizes:
-        return None
     return sum(sizes) + 4 * biases
 
 
@@ -113,15 +105,10 @@ def tokenizer_bytes(cfg) -> int:
     return 256 * cfg.vocab_size + 8 * _MiB
 
 
-def activation_bytes(cfg, n_ctx: int, n_batch: int = 512) -> int:
-    """Float32 buffers of a session (edgerope.engine.model._Buffers), int8 activation copies, the
-    attention scratch and the last-token logits."""
-    B = min(n_batch, n_ctx)
-    inner = cfg.max_ffn * (2 if cfg.mlp == "gated" else 1)
-    per_row = (4 * cfg.hidden_size + 3 * cfg.q_dim + 4 * cfg.kv_dim + inner + cfg.max_ffn
-               + 2 * cfg.num_hidden_layers * cfg.ple_dim + cfg.ple_dim)
-    quantized = B * (cfg.hidden_size + cfg.q_dim + cfg.max_ffn) * 5 // 4
-    return 4 * (B * per_row + cfg.vocab_size + 16 * (n_ctx + B + cfg.q_dim)) + quantized
+def activation_bytes(cfg, n_ctx: int, n_batch: int = 512, dtype: str = "int8") -> int:
+    """A session's buffers and RoPE tables (edgerope.engine.model.session_bytes)."""
+    from edgerope.engine.model import session_bytes
+    return session_bytes(cfg, n_ctx, n_batch, dtype=dtype)
 
 
 def estimate(model_or_config, n_ctx: int | None = None, kv_type: str = DEFAULT_KV_TYPE,
@@ -132,6 +119,7 @@ def estimate(model_or_config, n_ctx: int | None = None, kv_type: str = DEFAULT_K
     from edgerope.engine.model import default_ctx
     if hasattr(model_or_config, "weights"):
         cfg, weights = model_or_config.config, model_or_config.weights.nbytes
+        dtype = model_or_config.dtype
     else:
         cfg, weights = model_or_config, weight_bytes(model_or_config, dtype)
         if weights is None:
@@ -139,5 +127,5 @@ def estimate(model_or_config, n_ctx: int | None = None, kv_type: str = DEFAULT_K
     n_ctx = n_ctx or default_ctx(cfg)
     return MemoryEstimate(n_ctx=n_ctx, kv_type=kv_type, weights=weights,
                           kv_cache=kv_bytes(cfg, n_ctx, kv_type, max(n_keep, 0)),
-                          buffers=activation_bytes(cfg, n_ctx, n_batch),
+                          buffers=activation_bytes(cfg, n_ctx, n_batch, dtype),
                           tokenizer=tokenizer_bytes(cfg))

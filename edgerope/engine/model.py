@@ -17,11 +17,11 @@ import threading
 import numpy as np
 
 from edgerope import kernels as K
-from edgerope.engine.cache import DEFAULT_KV_TYPE, KVCache
-from edgerope.kernels.kvstore import partners
+from edgerope import runtime
+from edgerope.engine.cache import DEFAULT_KV_TYPE, KVCache, layer_capacity
 from edgerope.engine.weights import ModelWeights, Norm
 from edgerope.archs.config import ModelConfig
-from edgerope.errors import ConfigError
+from edgerope.errors import ConfigError, ParameterError
 from edgerope.formats.linear import Activations
 from edgerope.engine.profile import direct
 
@@ -31,6 +31,19 @@ _ATT_CHUNKS = 16  # parallel work units of the attention kernel (each owns a scr
 def default_ctx(cfg: ModelConfig) -> int:
     """The default context of a model: its trained length, at most 4096."""
     return min(cfg.max_position_embeddings, 4096)
+
+
+def session_bytes(cfg: ModelConfig, n_ctx: int, n_batch: int = 512, n_keep: int = 4,
+                  context_shift: bool = False, dtype: str = "int8") -> int:
+    """Bytes a Session(n_ctx, n_batch, ...) holds besides its KV cache (kv_bytes): its
+    buffers once every matmul ran (_Buffers.nbytes) and the RoPE tables of its context --
+    computed from the config, nothing allocated."""
+    B = min(n_batch, n_ctx)
+    sinks = n_keep if context_shift else 0
+    capacity = max(layer_capacity(cfg.window(i), n_ctx, sinks)
+                   for i in range(cfg.num_hidden_layers) if cfg.kv_source[i] == i)
+    rope = sum(2 * 4 * n_ctx * len(cfg.rope[t].pairs()[0]) for t in set(cfg.layer_types))
+    return _Buffers.nbytes_of(cfg, B, capacity + B + cfg.q_dim, dtype) + rope
 
 
 def apply_norm(n: Norm, out: np.ndarray, x: np.ndarray) -> None:
@@ -106,42 +119,71 @@ class _Buffers:
     widest layer; a layer takes a contiguous prefix view of its own shape (`view`)."""
 
     def __init__(self, cfg: ModelConfig, B: int, att_len: int):
-        H = cfg.hidden_size
-        f = np.float32
-        gate = 2 if cfg.mlp == "gated" else 1
-        self.x, self.h = np.zeros((B, H), f), np.zeros((B, H), f)
-        self.o, self.m = np.zeros((B, H), f), np.zeros((B, H), f)
-        self.qkv = np.zeros(B * (cfg.q_dim + 2 * cfg.kv_dim), f)
-        self.q = np.zeros(B * cfg.q_dim, f)
-        self.k = np.zeros(B * cfg.kv_dim, f)
-        self.v = np.zeros(B * cfg.kv_dim, f)
-        self.att = np.zeros(B * cfg.q_dim, f)
-        self.inner = np.zeros(B * gate * cfg.max_ffn, f)
-        self.act = np.zeros(B * cfg.max_ffn, f)
-        # KV sharing: a producer's chunk keys/values, kept for the layers that read its cache
-        # (its own store waits until they ran, see Session._forward)
-        self.shared = {p: (np.zeros((B, cfg.layer_kv_heads[p], cfg.layer_head_dims[p]), f),
-                           np.zeros((B, cfg.layer_kv_heads[p], cfg.layer_head_dims[p]), f))
-                       for p in sorted(set(cfg.kv_source)) if cfg.kv_source.count(p) > 1}
-        if cfg.ple_dim:
-            LP = cfg.num_hidden_layers * cfg.ple_dim
-            self.ple, self.ple_proj = np.zeros((B, LP), f), np.zeros((B, LP), f)
-            self.ple_gate = np.zeros((B, cfg.ple_dim), f)
-        if cfg.moe is not None:
-            E, I = cfg.moe.num_experts, cfg.moe.intermediate_size
-            self.router_in, self.router = np.zeros((B, H), f), np.zeros((B, E), f)
-            self.expert_x, self.expert_y = np.zeros((B, H), f), np.zeros((B, H), f)
-            self.expert_in, self.expert_act = np.zeros((B, 2 * I), f), np.zeros((B, I), f)
-            self.moe_out = np.zeros((B, H), f)
-        self.logits = np.zeros((1, cfg.vocab_size), f)
+        for name, (shape, dtype) in self.layout(cfg, B, att_len).items():
+            setattr(self, name, np.zeros(shape, dtype))
+        self.shared = {p: (np.zeros(shape, np.float32), np.zeros(shape, np.float32))
+                       for p, shape in self.shared_layout(cfg, B).items()}
         self.logits_view = self.logits[0].view()
         self.logits_view.flags.writeable = False
-        self.ids = np.zeros(B, np.int64)
-        self.iota = np.arange(B, dtype=np.int64)
-        self.pos = np.zeros(B, np.int64)
-        self.scratch = np.zeros((_ATT_CHUNKS, att_len), f)
-        self.acts = Activations(B)  # int8-quantized matmul inputs
+        self.iota[:] = np.arange(B)
+        self.acts = Activations(B)  # int8-quantized matmul inputs, one set per input width
         self._views: dict = {}
+
+    @staticmethod
+    def layout(cfg: ModelConfig, B: int, att_len: int) -> dict:
+        """name -> (shape, dtype) of the buffers (`nbytes_of` sums them)."""
+        H, f, i8 = cfg.hidden_size, np.float32, np.int64
+        gate = 2 if cfg.mlp == "gated" else 1
+        out = {"x": ((B, H), f), "h": ((B, H), f), "o": ((B, H), f), "m": ((B, H), f),
+               "qkv": ((B * (cfg.q_dim + 2 * cfg.kv_dim),), f), "q": ((B * cfg.q_dim,), f),
+               "k": ((B * cfg.kv_dim,), f), "v": ((B * cfg.kv_dim,), f),
+               "att": ((B * cfg.q_dim,), f), "inner": ((B * gate * cfg.max_ffn,), f),
+               "act": ((B * cfg.max_ffn,), f), "logits": ((1, cfg.vocab_size), f),
+               "ids": ((B,), i8), "iota": ((B,), i8), "pos": ((B,), i8),
+               "scratch": ((_ATT_CHUNKS, att_len), f)}
+        if cfg.ple_dim:
+            LP = cfg.num_hidden_layers * cfg.ple_dim
+            out.update(ple=((B, LP), f), ple_proj=((B, LP), f), ple_gate=((B, cfg.ple_dim), f))
+        if cfg.moe is not None:
+            E, I = cfg.moe.num_experts, cfg.moe.intermediate_size
+            out.update(router_in=((B, H), f), router=((B, E), f), expert_x=((B, H), f),
+                       expert_y=((B, H), f), expert_in=((B, 2 * I), f),
+                       expert_act=((B, I), f), moe_out=((B, H), f))
+        return out
+
+    @staticmethod
+    def shared_layout(cfg: ModelConfig, B: int) -> dict:
+        """KV sharing: a producer's chunk keys / values (each of this shape), kept for the
+        layers that read its cache (its own store waits until they ran, Session._forward)."""
+        return {p: (B, cfg.layer_kv_heads[p], cfg.layer_head_dims[p])
+                for p in sorted(set(cfg.kv_source)) if cfg.kv_source.count(p) > 1}
+
+    @staticmethod
+    def act_widths(cfg: ModelConfig) -> set:
+        """Input widths of the int8 matmuls (each gets its activation buffers)."""
+        n = cfg.num_hidden_layers
+        widths = {cfg.hidden_size} | {cfg.q_dim_of(i) for i in range(n)} | set(cfg.layer_ffn)
+        if cfg.ple_dim:
+            widths.add(cfg.ple_dim)
+        if cfg.moe is not None:
+            widths.add(cfg.moe.intermediate_size)
+        return widths
+
+    @classmethod
+    def nbytes_of(cls, cfg: ModelConfig, B: int, att_len: int, dtype: str = "int8") -> int:
+        """Bytes of the buffers of a session (once every matmul ran), without allocating."""
+        size = lambda shape, dt: int(np.prod(shape)) * np.dtype(dt).itemsize  # noqa: E731
+        total = sum(size(*v) for v in cls.layout(cfg, B, att_len).values())
+        total += sum(2 * size(shape, np.float32) for shape in cls.shared_layout(cfg, B).values())
+        if dtype != "float32":
+            total += Activations.nbytes_of(B, cls.act_widths(cfg))
+        return total
+
+    @property
+    def nbytes(self) -> int:
+        arrays = [a for a in vars(self).values() if isinstance(a, np.ndarray)]
+        arrays += [a for pair in self.shared.values() for a in pair]
+        return sum(a.nbytes for a in arrays if a.base is None) + self.acts.nbytes
 
     def view(self, name: str, *shape) -> np.ndarray:
         """The contiguous prefix of flat buffer `name`, shaped (made once per shape: decoding
@@ -169,9 +211,9 @@ class Session:
     def __init__(self, model: Model, n_ctx: int, n_batch: int = 512, *,
                  kv_type: str = DEFAULT_KV_TYPE, n_keep: int = 4, context_shift: bool = False):
         if n_ctx <= 0 or n_batch <= 0:
-            raise ValueError("n_ctx and n_batch must be positive")
+            raise ParameterError("n_ctx and n_batch must be positive")
         if n_keep < 0 or (context_shift and n_keep >= n_ctx):
-            raise ValueError(f"n_keep must be in [0, {n_ctx}) for a context of {n_ctx}, "
+            raise ParameterError(f"n_keep must be in [0, {n_ctx}) for a context of {n_ctx}, "
                              f"got {n_keep}")
         self.model, self.n_ctx, self.n_batch = model, n_ctx, min(n_batch, n_ctx)
         self.n_keep, self.context_shift, self.n_shifted = n_keep, context_shift, 0
@@ -183,7 +225,7 @@ class Session:
         self.buf = _Buffers(cfg, self.n_batch, self._att_len())
         self.tokens: list[int] = []
         self._rope = {t: model.rope_table(t, n_ctx) for t in set(cfg.layer_types)}
-        self._partner = {t: partners(cfg.rope[t].head_dim, ia, ib)
+        self._partner = {t: K.partners(cfg.rope[t].head_dim, ia, ib)
                          for t, (_, _, ia, ib) in self._rope.items()}
         self.profiler = None  # an edgerope.engine.profile.Profiler times every kernel call
 
@@ -203,9 +245,9 @@ class Session:
         """Change the number of attention sinks of an empty session (re-allocates the cache
         when the sinks' slots change; generate() uses it for --keep -1 = the whole prompt)."""
         if self.pos:
-            raise ValueError("set_keep: the session already holds tokens")
+            raise ParameterError("set_keep: the session already holds tokens")
         if n_keep < 0 or (self.context_shift and n_keep >= self.n_ctx):
-            raise ValueError(f"n_keep must be in [0, {self.n_ctx}), got {n_keep}")
+            raise ParameterError(f"n_keep must be in [0, {self.n_ctx}), got {n_keep}")
         if n_keep != self.n_keep:
             self.n_keep = n_keep
             if self.context_shift:
@@ -219,7 +261,7 @@ class Session:
     def _att_len(self) -> int:
         """Length of an attention scratch row: the scores of every key a chunk sees, and room
         for one query's output over all heads (decoding splits a long cache into parts that
-        each keep their own, kernels.attention)."""
+        each keep their own, kernels.attention). session_bytes counts the same."""
         return self.cache.max_capacity + self.n_batch + self.model.config.q_dim
 
     def _make_room(self, T: int) -> None:
@@ -254,21 +296,34 @@ class Session:
         Copy them to keep them."""
         ids = np.asarray(ids, dtype=np.int64).reshape(-1)
         if len(ids) == 0:
-            raise ValueError("eval() needs at least one token")
+            raise ParameterError("eval() needs at least one token")
         vocab = self.model.config.vocab_size
         if ids.min() < 0 or ids.max() >= vocab:
-            raise ValueError(f"token id out of range [0, {vocab})")
+            raise ParameterError(f"token id out of range [0, {vocab})")
         if not self.context_shift:
             self.cache.check_room(self.pos + len(ids))
         if all_logits:
             logits_from = 0
+        # the session's thread count (edgerope.runtime) for this call; the caller's own
+        # Numba setting is restored after
+        caller, n = K.get_threads(), runtime.threads()
+        if n == caller:
+            return self._eval(ids, logits_from)
+        K.set_threads(n)
+        try:
+            return self._eval(ids, logits_from)
+        finally:
+            K.set_threads(caller)
+
+    def _eval(self, ids: np.ndarray, logits_from: int | None) -> np.ndarray:
+        vocab = self.model.config.vocab_size
         step = self._step
         if logits_from is None:
             for s in range(0, len(ids), step):
                 last = self._forward(ids[s:s + step], None, 0)
             return last
         if not 0 <= logits_from < len(ids):
-            raise ValueError(f"logits_from must be in [0, {len(ids)}), got {logits_from}")
+            raise ParameterError(f"logits_from must be in [0, {len(ids)}), got {logits_from}")
         out = np.empty((len(ids) - logits_from, vocab), np.float32)
         for s in range(0, len(ids), step):
             chunk = ids[s:s + step]
@@ -338,12 +393,12 @@ class Session:
             c = self.cache.layers[src]
             window = cfg.window(li) or 0
             if T == 1 and c.capacity > K.DECODE_SPLIT:  # long cache: parts in parallel
-                op("attention", K.attention_decode, att, q, c.k, c.v, c.ks, c.vs, c.pos, k, v,
-                   pos, cfg.attn_scale, window, cfg.attn_softcap or 0.0, b.scratch,
+                op("attention", K.attention_decode, att, q, c.arrays, (k, v, pos),
+                   (cfg.attn_scale, window, cfg.attn_softcap or 0.0), b.scratch,
                    min(c.n, c.capacity))
             else:
-                op("attention", K.attention, att, q, c.k, c.v, c.ks, c.vs, c.pos, k, v, pos,
-                   cfg.attn_scale, window, cfg.attn_softcap or 0.0, b.scratch)
+                op("attention", K.attention, att, q, c.arrays, (k, v, pos),
+                   (cfg.attn_scale, window, cfg.attn_softcap or 0.0), b.scratch)
             partner = self._partner[cfg.layer_types[li]]
             if src == li and li in b.shared:
                 deferred.append((c, k, v, partner))

@@ -28,6 +28,7 @@ import secrets
 from dataclasses import dataclass
 
 import numpy as np
+from edgerope.errors import ParameterError
 
 __all__ = ["SamplingParams", "Sampler"]
 
@@ -47,35 +48,35 @@ class SamplingParams:
         that would make sampling ill-defined."""
         def number(name, value):
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-                raise ValueError(f"{name} must be a finite number, got {value!r}")
+                raise ParameterError(f"{name} must be a finite number, got {value!r}")
 
         def integer(name, value):
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-                raise ValueError(f"{name} must be an integer, got {value!r}")
+                raise ParameterError(f"{name} must be an integer, got {value!r}")
 
         number("temperature", self.temperature)
         if self.temperature < 0:
-            raise ValueError(f"temperature must be >= 0 (0 = greedy), got {self.temperature}")
+            raise ParameterError(f"temperature must be >= 0 (0 = greedy), got {self.temperature}")
         integer("top_k", self.top_k)
         if self.top_k < 0:
-            raise ValueError(f"top_k must be >= 0 (0 = off), got {self.top_k}")
+            raise ParameterError(f"top_k must be >= 0 (0 = off), got {self.top_k}")
         number("top_p", self.top_p)
         if not 0.0 < self.top_p <= 1.0:
-            raise ValueError(f"top_p must be in (0, 1] (1 = off), got {self.top_p}")
+            raise ParameterError(f"top_p must be in (0, 1] (1 = off), got {self.top_p}")
         number("min_p", self.min_p)
         if not 0.0 <= self.min_p <= 1.0:
-            raise ValueError(f"min_p must be in [0, 1] (0 = off), got {self.min_p}")
+            raise ParameterError(f"min_p must be in [0, 1] (0 = off), got {self.min_p}")
         number("repeat_penalty", self.repeat_penalty)
         if self.repeat_penalty <= 0:
-            raise ValueError(f"repeat_penalty must be > 0 (1 = off), got {self.repeat_penalty}")
+            raise ParameterError(f"repeat_penalty must be > 0 (1 = off), got {self.repeat_penalty}")
         integer("repeat_last_n", self.repeat_last_n)
         if self.repeat_last_n < -1:
-            raise ValueError(f"repeat_last_n must be >= -1 (-1 = whole history, 0 = off), "
+            raise ParameterError(f"repeat_last_n must be >= -1 (-1 = whole history, 0 = off), "
                              f"got {self.repeat_last_n}")
         if self.seed is not None:
             integer("seed", self.seed)
             if not 0 <= self.seed < 2**64:
-                raise ValueError(f"seed must be in [0, 2**64) or None (random), got {self.seed}")
+                raise ParameterError(f"seed must be in [0, 2**64) or None (random), got {self.seed}")
 
     @property
     def greedy(self) -> bool:
@@ -101,7 +102,7 @@ class Sampler:
             x = x.reshape(-1)
         n = x.shape[0]
         if n == 0:
-            raise ValueError("cannot sample from an empty logits vector")
+            raise ParameterError("cannot sample from an empty logits vector")
 
         if p.repeat_penalty != 1.0 and p.repeat_last_n != 0 and len(history):
             x = self._penalize(x, history)  # returns a copy: the caller's logits stay untouched
@@ -117,7 +118,7 @@ class Sampler:
             if top == math.inf:  # an infinitely likely token is certain
                 return int(np.argmax(x))
             # NaN means the forward pass is broken; all -inf leaves nothing to sample
-            raise ValueError(f"cannot sample: logits max is {top} (NaN or all -inf)")
+            raise ParameterError(f"cannot sample: logits max is {top} (NaN or all -inf)")
         # Candidates: `idx` (indices into x; None = every token) and their logits `vals`.
         k = p.top_k
         if 0 < k < n:

@@ -7,12 +7,12 @@ A weight W (N outputs, K inputs) is held in one of three formats:
   float32; block b of row n covers columns [32b, min(32b+32, K)) and
   W[n, c] = wq[n, c] * ws[n, c // 32]. Symmetric, one scale per 32 inputs. In memory it is
   held packed for integer dot products (``wp``, ``wsp``: 16 rows interleaved per 32-column
-  block, scales rounded to fp16, see edgerope.kernels.q8dot): exactly llama.cpp's Q8_0, 8.5
+  block, scales rounded to fp16, see edgerope.formats.q8): exactly llama.cpp's Q8_0, 8.5
   bits a weight, so a GGUF Q8_0 tensor maps onto it without loss. Activations are quantized
   to int8 blocks once per matmul input (`Activations`), as llama.cpp does for Q8_0.
 - ``int4``: llama.cpp's Q4_0 blocks (one fp16 scale per 32 inputs, 4-bit codes,
   W = (q - 8) * d; 4.5 bits a weight), packed the same way (``wp`` holds two codes a byte,
-  see edgerope.kernels.q4dot) and multiplied by the same integer-dot cores. A GGUF Q4_0
+  see edgerope.formats.q4) and multiplied by the same integer-dot cores. A GGUF Q4_0
   tensor maps onto it bit for bit; float weights are quantized with ggml's Q4_0 rounding.
 
 Quantization reads the source in row chunks, so a float32 copy of a large tensor (or of the
@@ -24,9 +24,9 @@ from __future__ import annotations
 import numpy as np
 
 from edgerope import kernels as K
+from edgerope.formats import DTYPES, q4, q8
 
 BLOCK = 32
-DTYPES = ("int8", "int4", "float32")
 _CHUNK_ROWS = 4096
 
 
@@ -50,6 +50,16 @@ class Activations:
         views = self._views[(k, t)] = tuple(a[:t] for a in bufs)
         return views
 
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the buffers made so far (nbytes_of for the input widths used)."""
+        return self.nbytes_of(self.rows, self._by_k)
+
+    @staticmethod
+    def nbytes_of(rows: int, widths) -> int:
+        """Bytes of the buffers for `rows` tokens once every input width in `widths` is used."""
+        return sum(K.act_nbytes(rows, k) for k in set(widths))
+
 
 def check_finite(a: np.ndarray, row0: int = 0) -> None:
     """ScaleRangeError (a ValueError; loaders name the tensor) if `a` holds NaN or inf."""
@@ -57,8 +67,8 @@ def check_finite(a: np.ndarray, row0: int = 0) -> None:
     if bad.any():
         where = np.argwhere(bad)[0]
         where[0] += row0
-        raise K.ScaleRangeError(f"{int(bad.sum())} weight(s) are NaN or infinite (first at "
-                                f"index {[int(v) for v in where]})")
+        raise q8.ScaleRangeError(f"{int(bad.sum())} weight(s) are NaN or infinite (first at "
+                                 f"index {[int(v) for v in where]})")
 
 
 class Linear:
@@ -77,22 +87,22 @@ class Linear:
             self.out_features, self.in_features = w.shape
         elif wq is not None:
             self.out_features, self.in_features = wq.shape
-            self.wp, self.wsp = K.pack_q8(wq, ws)
+            self.wp, self.wsp = q8.pack_q8(wq, ws)
         else:
             self.out_features, self.in_features = shape
             if qs is not None:
-                self.wp, self.wsp = K.pack_q4(qs, ws)
-        if self.wp is not None and self.wp.shape[2] not in (K.Q4_BLOCK_BYTES,
-                                                            K.Q8_BLOCK_BYTES):
+                self.wp, self.wsp = q4.pack_q4(qs, ws)
+        if self.wp is not None and self.wp.shape[2] not in (q4.BLOCK_BYTES,
+                                                            q8.BLOCK_BYTES):
             raise ValueError(f"packed blocks of {self.wp.shape[2]} bytes: expected "
-                             f"{K.Q8_BLOCK_BYTES} (int8) or {K.Q4_BLOCK_BYTES} (int4)")
+                             f"{q8.BLOCK_BYTES} (int8) or {q4.BLOCK_BYTES} (int4)")
         self.bias = None if bias is None else np.ascontiguousarray(bias, dtype=np.float32)
 
     @property
     def dtype(self) -> str:
         if self.w is not None:
             return "float32"
-        return "int4" if self.wp.shape[2] == K.Q4_BLOCK_BYTES else "int8"
+        return "int4" if self.wp.shape[2] == q4.BLOCK_BYTES else "int8"
 
     @property
     def nbytes(self) -> int:
@@ -102,11 +112,11 @@ class Linear:
     def q8(self):
         """(wq, ws) of an int8 matrix, unpacked (for conversion and tests); ws float32 holding
         the fp16 scales exactly."""
-        return K.unpack_q8(self.wp, self.wsp, self.out_features, self.in_features)
+        return q8.unpack_q8(self.wp, self.wsp, self.out_features, self.in_features)
 
     def q4(self):
         """(qs, ws) of an int4 matrix: Q4_0 bytes (N, nb, 16) and float32 scales (fp16 values)."""
-        return K.unpack_q4(self.wp, self.wsp, self.out_features)
+        return q4.unpack_q4(self.wp, self.wsp, self.out_features)
 
     @classmethod
     def from_float(cls, src, dtype: str, bias=None, convert=None) -> "Linear":
@@ -129,7 +139,7 @@ class Linear:
             for r in range(0, n, _CHUNK_ROWS):
                 rows = np.ascontiguousarray(convert(src[r:r + _CHUNK_ROWS]), dtype=np.float32)
                 check_finite(rows, r)
-                qs[r:r + _CHUNK_ROWS], ws[r:r + _CHUNK_ROWS] = K.quantize_q4(rows)
+                qs[r:r + _CHUNK_ROWS], ws[r:r + _CHUNK_ROWS] = q4.quantize_q4(rows)
             return cls(qs=qs, ws=ws, shape=(n, k), bias=bias)
         if dtype != "int8":
             raise ValueError(f"unsupported dtype {dtype!r} (supported: {', '.join(DTYPES)})")
@@ -171,7 +181,7 @@ class Linear:
             return np.asarray(self.w)
         if self.dtype == "int4":
             qs, ws = self.q4()
-            return K.dequantize_q4(qs, ws, self.in_features)
+            return q4.dequantize_q4(qs, ws, self.in_features)
         wq, ws = self.q8()
         out = np.empty((self.out_features, self.in_features), np.float32)
         K.dequantize_q8(out, wq, ws)
@@ -189,7 +199,7 @@ class Linear:
         else:
             xq, xs, xsum = (acts or Activations(T)).get(self.in_features, T)
             K.quantize_act(xq, xs, xsum, x)
-            gemv, gemm = _PRODUCTS[self.wp.shape[2]]
+            gemv, gemm = _PRODUCTS.get(self.wp.shape[2]) or _products(self.wp.shape[2])
             if T == 1:
                 gemv(out[0], xq, xs, xsum, self.wp, self.wsp, self.out_features)
             else:
@@ -201,12 +211,18 @@ class Linear:
         """Rows `ids` of the matrix (an embedding table), times `scale`."""
         if self.w is not None:
             K.f32_embed(out, ids, self.w, scale)
-        elif self.wp.shape[2] == K.Q4_BLOCK_BYTES:
+        elif self.wp.shape[2] == q4.BLOCK_BYTES:
             K.q4p_embed(out, ids, self.wp, self.wsp, scale)
         else:
             K.q8p_embed(out, ids, self.wp, self.wsp, scale)
 
 
-# packed block bytes -> (gemv, gemm) of the CPU's SIMD mode
-_PRODUCTS = {K.Q8_BLOCK_BYTES: (K.q8p_gemv, K.q8p_gemm),
-             K.Q4_BLOCK_BYTES: (K.q4p_gemv, K.q4p_gemm)}
+_PRODUCTS: dict = {}  # packed block bytes -> (gemv, gemm) of the CPU's SIMD mode
+
+
+def _products(block_bytes: int):
+    """(gemv, gemm) for packed blocks of `block_bytes`, looked up once (the kernels load on
+    first use, not when this module is imported)."""
+    fmt = {q8.BLOCK_BYTES: "q8", q4.BLOCK_BYTES: "q4"}[block_bytes]
+    _PRODUCTS[block_bytes] = K.KERNELS[fmt][K.SIMD_MODE]
+    return _PRODUCTS[block_bytes]

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import re
-import sys
 import warnings
 
 import numpy as np
@@ -18,7 +17,8 @@ import numpy as np
 from edgerope import archs
 from edgerope.archs.config import ModelConfig
 from edgerope.errors import EdgeropeWarning, WeightsError
-from edgerope.kernels import ScaleRangeError
+from edgerope.formats import MatrixSpec
+from edgerope.formats.q8 import ScaleRangeError
 from edgerope.formats.linear import Linear, check_finite
 from edgerope.io.safetensors import Checkpoint, to_float32
 from edgerope.engine.weights import (EMBED_DTYPE, LayerWeights, ModelWeights, MoEWeights, Norm,
@@ -57,6 +57,43 @@ class SafetensorsSource:
         if perm is not None:
             raw, bias = raw[perm], (None if bias is None else bias[perm])
         return Linear.from_float(raw, dtype, bias, convert=lambda a: to_float32(a, sd))
+
+
+class HeaderSource:
+    """Another source read for its header only: tensor names and shapes. `linear` gives the
+    MatrixSpec loading would build and `float32` a zero stand-in (pages never touched), so
+    load_weights over it plans a model -- the tensors it uses, each matrix's shape and format,
+    the bytes they take -- without reading a weight or loading a kernel (`edgerope info`)."""
+
+    def __init__(self, src):
+        self.src, self.where = src, src.where
+        self.label = getattr(src, "label", src.where)
+        self.config_tensors = getattr(src, "config_tensors", set())
+
+    def __contains__(self, name):
+        return name in self.src
+
+    def names(self):
+        return self.src.names()
+
+    def shape(self, name):
+        return tuple(self.src.shape(name))
+
+    def float32(self, name) -> np.ndarray:
+        return np.zeros(self.shape(name), np.float32)
+
+    def linear(self, name, dtype, bias, perm=None) -> MatrixSpec:
+        n, k = self.shape(name)
+        return MatrixSpec(n, k, dtype, bias is not None)
+
+    @staticmethod
+    def from_float(src, dtype, bias=None) -> MatrixSpec:
+        return MatrixSpec(*src.shape, dtype, bias is not None)
+
+
+def _concat(parts):
+    """q|k|v or gate|up as one matrix (Linear.concat, or MatrixSpec.concat when planning)."""
+    return type(parts[0]).concat(parts)
 
 
 class _Reader:
@@ -133,9 +170,8 @@ def per_group_qkv_order(n_heads: int, n_kv: int, head_dim: int) -> np.ndarray:
 
 def _progress(n: int, desc: str):
     """range(n) with a progress bar on a terminal, shown only if it takes over a second."""
-    from tqdm import tqdm
-    return tqdm(range(n), desc=desc, unit="layer", delay=1.0, leave=False, file=sys.stderr,
-                disable=None)
+    from edgerope.runtime import progress
+    return progress(range(n), desc=desc, unit="layer", delay=1.0, leave=False)
 
 
 
@@ -188,12 +224,12 @@ def load_weights(src, cfg: ModelConfig, dtype: str, names: dict[str, str] | None
                     parts.append(r.linear("wv", (Hkv * D, H), dtype, i, cfg.qkv_bias))
             else:  # checkpoints may still hold the unused K/V of a KV-sharing layer
                 r.used.update(r.name(k, i) for k in ("wk", "wv", "k_norm") if r.has(k, i))
-            wqkv = Linear.concat(parts) if len(parts) > 1 else parts[0]
+            wqkv = _concat(parts) if len(parts) > 1 else parts[0]
         if cfg.mlp == "gated":
             if "w_gate_up" in r.names:
                 w_in = r.linear("w_gate_up", (2 * I, H), dtype, i, cfg.mlp_bias)
             else:
-                w_in = Linear.concat([r.linear("w_gate", (I, H), dtype, i, cfg.mlp_bias),
+                w_in = _concat([r.linear("w_gate", (I, H), dtype, i, cfg.mlp_bias),
                                       r.linear("w_up", (I, H), dtype, i, cfg.mlp_bias)])
             w_down = r.linear("w_down", (H, I), dtype, i, cfg.mlp_bias)
         else:
@@ -258,8 +294,9 @@ def _moe_weights(r, cfg, i, dtype, norm) -> MoEWeights:
     w_in = r.array("experts_in", (E, 2 * I, H), i, suffix=None)
     w_down = r.array("experts_down", (E, H, I), i, suffix=None)
     try:
-        experts_in = [Linear.from_float(w_in[e], dtype) for e in range(E)]
-        experts_down = [Linear.from_float(w_down[e], dtype) for e in range(E)]
+        from_float = getattr(r.src, "from_float", Linear.from_float)
+        experts_in = [from_float(w_in[e], dtype) for e in range(E)]
+        experts_down = [from_float(w_down[e], dtype) for e in range(E)]
     except ScaleRangeError as e:
         raise WeightsError(f"{r.src.where}: experts of layer {i}: {e}") from None
     del w_in, w_down

@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 
 from edgerope import archs
-from edgerope.io.checkpoint import load_weights
+from edgerope.io.checkpoint import HeaderSource, load_weights
 from edgerope.archs.config import parse_config
 from edgerope.errors import ConfigError, WeightsError
 from edgerope.io.gguf_file import GGUFFile
@@ -256,8 +256,9 @@ def _unpermute_order(n_rows: int, head_dim: int) -> np.ndarray:
     return np.arange(n_rows).reshape(-1, head_dim // 2, 2).swapaxes(1, 2).ravel()
 
 
-def load_gguf(path: str, dtype: str = "int8"):
-    """Returns (ModelConfig, ModelWeights, GGUFFile)."""
+def load_gguf(path: str, dtype: str = "int8", header_only: bool = False):
+    """Returns (ModelConfig, ModelWeights, GGUFFile). `header_only`: weights planned from the
+    header (MatrixSpec, checkpoint.HeaderSource), no tensor read."""
     g = GGUFFile(path)
     try:
         cfg = parse_config(gguf_config_dict(g))
@@ -265,7 +266,8 @@ def load_gguf(path: str, dtype: str = "int8"):
         msg = str(e)
         raise ConfigError(msg if msg.startswith(g.path) else f"{g.path}: {msg}") from None
     spec = archs.get(cfg.model_type).gguf
-    weights = load_weights(GGUFSource(g, cfg), cfg, dtype, names=spec.names,
-                           norm_plus_one_stored=spec.norm_plus_one_stored,
+    src = GGUFSource(g, cfg)
+    weights = load_weights(HeaderSource(src) if header_only else src, cfg, dtype,
+                           names=spec.names, norm_plus_one_stored=spec.norm_plus_one_stored,
                            qkv_concat=True)  # llama.cpp stores a fused qkv as [q | k | v]
     return cfg, weights, g

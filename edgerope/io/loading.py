@@ -1,32 +1,71 @@
-"""`edgerope.load(path)`: a model directory (config.json + safetensors + tokenizer) -> Model.
+"""`edgerope.load(path)`: a model directory (config.json + safetensors + tokenizer), an
+edgerope directory or a GGUF file -> Model; `plan(path)`: what load would build, from the
+headers alone.
 
 Owns: deciding what a path is and assembling config, weights and tokenizer. Formats are read
-by their own modules (safetensors_mmap, checkpoint; GGUF later).
+by their own modules: safetensors and checkpoint (Hugging Face directories), native
+(edgerope's own format), gguf_file and gguf (GGUF files); the tokenizer by edgerope.text.
 """
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 
-from edgerope.io.checkpoint import load_weights
-from edgerope.archs.config import ConfigError, parse_config, read_config_dict
+from edgerope.archs.config import ConfigError, ModelConfig, parse_config, read_config_dict
+from edgerope.engine.model import Model, default_ctx
+from edgerope.engine.weights import ModelWeights
 from edgerope.errors import EdgeropeError, TokenizerError, WeightsError
-from edgerope.formats.linear import DTYPES
-from edgerope.engine.model import Model
+from edgerope.formats import DTYPES
+from edgerope.io.checkpoint import HeaderSource, SafetensorsSource, load_weights
 from edgerope.io.native import FORMAT, load_native
 from edgerope.io.safetensors import Checkpoint
 
 
 def load(path: str, dtype: str = "int8", tokenizer: bool = True) -> Model:
-    """Load a Hugging Face model directory or a GGUF file.
+    """Load a Hugging Face model directory, an edgerope directory or a GGUF file.
 
-    dtype: "int8" (Q8_0-style blocks) or "float32"."""
+    dtype: "int8" (Q8_0 blocks), "int4" (Q4_0 blocks) or "float32". Sets up the run time on
+    first use (edgerope.runtime.setup: progress lines on stderr)."""
+    from edgerope import runtime
+    runtime.setup()
+    cfg, weights, tok, raw, release = _assemble(path, dtype, tokenizer, header_only=False)
+    model = Model(cfg, weights, tok, dtype=dtype, path=os.fspath(path), config_dict=raw)
+    release()  # a GGUF file's tensors are all copied out by now
+    return model
+
+
+@dataclass
+class ModelPlan:
+    """What `load(path, dtype)` would build, known without computing anything: the config,
+    the weights (formats.MatrixSpec from a file's header; an edgerope directory's arrays
+    memory-mapped, as load maps them) and the tokenizer. `edgerope info` describes it."""
+    config: ModelConfig
+    weights: ModelWeights
+    tokenizer: object
+    dtype: str
+    path: str
+
+    def default_ctx(self) -> int:
+        return default_ctx(self.config)
+
+
+def plan(path: str, dtype: str = "int8", tokenizer: bool = True) -> ModelPlan:
+    """The ModelPlan of a model: no weight read, no kernel loaded. Unused tensors warn as in
+    load."""
+    cfg, weights, tok, _, release = _assemble(path, dtype, tokenizer, header_only=True)
+    release()
+    return ModelPlan(cfg, weights, tok, dtype, os.fspath(path))
+
+
+def _assemble(path, dtype: str, tokenizer: bool, header_only: bool):
+    """(config, weights, tokenizer or None, config dict, release) of a model path."""
     if dtype not in DTYPES:
         raise EdgeropeError(f"unsupported dtype {dtype!r} (supported: {', '.join(DTYPES)})")
     path = os.fspath(path)
     if not os.path.exists(path):
         raise WeightsError(f"{path}: no such file or directory")
     if os.path.isfile(path):
-        return _load_gguf(path, dtype, tokenizer)
+        return _assemble_gguf(path, dtype, tokenizer, header_only)
     raw = read_config_dict(path)
     try:
         cfg = parse_config(raw)
@@ -34,7 +73,9 @@ def load(path: str, dtype: str = "int8", tokenizer: bool = True) -> Model:
         raise ConfigError(f"{os.path.join(path, 'config.json')}: {e}") from None
     ck = Checkpoint(path)  # one header parse decides the format and serves the load
     if FORMAT in ck.metadata:
-        weights = load_native(ck, cfg, dtype)
+        weights = load_native(ck, cfg, dtype)  # memory-mapped: as cheap as a plan
+    elif header_only:
+        weights = load_weights(HeaderSource(SafetensorsSource(ck)), cfg, dtype)
     else:
         weights = load_weights(ck, cfg, dtype)
     tok = None
@@ -44,15 +85,15 @@ def load(path: str, dtype: str = "int8", tokenizer: bool = True) -> Model:
                          for f in ("tokenizer.model", "tokenizer.json")):
         from edgerope.text.tokenizer import load_tokenizer
         tok = load_tokenizer(path)
-    return Model(cfg, weights, tok, dtype=dtype, path=path, config_dict=raw)
+    return cfg, weights, tok, raw, lambda: None
 
 
-def _load_gguf(path: str, dtype: str, tokenizer: bool) -> Model:
+def _assemble_gguf(path: str, dtype: str, tokenizer: bool, header_only: bool):
     from edgerope.io.gguf import gguf_config_dict, load_gguf
     with open(path, "rb") as f:
         if f.read(4) != b"GGUF":
             raise WeightsError(f"{path}: not a GGUF file and not a model directory")
-    cfg, weights, g = load_gguf(path, dtype)
+    cfg, weights, g = load_gguf(path, dtype, header_only=header_only)
     tok = None
     if tokenizer:
         from edgerope.text.tokenizer import tokenizer_from_gguf
@@ -61,6 +102,4 @@ def _load_gguf(path: str, dtype: str, tokenizer: bool) -> Model:
         except TokenizerError as e:  # name the file, as every load error does
             msg = str(e)
             raise TokenizerError(msg if path in msg else f"{path}: {msg}") from None
-    model = Model(cfg, weights, tok, dtype=dtype, path=path, config_dict=gguf_config_dict(g))
-    g.release()  # everything is copied out by now
-    return model
+    return cfg, weights, tok, gguf_config_dict(g), g.release

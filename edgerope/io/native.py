@@ -6,9 +6,9 @@
 
 Matmul weights are stored exactly as they are held in memory: int8 in the packed Q8 layout
 (`<name>.wp` uint8 (G, nb, 512) and `<name>.wsp` F16 (G, nb, 16), the fp16 block scales,
-held in memory as their uint16 bit patterns; 8.5 bits a weight, see edgerope.kernels.q8dot;
+held in memory as their uint16 bit patterns; 8.5 bits a weight, see edgerope.formats.q8;
 logical shapes in the metadata), int4 in the packed Q4_0 layout (`<name>.wp` (G, nb, 256),
-two codes a byte, same `.wsp`; 4.5 bits a weight, edgerope.kernels.q4dot) or float32
+two codes a byte, same `.wsp`; 4.5 bits a weight, edgerope.formats.q4) or float32
 `<name>.w`, so loading is a memory map: no
 dequantization, no requantization, no repacking, resident memory only for the pages touched.
 Norms keep their kind (Gemma GGUF norms are stored as 1 + w), biases and norm weights are
@@ -37,9 +37,9 @@ import numpy as np
 from edgerope.io.checkpoint import (LayerWeights, ModelWeights, MoEWeights, Norm, PLEWeights,
                          warn_unused)
 from edgerope.errors import WeightsError
-from edgerope.kernels import ScaleRangeError
-from edgerope.kernels import Q4_BLOCK_BYTES, Q8_BLOCK_BYTES, packed_shape
-from edgerope.kernels.q8dot import aligned_copy
+from edgerope.formats.q4 import BLOCK_BYTES as Q4_BLOCK_BYTES
+from edgerope.formats.q8 import BLOCK_BYTES as Q8_BLOCK_BYTES
+from edgerope.formats.q8 import ScaleRangeError, aligned_copy, packed_shape
 from edgerope.formats.linear import Linear
 from edgerope.io.safetensors import Checkpoint, write_aligned
 

@@ -18,8 +18,8 @@ import sys
 
 from edgerope.errors import EdgeropeError
 
-_HERE = os.path.dirname(os.path.abspath(__file__))
-_CHECKOUT_WEIGHTS = os.path.join(os.path.dirname(_HERE), "weights")
+_PACKAGE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # edgerope/
+_CHECKOUT_WEIGHTS = os.path.join(os.path.dirname(_PACKAGE), "weights")  # beside the package
 _INSTALLED = os.path.join(sys.prefix, "share", "edgerope", "weights")
 
 
@@ -131,13 +131,21 @@ def load_named(name: str, dtype: str = "int8", tokenizer: bool = True):
             return load(cached, dtype=dtype, tokenizer=tokenizer)
         except EdgeropeError:
             pass  # incomplete, or written by another edgerope version: convert again
-    model = load(locate(name), dtype=dtype)
+    from edgerope import runtime
+    src = locate(name)
+    runtime.say(f"convert:{cached}", f"converting {name} once into edgerope's {dtype} format: "
+                f"{cached} ...")
+    model = load(src, dtype=dtype)
     try:
         save_native(model, cached, overwrite=True)
     except OSError as e:
         print(f"note: could not cache the converted model in {cached} ({e.strerror})",
               file=sys.stderr)
-    return model
+        return model
+    # Run on the converted files as every later run does: the same memory-mapped arrays (so
+    # the same compiled kernels, and no second copy of the weights at the peak)
+    del model
+    return load(cached, dtype=dtype, tokenizer=tokenizer)
 
 
 def load_any(spec: str | None, dtype: str = "int8", tokenizer: bool = True):
@@ -148,3 +156,20 @@ def load_any(spec: str | None, dtype: str = "int8", tokenizer: bool = True):
     if os.path.exists(spec) or not is_registered(spec):
         return load(spec, dtype=dtype, tokenizer=tokenizer)
     return load_named(spec, dtype, tokenizer)
+
+
+def plan_any(spec: str | None, dtype: str = "int8", tokenizer: bool = True):
+    """loading.plan of what load_any(spec, dtype) would load: a registry model's converted
+    copy when there is one, else its source (nothing is converted)."""
+    from edgerope.io.loading import plan
+    if spec is None:
+        spec = default_model()
+    if os.path.exists(spec) or not is_registered(spec):
+        return plan(spec, dtype=dtype, tokenizer=tokenizer)
+    cached = converted_dir(spec, dtype)
+    if os.path.isdir(cached):
+        try:
+            return plan(cached, dtype=dtype, tokenizer=tokenizer)
+        except EdgeropeError:
+            pass  # load_named would convert again: plan from the source
+    return plan(locate(spec), dtype=dtype, tokenizer=tokenizer)

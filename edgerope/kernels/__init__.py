@@ -1,39 +1,61 @@
 """Numba kernels of edgerope: pure functions over preallocated numpy arrays, output first.
 
 Every kernel is compiled through `jit.kernel` (the one JIT policy); only this subpackage
-imports numba. Thread count: `set_threads` / `get_threads` / `max_threads` /
-`default_threads`.
+imports numba, and it imports nothing of edgerope outside itself but edgerope.errors
+(weight layouts are in edgerope.formats, which calls these kernels). Importing it sets
+nothing in the process and
+loads nothing heavy: the names below come from their modules on first use (PEP 562), so
+`from edgerope import kernels as K` costs nothing until a kernel is called, and the
+numba-free `layout` serves size accounting. Threads of the calling Python thread:
+`set_threads` / `get_threads` / `max_threads`.
 """
-# jit first: it sets up Numba's import (jit._SkipNumbaProbes) before anything imports numba
-from edgerope.kernels.jit import default_threads, get_threads, max_threads, set_threads
-from edgerope.kernels.activations import (ACT_GELU, ACT_GELU_TANH, ACT_KINDS, ACT_RELU, ACT_RELU2, ACT_SILU,
-                          act, act_mul, add, add_bias, scale_, softcap_, softmax_)
-from edgerope.kernels.attention import DECODE_SPLIT, attention, attention_decode
-from edgerope.kernels.matmul import (QK, dequantize_q8, f32_embed, f32_gemm, f32_gemv, q8_blocks, q8_embed,
-                     q8_gemm, q8_gemv, quantize_q8)
-from edgerope.kernels.norm import layer_norm, rms_norm
-from edgerope.kernels.q4dot import BLOCK_BYTES as Q4_BLOCK_BYTES
-from edgerope.kernels.q4dot import dequantize_q4, pack_q4, q4p_embed, q4p_gemm, q4p_gemv, quantize_q4, unpack_q4
-from edgerope.kernels.q8dot import BLOCK_BYTES as Q8_BLOCK_BYTES
-from edgerope.kernels.q8dot import (ScaleRangeError, act_buffers, pack_q8, packed_shape, q8p_embed, q8p_gemm,
-                    q8p_gemm_portable, q8p_gemm_vnni, q8p_gemv, q8p_gemv_portable, q8p_gemv_vnni,
-                    quantize_act, unpack_q8)
-from edgerope.kernels.simd import MODE as SIMD_MODE
-from edgerope.kernels.rope import rope_apply, rope_shift
+import importlib
+import sys
 
-__all__ = [
-    "set_threads", "get_threads", "max_threads", "default_threads",
-    "QK", "q8_blocks", "quantize_q8", "dequantize_q8", "q8_gemv", "q8_gemm", "f32_gemv",
-    "f32_gemm", "q8_embed", "f32_embed",
-    "SIMD_MODE", "ScaleRangeError", "pack_q8", "unpack_q8", "packed_shape", "quantize_act",
-    "act_buffers",
-    "q8p_gemv", "q8p_gemm", "q8p_embed", "q8p_gemv_vnni", "q8p_gemm_vnni", "q8p_gemv_portable",
-    "q8p_gemm_portable",
-    "Q8_BLOCK_BYTES", "Q4_BLOCK_BYTES", "quantize_q4", "dequantize_q4", "pack_q4", "unpack_q4",
-    "q4p_gemv", "q4p_gemm", "q4p_embed",
-    "rms_norm", "layer_norm",
-    "rope_apply", "rope_shift",
-    "attention", "attention_decode", "DECODE_SPLIT",
-    "ACT_SILU", "ACT_GELU", "ACT_GELU_TANH", "ACT_RELU2", "ACT_RELU", "ACT_KINDS",
-    "act_mul", "act", "add", "add_bias", "scale_", "softcap_", "softmax_",
-]
+_MODULES = {
+    "jit": ("set_threads", "get_threads", "max_threads"),
+    "layout": ("aligned_empty", "act_buffers", "act_nbytes"),
+    "activations": ("ACT_GELU", "ACT_GELU_TANH", "ACT_KINDS", "ACT_RELU", "ACT_RELU2",
+                    "ACT_SILU", "act", "act_mul", "add", "add_bias", "scale_", "softcap_",
+                    "softmax_"),
+    "attend": ("DECODE_SPLIT", "attention", "attention_decode"),
+    "matmul": ("QK", "dequantize_q8", "f32_embed", "f32_gemm", "f32_gemv", "q8_blocks",
+               "quantize_q8"),
+    "norm": ("layer_norm", "rms_norm"),
+    "packed": ("KERNELS", "q4p_embed", "q4p_gemm", "q4p_gemv", "q8p_embed",
+               "q8p_gemm", "q8p_gemv", "q8p_pack", "quantize_act"),
+    "kvstore": ("kv_dequant", "kv_requant", "kv_store", "partners"),
+    "rope": ("rope_apply", "rope_shift"),
+}
+# (no name here is also a module's name: importing that module would bind the name to it)
+_WHERE = {name: module for module, names in _MODULES.items() for name in names}
+_WHERE["SIMD_MODE"] = "simd"
+__all__ = sorted(_WHERE)
+
+
+_compile_callbacks: list = []
+
+
+def on_compile(fn) -> None:
+    """Call fn() whenever Numba starts compiling one of these kernels (a cache miss: the
+    first run, a new CPU, edited kernel sources). Registering imports no numba: jit.py
+    installs its listener when it loads (edgerope.runtime's "compiling kernels" line)."""
+    _compile_callbacks.append(fn)
+    if f"{__name__}.jit" in sys.modules:
+        sys.modules[f"{__name__}.jit"].install_compile_listener()
+
+
+def __getattr__(name):
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    mod = importlib.import_module(f"{__name__}.{module}")
+    for other in _MODULES.get(module, ()):  # every name of that module, bound once
+        globals()[other] = getattr(mod, other)
+    if name == "SIMD_MODE":
+        globals()[name] = mod.MODE
+    return globals()[name]
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_WHERE))

@@ -23,16 +23,7 @@ from numba.extending import overload
 
 from edgerope.kernels.half import f2h, h2f
 from edgerope.kernels.jit import FASTMATH, kernel
-
-KV_DTYPES = {"f32": np.float32, "f16": np.uint16, "int8": np.int8}
-KV_BLOCK = 32  # channels per int8 scale
-
-
-def scale_shape(kv_type, capacity, n_kv, head_dim):
-    """Shape of a cache's scale array (a 1-element placeholder for float types)."""
-    if kv_type == "int8":
-        return (capacity, n_kv, (head_dim + KV_BLOCK - 1) // KV_BLOCK)
-    return (1, 1, 1)
+from edgerope.kernels.layout import KV_BLOCK
 
 
 def partners(head_dim, ia, ib):

@@ -1,15 +1,13 @@
-"""Matrix-vector / matrix-matrix products, embeddings and the int8 (Q8_0-like) weight format.
+"""Float32 products and embeddings, and the logical int8 (Q8_0) weight format's quantizer.
 
 Weight format: a matrix W of N output rows and K inputs is `wq` int8 (N, K) plus `ws` float32
 (N, ceil(K / 32)); block b of row n covers columns [32b, min(32b + 32, K)) and
-W[n, c] = wq[n, c] * ws[n, c // 32]. K need not be a multiple of 32 (the last block is shorter).
+W[n, c] = wq[n, c] * ws[n, c // 32] (`quantize_q8` / `dequantize_q8`). Products with int8 (and
+int4) weights run on their packed layout (edgerope.formats.q8, kernels in packed.py).
 
-All products accumulate in float32 from exactly dequantized weights (no activation quantization),
-so results match a float64 reference of the dequantized matrix to float32 rounding.
-
-- `q8_gemv` / `f32_gemv`: one token (decode); bandwidth bound, parallel over row chunks.
-- `q8_gemm` / `f32_gemm`: many tokens (prefill); each row chunk is dequantized once into a
-  thread-local float panel and dotted against all tokens with a 4x4 register tile.
+- `f32_gemv`: one token (decode); bandwidth bound, parallel over row chunks.
+- `f32_gemm`: many tokens (prefill); each row chunk dotted against all tokens with a 4x4
+  register tile.
 """
 import numpy as np
 
@@ -17,9 +15,8 @@ from edgerope.kernels.jit import kernel, prange
 
 QK = 32            # quantization block length (columns per scale); kernels spell it as a literal
 _GEMV_ROWS = 32    # rows per parallel chunk in gemv (multiple of 4; one small alloc each)
-_GEMM_ROWS = 16    # rows per dequantized panel in gemm (multiple of 4)
+_GEMM_ROWS = 16    # rows per parallel chunk in gemm and (de)quantization (multiple of 4)
 _GEMM_TOKENS = 16  # tokens per cache tile in gemm (multiple of 4)
-_GEMV_MAX_T = 3    # q8_gemm runs up to this many tokens as separate GEMVs (measured crossover)
 
 
 def q8_blocks(k):
@@ -125,29 +122,13 @@ def _dequant_rows(out, wq, ws, lo, hi):
 def dequantize_q8(out, wq, ws):
     """out (N, K) float32 = wq * ws broadcast over blocks."""
     N = wq.shape[0]
-    nch = (N + _GEMM_ROWS - 1) // _GEMM_ROWS
-    for ch in prange(nch):
+    for ch in prange((N + _GEMM_ROWS - 1) // _GEMM_ROWS):
         lo = ch * _GEMM_ROWS
         hi = min(N, lo + _GEMM_ROWS)
-        out_rows = out[lo:hi]
-        _dequant_rows(out_rows, wq, ws, lo, hi)
+        _dequant_rows(out[lo:hi], wq, ws, lo, hi)
 
 
 # ----------------------------------------------------------------------------- embeddings
-
-@kernel(parallel=True)
-def q8_embed(out, ids, wq, ws, scale):
-    """out (T, K) = dequantized rows wq[ids[t]] * scale."""
-    K = wq.shape[1]
-    nb = ws.shape[1]
-    sc = np.float32(scale)
-    for t in prange(ids.shape[0]):
-        n = ids[t]
-        for b in range(nb):
-            s = ws[n, b] * sc
-            for c in range(32 * b, min(K, 32 * b + 32)):
-                out[t, c] = np.float32(wq[n, c]) * s
-
 
 @kernel(parallel=True)
 def f32_embed(out, ids, w, scale):
@@ -161,68 +142,6 @@ def f32_embed(out, ids, w, scale):
 
 
 # --------------------------------------------------------------------------- decode (one token)
-
-@kernel(parallel=True)
-def q8_gemv(out, x, wq, ws):
-    """out (N,) = W @ x for a Q8 matrix W (N, K) and x (K,)."""
-    N, K = wq.shape
-    nfull = K // 32
-    nch = (N + _GEMV_ROWS - 1) // _GEMV_ROWS
-    for ch in prange(nch):
-        # 32 lanes per row kept across blocks: a per-block horizontal sum would serialize the
-        # loop (measured ~3 GB/s); four rows at once share each x load (big K spills L1).
-        acc = np.empty(128, np.float32)
-        lo = ch * _GEMV_ROWS
-        hi = min(N, lo + _GEMV_ROWS)
-        n = lo
-        while n + 4 <= hi:
-            for i in range(128):
-                acc[i] = 0.0
-            for b in range(nfull):
-                s0 = ws[n, b]
-                s1 = ws[n + 1, b]
-                s2 = ws[n + 2, b]
-                s3 = ws[n + 3, b]
-                o = 32 * b
-                for i in range(32):
-                    xv = x[o + i]
-                    acc[i] += np.float32(wq[n, o + i]) * s0 * xv
-                    acc[32 + i] += np.float32(wq[n + 1, o + i]) * s1 * xv
-                    acc[64 + i] += np.float32(wq[n + 2, o + i]) * s2 * xv
-                    acc[96 + i] += np.float32(wq[n + 3, o + i]) * s3 * xv
-            for r in range(4):
-                tot = np.float32(0.0)
-                for i in range(32):
-                    tot += acc[32 * r + i]
-                out[n + r] = tot + _q8_tail(x, wq, ws, n + r, nfull)
-            n += 4
-        while n < hi:
-            for i in range(32):
-                acc[i] = 0.0
-            for b in range(nfull):
-                s0 = ws[n, b]
-                o = 32 * b
-                for i in range(32):
-                    acc[i] += np.float32(wq[n, o + i]) * s0 * x[o + i]
-            tot = np.float32(0.0)
-            for i in range(32):
-                tot += acc[i]
-            out[n] = tot + _q8_tail(x, wq, ws, n, nfull)
-            n += 1
-
-
-@kernel
-def _q8_tail(x, wq, ws, n, nfull):
-    """Contribution of the short last block of row n (0 when K is a multiple of 32)."""
-    K = wq.shape[1]
-    c0 = 32 * nfull
-    if c0 >= K:
-        return np.float32(0.0)
-    t = np.float32(0.0)
-    for c in range(c0, K):
-        t += np.float32(wq[n, c]) * x[c]
-    return t * ws[n, nfull]
-
 
 @kernel(parallel=True)
 def f32_gemv(out, x, w):
@@ -340,26 +259,6 @@ def _panel(out, x, w, wlo, n0, nr):
                     a += w[wlo + r, k] * x[t, k]
                 out[t, n0 + r] = a
             r += 1
-
-
-@kernel(parallel=True)
-def q8_gemm(out, x, wq, ws):
-    """out (T, N) = x @ W.T for x (T, K) and a Q8 matrix W (N, K)."""
-    T, K = x.shape
-    N = wq.shape[0]
-    if T <= _GEMV_MAX_T:
-        # dequantizing costs about one GEMV of bandwidth: not worth it for so few tokens
-        for t in range(T):
-            q8_gemv(out[t], x[t], wq, ws)
-        return
-    nch = (N + _GEMM_ROWS - 1) // _GEMM_ROWS
-    for ch in prange(nch):
-        lo = ch * _GEMM_ROWS
-        hi = min(N, lo + _GEMM_ROWS)
-        # dequantized once per chunk, then reused by every token
-        panel = np.empty((_GEMM_ROWS, K), np.float32)
-        _dequant_rows(panel, wq, ws, lo, hi)
-        _panel(out, x, panel, 0, lo, hi - lo)
 
 
 @kernel(parallel=True)

@@ -10,18 +10,17 @@ x86 intrinsic is only ever compiled into code for a CPU that has it.
 Numba intrinsics written in LLVM IR (LLVM does not emit vpdpbusd from plain loops, and a
 32-lane block body written in Numba gets fully unrolled and left scalar):
 
-- `vnni_q8p`: the whole inner loop of the packed int8 matmul (layout in
-  edgerope.kernels.q8dot). Integer accumulators stay in zmm registers across the eight
-  vpdpbusd of a 32-column block, float accumulators across all blocks of a row group, and
-  each 64-byte weight load serves a tile of GEMM_TILE tokens.
-- `avxvnni_q8p`: the same with each 512-bit step done as two 256-bit vpdpbusd.
-- `float_q8p`: the same loop in generic vector IR (any target): float32 FMAs on the integer
-  values, exact because every block sum stays below 2^24, so its results are bit-identical
-  to the VNNI cores'.
-- `sdot_q8p`: AArch64 sdot (signed bytes, weights made signed first), where the CPU has
-  the dot-product extension (`HAS_SDOT`: the kernel's AT_HWCAP and LLVM's target agree).
-- `vnni_q4p`, `avxvnni_q4p`, `sdot_q4p`, `float_q4p`: the same cores over int4 weights (two codes a
-  byte, unpacked with a mask and a shift into the same eight steps; edgerope.kernels.q4dot).
+- `core(fmt, mode)`: the whole inner loop of a packed-weight matmul (layouts in
+  edgerope.formats.q8 / q4; a `_Fmt` here says how the cores read one: `Q8`, `Q4`), on one
+  path: "vnni" keeps integer accumulators in zmm registers across the eight vpdpbusd of a
+  32-column block, float accumulators across all blocks of a row group, and each 64-byte
+  weight load serves a tile of GEMM_TILE tokens; "avxvnni" does each 512-bit step as two
+  256-bit vpdpbusd; "portable" runs the same loop in generic vector IR (any target): float32
+  FMAs on the integer values, exact because every block sum stays below 2^24, so its results
+  are bit-identical to the VNNI cores'; "sdot" uses AArch64 sdot (signed bytes, weights made
+  signed first), where the CPU has the dot-product extension (`HAS_SDOT`: the kernel's
+  AT_HWCAP and LLVM's target agree). Int4 codes (two a byte) are unpacked with a mask and a
+  shift into the same eight steps.
 - `quant_blocks`: activation quantization of full 32-blocks, generic vector IR.
 
 The cores widen the fp16 weight scales 16 at a time with `fpext` (one vcvtph2ps / fcvtl;
@@ -31,8 +30,8 @@ Numba's fastmath pass also flags the float instructions emitted here (a division
 becomes a multiply by its float64 reciprocal); every such spot is exact regardless, and the
 tests compare bit for bit against numpy.
 
-Numba's cache only watches the file of the cached function: after editing this file, touch
-q8dot.py (or clear its __pycache__) or stale machine code is reused.
+Cached machine code is keyed on a hash of every edgerope/kernels source (jit.kernel), so an
+edit here recompiles the kernels that inline these intrinsics.
 
 Deliberately ignored: AVX2 vpmaddubsw, AMX, ARM i8mm (smmla) and SVE.
 """
@@ -43,6 +42,9 @@ from llvmlite import ir
 from numba import types
 from numba.core import cgutils, config, errors
 from numba.extending import intrinsic
+
+from edgerope.errors import ConfigError
+from edgerope.kernels.layout import BLOCK_BYTES
 
 I8 = ir.IntType(8)
 I16 = ir.IntType(16)
@@ -146,9 +148,10 @@ def _select_mode():
     if want in ("", "auto"):
         return available()[0]
     if want not in MODES:
-        raise ValueError(f"EDGEROPE_SIMD={want!r}: expected auto, {', '.join(MODES)}")
+        raise ConfigError(f"EDGEROPE_SIMD={want!r}: expected auto, {', '.join(MODES)}")
     if want not in available():
-        raise RuntimeError(f"EDGEROPE_SIMD={want} but this CPU lacks its instructions")
+        raise ConfigError(f"EDGEROPE_SIMD={want}: this CPU lacks its instructions (it has: "
+                          f"{', '.join(available())})")
     return want
 
 
@@ -159,7 +162,7 @@ MODE = _select_mode()
 
 def _check_dtypes(**arrays):
     """The IR reads raw memory: insist on the element types it assumes. (Contiguous rows and
-    shapes are checked at run time by the callers in q8dot.)"""
+    shapes are checked at run time by the callers in packed.py.)"""
     for name, (ty, want) in arrays.items():
         want = want if isinstance(want, tuple) else (want,)
         if not isinstance(ty, types.Array) or ty.dtype not in want:
@@ -272,8 +275,8 @@ def _q4_steps(builder, p, woff):
         yield builder.lshr(v, ir.Constant(V64B, [4] * 64)), 16 + 4 * s
 
 
-Q8 = _Fmt("q8", 512, 128, _q8_steps)
-Q4 = _Fmt("q4", 256, 8, _q4_steps)
+Q8 = _Fmt("q8", BLOCK_BYTES["q8"], 128, _q8_steps)
+Q4 = _Fmt("q4", BLOCK_BYTES["q4"], 8, _q4_steps)
 
 
 def _dot_vnni(builder, p, b, woff, xrow, chains, bits=512):
@@ -488,41 +491,44 @@ def _packed_intrinsic(fmt, dot, tile, gemv_chains, gemm_chains, doc):
     return intrinsic(impl)
 
 
-_CORE_DOC = """out[t, 16g + r] for g in [g0, g1), t in [t0, t1): the packed int8 matmul core.
-
-    (out, wp, wsp, xq, xs, xsum, g0, g1, t0, t1, strides) with strides = (nb, n_out, out row
-    stride, xq row stride, xs/xsum row stride), the last three in bytes. Tokens go in tiles
-    (each weight vector loaded once per tile); a single token gets independent accumulator
-    chains instead."""
-
 def _dot_vnni256(builder, p, b, woff, xrow, chains):
     return _dot_vnni(builder, p, b, woff, xrow, chains, bits=256)
 
 
-_VNNI256_DOC = """
+_CORE_DOC = """out[t, 16g + r] for g in [g0, g1), t in [t0, t1): the packed {fmt} matmul core.
 
-    256-bit vpdpbusd (AVX-VNNI, or AVX-512 VNNI + VL): the same numbers as with 512 bits."""
-_FLOAT_DOC = """
+    (out, wp, wsp, xq, xs, xsum, g0, g1, t0, t1, strides) with strides = (nb, n_out, out row
+    stride, xq row stride, xs/xsum row stride), the last three in bytes. Tokens go in tiles
+    (each weight vector loaded once per tile); a single token gets independent accumulator
+    chains instead.
 
-    Generic vector IR (float32 FMAs on exact integers): no target-specific instructions."""
-vnni_q8p = _packed_intrinsic(Q8, _dot_vnni, GEMM_TILE, GEMV_CHAINS, 1, _CORE_DOC)
-avxvnni_q8p = _packed_intrinsic(Q8, _dot_vnni256, AVXVNNI_TILE, GEMV_CHAINS, 1,
-                                _CORE_DOC + _VNNI256_DOC)
-float_q8p = _packed_intrinsic(Q8, _dot_float, FLOAT_TILE, 4, 1, _CORE_DOC + _FLOAT_DOC)
-_SDOT_DOC = """
+    {path}"""
 
-    AArch64 sdot (FEAT_DotProd: Cortex-A76 / Raspberry Pi 5 and later): the same numbers."""
-sdot_q8p = _packed_intrinsic(Q8, _dot_sdot, SDOT_TILE, GEMV_CHAINS, 1, _CORE_DOC + _SDOT_DOC)
-_Q4_DOC = """
+# mode -> (block dot, tokens per tile, accumulator chains for a single token, doc)
+_PATHS = {
+    "vnni": (_dot_vnni, GEMM_TILE, GEMV_CHAINS, "512-bit vpdpbusd (AVX-512 VNNI)."),
+    "avxvnni": (_dot_vnni256, AVXVNNI_TILE, GEMV_CHAINS,
+                "256-bit vpdpbusd (AVX-VNNI, or AVX-512 VNNI + VL): the same numbers as with "
+                "512 bits."),
+    "sdot": (_dot_sdot, SDOT_TILE, GEMV_CHAINS,
+             "AArch64 sdot (FEAT_DotProd: Cortex-A76 / Raspberry Pi 5 and later): the same "
+             "numbers."),
+    "portable": (_dot_float, FLOAT_TILE, 4,
+                 "Generic vector IR (float32 FMAs on exact integers): no target-specific "
+                 "instructions."),
+}
+_CORES = {}
 
-    Int4 weights: wp (G, nb, 256), two 4-bit codes a byte (layout in edgerope.kernels.q4dot)."""
-vnni_q4p = _packed_intrinsic(Q4, _dot_vnni, GEMM_TILE, GEMV_CHAINS, 1, _CORE_DOC + _Q4_DOC)
-avxvnni_q4p = _packed_intrinsic(Q4, _dot_vnni256, AVXVNNI_TILE, GEMV_CHAINS, 1,
-                                _CORE_DOC + _Q4_DOC + _VNNI256_DOC)
-sdot_q4p = _packed_intrinsic(Q4, _dot_sdot, SDOT_TILE, GEMV_CHAINS, 1,
-                             _CORE_DOC + _Q4_DOC + _SDOT_DOC)
-float_q4p = _packed_intrinsic(Q4, _dot_float, FLOAT_TILE, 4, 1,
-                              _CORE_DOC + _Q4_DOC + _FLOAT_DOC)
+
+def core(fmt, mode):
+    """The matmul core intrinsic of format `fmt` (a _Fmt) on SIMD path `mode` (one of MODES;
+    only compile one that available() lists), made once per (fmt, mode)."""
+    key = (fmt.name, mode)
+    if key not in _CORES:
+        dot, tile, gemv_chains, doc = _PATHS[mode]
+        _CORES[key] = _packed_intrinsic(fmt, dot, tile, gemv_chains, 1,
+                                        _CORE_DOC.format(fmt=fmt.name, path=doc))
+    return _CORES[key]
 
 
 def _emit_quant(builder, pq, ps, psum, px, n):

@@ -1,2 +1,10 @@
-"""Text: tokenizers (SentencePiece, Hugging Face `tokenizers`, vocabularies carried in GGUF)
-and chat templates (sandboxed rendering of a conversation into a prompt)."""
+"""Text: tokenizers and chat. Modules, in reading order:
+
+    tokenizer_base  the `Tokenizer` interface, streaming detokenization, special-token splitting
+    spm_tokenizer   SentencePiece models          spm_proto  SentencePiece ModelProto bytes
+    bpe_tokenizer   byte-level BPE (tokenizers)   gguf_vocab tokenizers from GGUF metadata
+    tokenizer       load_tokenizer (Hugging Face directories), tokenizer_from_gguf; re-exports
+    template        chat templates: sandboxed Jinja rendering, built-ins, template choice
+    conversation    `Chat`: a conversation keeping its KV cache between turns
+
+Imports only edgerope.engine and below (never edgerope.io or edgerope.apps)."""

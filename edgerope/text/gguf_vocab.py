@@ -1,199 +1,43 @@
-"""`BPETokenizer` (byte-level BPE via the `tokenizers` library) and the tokenizers built from a
-GGUF file's vocabulary (`tokenizer.ggml.*` keys), matching llama.cpp. Import these names from
-edgerope.text.tokenizer; this module holds the GGUF/BPE builders so that one stays readable.
+"""Tokenizers built from a GGUF file's vocabulary (`tokenizer.ggml.*` keys), matching llama.cpp:
+`tokenizer_from_gguf(reader)`.
 
-`tokenizer_from_gguf(reader)` accepts a `gguf.GGUFReader` or edgerope's own `GGUFFile` (anything
-with `fields[key].contents()`):
+`reader` is a `gguf.GGUFReader`, edgerope's own `GGUFFile` (anything with
+`fields[key].contents()`), a plain {key: value} dict, or a path (then read with
+`gguf.GGUFReader`; edgerope.io.loading passes its own, faster, reader):
 
 * `tokenizer.ggml.model == "llama"` (SentencePiece vocabularies: Llama 2, Mistral, Gemma): the
   tokens, scores and token types become a SentencePiece `ModelProto` (BPE model, identity
-  normalizer, whitespace escaped, byte fallback), serialized here by hand (the protobuf runtime is
-  not a dependency) and loaded by the sentencepiece library. sentencepiece's BPE encoder is the
-  same algorithm as llama.cpp's SPM tokenizer: merge the adjacent pair whose concatenation is the
-  highest-scoring piece, leftmost first, and emit byte pieces for characters not in the vocabulary.
+  normalizer, whitespace escaped, byte fallback; edgerope.text.spm_proto) loaded by the
+  sentencepiece library. sentencepiece's BPE encoder is the same algorithm as llama.cpp's SPM
+  tokenizer: merge the adjacent pair whose concatenation is the highest-scoring piece, leftmost
+  first, and emit byte pieces for characters not in the vocabulary.
 * `tokenizer.ggml.model == "gpt2"` (byte-level BPE: SmolLM, Llama 3, Qwen 2, ...): vocabulary and
   merges become a `tokenizers` BPE model; `tokenizer.ggml.pre` picks the pre-tokenizer regexes
   from the table below, copied from llama.cpp's `llm_tokenizer_bpe` (src/llama-vocab.cpp). Each
   regex splits every piece left by the previous one, keeping matches and the text between them.
+* `tokenizer.ggml.model == "gemma4"`: BPE over raw UTF-8 (`Gemma4Tokenizer`).
 
-Special-token text (control, unknown and user-defined tokens) is split out by
-`edgerope.text.tokenizer._split_special`, which reproduces llama.cpp's `tokenizer_st_partition`.
+Owns: reading and checking the `tokenizer.*` metadata (see `_Vocab`), the end-of-generation set,
+the pre-tokenizer table. Does not own: opening files for edgerope.load (edgerope.io.loading),
+running the tokenizers (edgerope.text.spm_tokenizer, edgerope.text.bpe_tokenizer); special-token
+text is split out by `edgerope.text.tokenizer_base.split_special`, which reproduces llama.cpp's
+`tokenizer_st_partition`.
 """
 from __future__ import annotations
 
 import os
-import re
-from typing import Iterable
 
 import numpy as np
 
 from edgerope.errors import EdgeropeWarning, TokenizerError
-from edgerope.text.tokenizer import (_BYTE_PIECE, EOG_TEXTS, SentencePieceTokenizer, Tokenizer,
-                        _eog_ids_by_text, _first_line, _sorted_specials, _split_special,
-                        _write_json)
+from edgerope.text.bpe_tokenizer import BPETokenizer, Gemma4Tokenizer
+from edgerope.text.spm_proto import (BYTE, CONTROL, NORMAL, UNKNOWN, USER_DEFINED,
+                                     spm_proto_from_vocab, vocab_piece_types)
+from edgerope.text.spm_tokenizer import SentencePieceTokenizer
+from edgerope.text.tokenizer_base import (BYTE_PIECE, EOG_TEXTS, Tokenizer, eog_ids_by_text,
+                                          first_line)
 
-__all__ = ["BPETokenizer", "tokenizer_from_gguf", "spm_proto_from_vocab", "PRE_TOKENIZER_REGEXES"]
-
-
-# --- byte-level BPE tokenizer (tokenizer.json or GGUF gpt2 vocabulary) -------------------------
-
-def _utf8_incomplete(tail: bytes) -> bool:
-    """True if `tail` ends inside a multi-byte UTF-8 sequence that more bytes could complete."""
-    n = len(tail)
-    for k in range(1, min(4, n) + 1):
-        b = tail[n - k]
-        if b < 0x80:
-            return False
-        if b >= 0xC0:
-            need = 2 if b < 0xE0 else 3 if b < 0xF0 else 4
-            return k < need
-    return False
-
-
-def _bytes_to_unicode() -> dict[str, int]:
-    """GPT-2's byte-level alphabet, inverted: printable char -> byte."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) \
-        + list(range(ord("®"), ord("ÿ") + 1))
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return {chr(c): b for b, c in zip(bs, cs)}
-
-
-class BPETokenizer(Tokenizer):
-    """Byte-level BPE (GPT-2 style: SmolLM, Llama 3, Qwen 2) run by the `tokenizers` library.
-
-    `hf` is a `tokenizers.Tokenizer` (from a tokenizer.json, or built from a GGUF vocabulary by
-    edgerope.text.gguf_vocab). Its special added tokens are control tokens, its other added tokens
-    user-defined ones. With a ByteLevel decoder, every id maps to exact bytes, so decoding and
-    streaming are byte-exact; other decoders go through `hf.decode`.
-    """
-
-    def __init__(self, hf, *, bos_id=None, eos_ids=(), add_bos_default: bool = False,
-                 chat_template: str | None = None, chat_template_origin: str | None = None,
-                 path=None):
-        self.hf = hf
-        self.chat_template_origin = chat_template_origin
-        self.path = None if path is None else os.fspath(path)
-        # Special-token text is split out by _split_special; the library must not do it again
-        # when special=False.
-        hf.encode_special_tokens = True
-        self.vocab_size = hf.get_vocab_size(with_added_tokens=True)
-        added = hf.get_added_tokens_decoder()
-        self._control = frozenset(int(i) for i, t in added.items() if t.special)
-        self._user_sorted = _sorted_specials((t.content, i) for i, t in added.items() if not t.special)
-        self._all_sorted = _sorted_specials((t.content, i) for i, t in added.items())
-        self.add_bos_default = bool(add_bos_default)
-        self.chat_template = chat_template
-        self.bos_id = None if bos_id is None else int(bos_id)
-        eos = [int(i) for i in ([eos_ids] if isinstance(eos_ids, int) else eos_ids)]
-        self._eos_primary = eos[0] if eos else None
-        self.eos_ids = frozenset(eos)
-        special = set(self._control) | self.eos_ids
-        if self.bos_id is not None:
-            special.add(self.bos_id)
-        self.special_ids = frozenset(special)
-        self._bytes: list[bytes] | None = None
-        if type(hf.decoder).__name__ == "ByteLevel":
-            table = [b""] * self.vocab_size
-            inv = _bytes_to_unicode()
-            for tok, i in hf.get_vocab(with_added_tokens=True).items():
-                if i >= self.vocab_size:
-                    continue
-                if i in added:
-                    table[i] = added[i].content.encode("utf-8")
-                elif all(c in inv for c in tok):
-                    table[i] = bytes(inv[c] for c in tok)
-                else:
-                    table[i] = tok.encode("utf-8")
-            self._bytes = table
-
-    @classmethod
-    def from_file(cls, path, **kwargs) -> "BPETokenizer":
-        from tokenizers import Tokenizer as HFTokenizer
-        path = os.fspath(path)
-        try:
-            hf = HFTokenizer.from_file(path)
-        except Exception as e:  # noqa: BLE001 - tokenizers raises a bare Exception
-            raise TokenizerError(f"{path}: {_first_line(e)}") from None
-        return cls(hf, path=path, **kwargs)
-
-    def __repr__(self):
-        return (f"BPETokenizer({self.path!r}, vocab_size={self.vocab_size}, "
-                f"bos_id={self.bos_id}, eos_ids={sorted(self.eos_ids)})")
-
-    def encode(self, text: str, add_bos: bool | None = None, special: bool = False) -> list[int]:
-        specials = self._all_sorted if special else self._user_sorted
-        ids: list[int] = []
-        for frag in _split_special(text, specials):
-            if isinstance(frag, int):
-                ids.append(frag)
-            else:
-                ids += self._encode_text(frag)
-        return self._add_bos(ids, add_bos)
-
-    def _encode_text(self, text: str) -> list[int]:
-        """Ids of text without special-token text in it."""
-        return self.hf.encode(text, add_special_tokens=False).ids
-
-    def _keep(self, ids):
-        special, n = self.special_ids, self.vocab_size
-        return [i for i in map(int, ids) if 0 <= i < n and i not in special]
-
-    def decode(self, ids: Iterable[int]) -> str:
-        keep = self._keep(ids)
-        if self._bytes is not None:
-            table = self._bytes
-            return b"".join([table[i] for i in keep]).decode("utf-8", errors="replace")
-        return self.hf.decode(keep, skip_special_tokens=False)
-
-    def token_text(self, token_id: int) -> str:
-        return self.hf.id_to_token(int(token_id))
-
-    def is_incomplete(self, ids: list[int]) -> bool:
-        if self._bytes is None:
-            return super().is_incomplete(ids)
-        table, n, tail = self._bytes, self.vocab_size, b""
-        for i in reversed(ids):  # the last few bytes are enough: a UTF-8 char has at most 4
-            if 0 <= i < n and i not in self.special_ids:
-                tail = table[i] + tail
-                if len(tail) >= 4:
-                    break
-        return _utf8_incomplete(tail)
-
-    def save(self, directory) -> None:
-        directory = os.fspath(directory)
-        os.makedirs(directory, exist_ok=True)
-        self.hf.save(os.path.join(directory, "tokenizer.json"))
-        _write_json(os.path.join(directory, "tokenizer_config.json"), self._config())
-
-
-class Gemma4Tokenizer(BPETokenizer):
-    """llama.cpp's `gemma4` vocabulary: as BPETokenizer, except that a run of newlines that is
-    a token of its own becomes that token, as llama.cpp does (its merges may not build it)."""
-
-    def _encode_text(self, text: str) -> list[int]:
-        ids: list[int] = []
-        for part in _NEWLINE_RUNS.split(text):
-            if not part:
-                continue
-            whole = self.hf.token_to_id(part) if part[0] == "\n" else None
-            ids += [whole] if whole is not None else self.hf.encode(
-                part, add_special_tokens=False).ids
-        return ids
-
-
-_NEWLINE_RUNS = re.compile(r"(\n+)")
-
-
-# --- GGUF vocabularies -------------------------------------------------------------------------
-
-# GGUF token types (llama.cpp's llama_token_type); SentencePiece uses the same numbers.
-NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
+__all__ = ["tokenizer_from_gguf", "PRE_TOKENIZER_REGEXES"]
 
 _GPT2 = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)"
 _LLAMA3 = (r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+"
@@ -270,9 +114,9 @@ class _Vocab:
     with one EdgeropeWarning: a special token id outside the vocabulary (ignored), an unknown
     `tokenizer.ggml.pre` (llama.cpp refuses it; its 'default' regexes are used instead)."""
 
-    def __init__(self, reader):
+    def __init__(self, reader, where: str | None):
         self.reader = reader
-        self.where = getattr(reader, "path", None)
+        self.where = where  # the file, for messages
 
     def warn(self, message: str) -> None:
         import warnings
@@ -348,15 +192,22 @@ def _unique(tokens, key="tokenizer.ggml.tokens"):
     return index
 
 
-def tokenizer_from_gguf(reader):
-    """SentencePieceTokenizer (`llama` vocab) or BPETokenizer (`gpt2` vocab) for a GGUF file.
+def tokenizer_from_gguf(reader) -> Tokenizer:
+    """SentencePieceTokenizer (`llama` vocab), BPETokenizer (`gpt2`) or Gemma4Tokenizer
+    (`gemma4`) for a GGUF file's vocabulary; `reader` as in the module docstring.
 
     `eos_ids` is llama.cpp's end-of-generation set: the eos/eot/eom ids plus every token whose
     text is in EOG_TEXTS. (llama.cpp also counts the FIM pad/repo/sep tokens, e.g. SmolLM2's
     "<reponame>", and "</s>" for paddleocr, which would end Gemma 3 at an HTML "</s>"; we don't.)
     Bad metadata raises one TokenizerError "<file>: <key>: <what is wrong>" (see `_Vocab`).
     """
-    meta = _Vocab(reader)
+    if isinstance(reader, (str, os.PathLike)):
+        import gguf
+        path = os.fspath(reader)
+        meta = _Vocab(gguf.GGUFReader(path), path)
+    else:
+        path = getattr(reader, "path", None)  # GGUFFile has one, gguf.GGUFReader not
+        meta = _Vocab(reader, path if isinstance(path, str) else None)
     try:
         return _build(meta)
     except TokenizerError as e:
@@ -383,7 +234,7 @@ def _build(meta: _Vocab):
     types = np.full(n, NORMAL, np.int32) if types is None else types
     ids = {k: meta.token_id(f"tokenizer.ggml.{k}_token_id", n)
            for k in ("bos", "eos", "unknown", "padding", "eot", "eom")}
-    eog_by_text = _eog_ids_by_text({t: index[t] for t in EOG_TEXTS if t in index})
+    eog_by_text = eog_ids_by_text({t: index[t] for t in EOG_TEXTS if t in index})
     # llama.cpp makes end-of-generation tokens control tokens whatever their stored type, so
     # that "<|im_end|>" in plain text stays text
     for i in [ids["eot"], ids["eom"]] + eog_by_text:
@@ -400,7 +251,7 @@ def _build(meta: _Vocab):
         scores = meta.numbers("tokenizer.ggml.scores", n, np.float32)
         scores = np.zeros(n, np.float32) if scores is None else scores
         for i in np.flatnonzero(types == BYTE).tolist():
-            if not _BYTE_PIECE.fullmatch(tokens[i]):
+            if not BYTE_PIECE.fullmatch(tokens[i]):
                 raise TokenizerError(f"tokenizer.ggml.tokens[{i}]: {tokens[i]!r} has the byte "
                                      "token type but is not of the form <0xXX>")
         add_space_prefix = meta.flag("tokenizer.ggml.add_space_prefix", True)
@@ -408,7 +259,7 @@ def _build(meta: _Vocab):
         proto = spm_proto_from_vocab(tokens, scores, types, unk_id=unk, bos_id=ids["bos"],
                                      eos_id=ids["eos"], pad_id=ids["padding"],
                                      add_dummy_prefix=add_space_prefix)
-        piece_types = _proto_types(types, unk)
+        piece_types = vocab_piece_types(types, unk)
         try:
             return SentencePieceTokenizer(
                 model_proto=proto, eos_ids=eos, bos_id=ids["bos"], piece_types=piece_types,
@@ -424,9 +275,9 @@ def _build(meta: _Vocab):
     if model == "gemma4":
         # llama.cpp adds BOS for Gemma 4 whatever the file says
         try:
-            hf = _hf_gemma4(tokens, index, pairs, types)
+            hf = gemma4_hf_tokenizer(tokens, index, pairs, types)
         except Exception as e:  # noqa: BLE001 - the tokenizers library raises a bare Exception
-            raise TokenizerError(f"tokenizer.ggml.merges: {_first_line(e)}") from None
+            raise TokenizerError(f"tokenizer.ggml.merges: {first_line(e)}") from None
         return Gemma4Tokenizer(hf, bos_id=ids["bos"], eos_ids=eos, add_bos_default=True,
                                chat_template=chat_template, chat_template_origin=origin)
     pre = meta.string("tokenizer.ggml.pre") or "default"
@@ -440,7 +291,7 @@ def _build(meta: _Vocab):
     try:
         hf = _hf_bpe(tokens, index, pairs, types, ignore_merges)
     except Exception as e:  # noqa: BLE001 - the tokenizers library raises a bare Exception
-        raise TokenizerError(f"tokenizer.ggml.merges: {_first_line(e)}") from None
+        raise TokenizerError(f"tokenizer.ggml.merges: {first_line(e)}") from None
     hf.pre_tokenizer = _pre_tokenizer(regexes)
     return BPETokenizer(hf, bos_id=ids["bos"], eos_ids=eos, add_bos_default=add_bos,
                         chat_template=chat_template, chat_template_origin=origin)
@@ -466,177 +317,6 @@ def _merge_pairs(merges, index):
     return pairs
 
 
-# --- SentencePiece ModelProto, hand-serialized ------------------------------------------------
-# Field numbers from sentencepiece_model.proto: ModelProto{pieces=1, trainer_spec=2,
-# normalizer_spec=3}; SentencePiece{piece=1, score=2, type=3}; TrainerSpec{model_type=3,
-# vocab_size=4, byte_fallback=35, unk_id=40, bos_id=41, eos_id=42, pad_id=43, unk_piece=45,
-# bos_piece=46, eos_piece=47, pad_piece=48}; NormalizerSpec{name=1, add_dummy_prefix=3,
-# remove_extra_whitespaces=4, escape_whitespaces=5}.
-
-def _varint(n: int) -> bytes:
-    if n < 0:
-        n += 1 << 64  # int32 -1 is a 10-byte varint
-    out = bytearray()
-    while n >= 0x80:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
-
-
-def _ld(field: int, payload: bytes) -> bytes:
-    return _varint(field << 3 | 2) + _varint(len(payload)) + payload
-
-
-def _vi(field: int, value: int) -> bytes:
-    return _varint(field << 3) + _varint(int(value))
-
-
-def _put_varints(out, pos, values, sizes):
-    """Write each `values[k]` as a varint of `sizes[k]` bytes at `out[pos[k]:]` (vectorized)."""
-    for k in range(int(sizes.max())):
-        m = sizes > k
-        b = (values[m] >> (7 * k)) & 0x7F
-        out[pos[m] + k] = b | np.where(sizes[m] > k + 1, 0x80, 0)
-
-
-def _varint_sizes(values):
-    return 1 + (values >= 1 << 7) + (values >= 1 << 14) + (values >= 1 << 21) + (values >= 1 << 28)
-
-
-def _spm_types(types, unk_id):
-    """GGUF token types as written to the proto (see spm_proto_from_vocab)."""
-    types = np.array(types, np.int64)
-    types[(types < NORMAL) | (types > BYTE)] = NORMAL  # UNDEFINED (0) and unknown values
-    types[types == UNKNOWN] = CONTROL
-    if unk_id is None:
-        raise TokenizerError("SentencePiece vocabulary without an unknown token")
-    types[unk_id] = UNKNOWN
-    return types
-
-
-def _proto_types(types, unk_id) -> dict[int, int]:
-    t = _spm_types(types, unk_id)
-    nz = np.flatnonzero(t != NORMAL)
-    return dict(zip(nz.tolist(), t[nz].tolist()))
-
-
-def spm_proto_from_vocab(tokens, scores, types, *, unk_id, bos_id=None, eos_id=None, pad_id=None,
-                         add_dummy_prefix=True) -> bytes:
-    """Serialized SentencePiece ModelProto (BPE) for a GGUF `llama` vocabulary.
-
-    sentencepiece insists on exactly one UNKNOWN piece, so the piece at `unk_id` gets that type.
-    User-defined pieces keep their GGUF text (Gemma's whitespace runs are stored with real spaces
-    there): sentencepiece never matches them itself because `encode` splits them out of the raw
-    text first, exactly like llama.cpp does.
-
-    The 262k pieces of Gemma are laid out with numpy: each is `0A len(inner)` then inner =
-    `0A len(piece) piece 15 score(f32) 18 type`.
-    """
-    n = len(tokens)
-    types = _spm_types(types, unk_id)
-    byte_fallback = bool((types == BYTE).any())
-
-    enc = [t.encode("utf-8") for t in tokens]
-    text = np.frombuffer(b"".join(enc), np.uint8)
-    lb = np.fromiter(map(len, enc), np.int64, n)
-    s_lb = _varint_sizes(lb)
-    inner = 1 + s_lb + lb + 5 + 2
-    s_inner = _varint_sizes(inner)
-    size = 1 + s_inner + inner
-    start = np.zeros(n, np.int64)
-    np.cumsum(size[:-1], out=start[1:])
-    out = np.empty(int(size.sum()), np.uint8)
-    out[start] = 0x0A
-    _put_varints(out, start + 1, inner, s_inner)
-    p = start + 1 + s_inner
-    out[p] = 0x0A
-    _put_varints(out, p + 1, lb, s_lb)
-    p = p + 1 + s_lb  # piece text
-    text_start = np.zeros(n, np.int64)
-    np.cumsum(lb[:-1], out=text_start[1:])
-    out[np.repeat(p - text_start, lb) + np.arange(len(text))] = text
-    p = p + lb
-    out[p] = 0x15
-    out[p[:, None] + np.arange(1, 5)] = np.asarray(scores, "<f4").view(np.uint8).reshape(n, 4)
-    out[p + 5] = 0x18
-    out[p + 6] = types
-
-    trainer = _vi(3, 2) + _vi(4, n) + _vi(35, byte_fallback) + _vi(40, unk_id)
-    trainer += _vi(41, -1 if bos_id is None else bos_id) + _vi(42, -1 if eos_id is None else eos_id)
-    trainer += _vi(43, -1 if pad_id is None else pad_id)
-    for field, i in ((45, unk_id), (46, bos_id), (47, eos_id), (48, pad_id)):
-        if i is not None:
-            trainer += _ld(field, tokens[i].encode("utf-8"))
-    normalizer = _ld(1, b"identity") + _vi(3, add_dummy_prefix) + _vi(4, False) + _vi(5, True)
-    return out.tobytes() + _ld(2, trainer) + _ld(3, normalizer)
-
-
-def _proto_piece_types(blob: bytes) -> dict[int, int]:
-    """{id: type} for the pieces of a serialized SentencePiece ModelProto whose type is not
-    NORMAL (sentencepiece's Python API cannot tell user-defined pieces apart)."""
-    out: dict[int, int] = {}
-    n, i, idx = len(blob), 0, 0
-
-    def varint(j):
-        r = s = 0
-        while True:
-            c = blob[j]
-            j += 1
-            r |= (c & 0x7F) << s
-            s += 7
-            if c < 0x80:
-                return r, j
-
-    while i < n:
-        key = blob[i]
-        if key == 0x0A:  # field 1: a SentencePiece message {piece=1, score=2, type=3}
-            length, i = varint(i + 1)
-            end = i + length
-            # usual layout: 0A len piece 15 f32 18 type -> the type is the last byte
-            if length >= 2 and blob[end - 2] == 0x18 and blob[i] == 0x0A:
-                plen, j = varint(i + 1)
-                if j + plen + 7 == end and blob[j + plen] == 0x15:
-                    if blob[end - 1] != 1:
-                        out[idx] = blob[end - 1]
-                    idx += 1
-                    i = end
-                    continue
-            j = i  # any other layout: walk the fields
-            while j < end:
-                k, j = varint(j)
-                w = k & 7
-                if w == 0:
-                    v, j = varint(j)
-                    if k >> 3 == 3 and v != 1:
-                        out[idx] = v
-                elif w == 1:
-                    j += 8
-                elif w == 2:
-                    pl, j = varint(j)
-                    j += pl
-                elif w == 5:
-                    j += 4
-                else:
-                    break
-            idx += 1
-            i = end
-            continue
-        key, i = varint(i)
-        wire = key & 7
-        if wire == 2:
-            length, i = varint(i)
-            i += length
-        elif wire == 0:
-            _, i = varint(i)
-        elif wire == 1:
-            i += 8
-        elif wire == 5:
-            i += 4
-        else:
-            break
-    return out
-
 
 # --- byte-level BPE via the tokenizers library ------------------------------------------------
 
@@ -653,7 +333,7 @@ def _added_tokens(tok, tokens, types):
         tok.add_tokens(user)
 
 
-def _hf_gemma4(tokens, vocab, pairs, types):
+def gemma4_hf_tokenizer(tokens, vocab, pairs, types):
     """llama.cpp's `gemma4` vocabulary: BPE over raw UTF-8 (no GPT-2 byte alphabet), spaces
     written as "▁", the text split only into lines and runs of newlines, bytes the vocabulary
     lacks as <0xXX> tokens."""

@@ -10,6 +10,14 @@ Keys are consumed in blocks of _KEY_BLOCK with an online (rescaled) softmax, and
 heads sharing a kv head (up to _RUN of them) walk the blocks together, so each K / V block is
 read from memory once per run instead of once per head. Each head's arithmetic does not depend
 on which heads share its run or chunk, hence results do not depend on the thread count.
+
+Arguments travel in small tuples (Numba passes them by value; LLVM scalarizes them, nothing is
+allocated): the public kernels take cache = (k_cache, v_cache, k_scale, v_scale, cache_pos),
+new = (k_new, v_new, q_pos) and params = (scale, window, softcap); inside, a key source is
+src = (kk, vv, ks, vs, kpos) (the cache, or the new chunk with the cache's scales, unread for
+its float32 keys), the mask of one query is mask = (qp, scale, window, softcap), a query head
+is at = (t, h, kvh) (query t, head h, the kv head it reads) and a run's scratch views are
+work = (scores, maxima, sums).
 """
 import numpy as np
 
@@ -42,10 +50,13 @@ def _logit(a, scale, softcap):
 
 
 @kernel
-def _scores(sc, q, t, h, kk, ks, kvh, kpos, b0, b1, qp, scale, window, softcap):
-    """sc[j - b0] = logit of key j in [b0, b1) for query (t, h), -inf if not visible; returns
-    the max. Four keys per pass share each q load. kk: any KV element type (kvstore), ks its
-    int8 scales."""
+def _scores(sc, q, at, src, b0, b1, mask):
+    """sc[j - b0] = logit of key j in [b0, b1) of src for query head at, -inf if not visible;
+    returns the max. Four keys per pass share each q load. src's keys kk: any KV element type
+    (kvstore), ks their int8 scales."""
+    t, h, kvh = at
+    kk, _, ks, _, kpos = src
+    qp, scale, window, softcap = mask
     neg = np.float32(-np.inf)
     mb = neg
     j = b0
@@ -79,9 +90,12 @@ def _scores(sc, q, t, h, kk, ks, kvh, kpos, b0, b1, qp, scale, window, softcap):
 
 
 @kernel
-def _fold(out, t, h, vv, vs, kvh, sc, b0, b1, m):
-    """out[t, h] += sum_j exp(sc[j - b0] - m) v[j] over visible keys; returns the weight sum.
-    Masked keys are skipped, never multiplied by 0: empty slots may hold garbage."""
+def _fold(out, at, src, sc, b0, b1, m):
+    """out[t, h] += sum_j exp(sc[j - b0] - m) v[j] over visible keys j in [b0, b1) of src;
+    returns the weight sum. Masked keys are skipped, never multiplied by 0: empty slots may
+    hold garbage."""
+    t, h, kvh = at
+    _, vv, _, vs, _ = src
     neg = np.float32(-np.inf)
     tot = np.float32(0.0)
     j = b0
@@ -106,10 +120,10 @@ def _fold(out, t, h, vv, vs, kvh, sc, b0, b1, m):
 
 
 @kernel
-def _head_block(out, q, t, h, kk, vv, ks, vs, kpos, kvh, b0, b1, qp, scale, window, softcap,
-                sc, m, l):
-    """Fold keys [b0, b1) of one source into head h's running max m and weight sum l."""
-    mb = _scores(sc, q, t, h, kk, ks, kvh, kpos, b0, b1, qp, scale, window, softcap)
+def _head_block(out, q, at, src, b0, b1, mask, sc, m, l):
+    """Fold keys [b0, b1) of src into head at's running max m and weight sum l."""
+    t, h, _ = at
+    mb = _scores(sc, q, at, src, b0, b1, mask)
     if mb == -np.inf:
         return m, l
     if mb > m:
@@ -119,13 +133,17 @@ def _head_block(out, q, t, h, kk, vv, ks, vs, kpos, kvh, b0, b1, qp, scale, wind
             for d in range(out.shape[2]):
                 out[t, h, d] *= f
         m = mb
-    return m, l + _fold(out, t, h, vv, vs, kvh, sc, b0, b1, m)
+    return m, l + _fold(out, at, src, sc, b0, b1, m)
 
 
 @kernel
-def _quad_scores(sc, q, t, h, kk, ks, kvh, kpos, b0, b1, qp, scale, window, softcap):
-    """Scores of heads h..h+3 for keys [b0, b1) into rows r * bk (bk = len(sc) // 4), -inf
-    where not visible (the same keys for the four heads: one query position)."""
+def _quad_scores(sc, q, at, src, b0, b1, mask):
+    """Scores of heads h..h+3 (at = (t, h, kvh)) for keys [b0, b1) of src into rows r * bk
+    (bk = len(sc) // 4), -inf where not visible (the same keys for the four heads: one query
+    position)."""
+    t, h, kvh = at
+    kk, _, ks, _, kpos = src
+    qp, scale, window, softcap = mask
     bk = sc.shape[0] // 4
     neg = np.float32(-np.inf)
     j = b0
@@ -154,11 +172,14 @@ def _quad_scores(sc, q, t, h, kk, ks, kvh, kpos, b0, b1, qp, scale, window, soft
 
 
 @kernel
-def _quad_block(out, q, t, h, kk, vv, ks, vs, kpos, kvh, b0, b1, qp, scale, window, softcap,
-                sc, mx, sm, i):
-    """_head_block for heads h..h+3 at once (GQA: one kv head), their running maxima and
-    sums in mx[i:i + 4] / sm[i:i + 4]: every K / V element loaded serves four heads."""
-    _quad_scores(sc, q, t, h, kk, ks, kvh, kpos, b0, b1, qp, scale, window, softcap)
+def _quad_block(out, q, at, src, b0, b1, mask, work, i):
+    """_head_block for heads h..h+3 at once (at = (t, h, kvh), GQA: one kv head), their
+    running maxima and sums in mx[i:i + 4] / sm[i:i + 4] (work = (sc, mx, sm)): every K / V
+    element loaded serves four heads."""
+    t, h, kvh = at
+    _, vv, _, vs, _ = src
+    sc, mx, sm = work
+    _quad_scores(sc, q, at, src, b0, b1, mask)
     bk = sc.shape[0] // 4
     n = b1 - b0
     neg = np.float32(-np.inf)
@@ -182,7 +203,7 @@ def _quad_block(out, q, t, h, kk, vv, ks, vs, kpos, kvh, b0, b1, qp, scale, wind
     if m0 == neg or m1 == neg or m2 == neg or m3 == neg:  # a head with only -inf logits
         for r in range(4):
             if mx[i + r] != neg:
-                sm[i + r] += _fold(out, t, h + r, vv, vs, kvh, sc[r * bk:(r + 1) * bk], b0, b1,
+                sm[i + r] += _fold(out, (t, h + r, kvh), src, sc[r * bk:(r + 1) * bk], b0, b1,
                                    mx[i + r])
         return
     l0 = l1 = l2 = l3 = np.float32(0.0)
@@ -228,38 +249,33 @@ def _quad_block(out, q, t, h, kk, vv, ks, vs, kpos, kvh, b0, b1, qp, scale, wind
 
 
 @kernel
-def _run_blocks(out, q, t, h0, nh, kk, vv, ks, vs, kpos, kvh, lo, hi, bk, qp, scale, window,
-                softcap, sc, mx, sm):
-    """Keys [lo, hi) of one source for the nh heads from h0 (state in mx / sm): block by
-    block, each block's K / V rows serving every head; heads in fours when sc holds four rows
-    of bk scores, the rest one by one."""
+def _run_blocks(out, q, at, nh, src, lo, hi, bk, mask, work):
+    """Keys [lo, hi) of src for the nh heads from h0 (at = (t, h0, kvh)), their state in
+    work = (sc, mx, sm): block by block, each block's K / V rows serving every head; heads in
+    fours when sc holds four rows of bk scores, the rest one by one."""
+    t, h0, kvh = at
+    sc, mx, sm = work
     quads = sc.shape[0] >= 4 * bk
     for b0 in range(lo, hi, bk):
         b1 = min(hi, b0 + bk)
         i = 0
         while quads and i + 4 <= nh:
-            _quad_block(out, q, t, h0 + i, kk, vv, ks, vs, kpos, kvh, b0, b1, qp, scale,
-                        window, softcap, sc, mx, sm, i)
+            _quad_block(out, q, (t, h0 + i, kvh), src, b0, b1, mask, work, i)
             i += 4
         while i < nh:
-            mx[i], sm[i] = _head_block(out, q, t, h0 + i, kk, vv, ks, vs, kpos, kvh, b0, b1,
-                                       qp, scale, window, softcap, sc[:bk], mx[i], sm[i])
+            mx[i], sm[i] = _head_block(out, q, (t, h0 + i, kvh), src, b0, b1, mask, sc[:bk],
+                                       mx[i], sm[i])
             i += 1
 
 
 @kernel
-def _run_sources(out, q, t, h, k_cache, v_cache, ks, vs, cache_pos, k_new, v_new, q_pos, kvh,
-                 qp, scale, window, softcap, sc, m, l):
-    """All key blocks of the cache, then of the new chunk, for head h."""
+def _run_source(out, q, at, src, mask, sc, m, l):
+    """All key blocks of src, in blocks of len(sc), folded into head at's running max m and
+    weight sum l (one head at a time)."""
     bk = sc.shape[0]
-    S = k_cache.shape[0]
-    T = k_new.shape[0]
-    for b0 in range(0, S, bk):
-        m, l = _head_block(out, q, t, h, k_cache, v_cache, ks, vs, cache_pos, kvh, b0,
-                           min(S, b0 + bk), qp, scale, window, softcap, sc, m, l)
-    for b0 in range(0, T, bk):
-        m, l = _head_block(out, q, t, h, k_new, v_new, ks, vs, q_pos, kvh, b0, min(T, b0 + bk),
-                           qp, scale, window, softcap, sc, m, l)
+    n = src[0].shape[0]
+    for b0 in range(0, n, bk):
+        m, l = _head_block(out, q, at, src, b0, min(n, b0 + bk), mask, sc, m, l)
     return m, l
 
 
@@ -287,18 +303,24 @@ def _plan(Hq, Hkv, L):
 
 
 @kernel(parallel=True)
-def _split_units(out, q, k_cache, v_cache, k_scale, v_scale, cache_pos, k_new, v_new, q_pos,
-                 scale, window, softcap, scratch, G, R, rows, bk, runs_per_kv):
+def _split_units(out, q, cache, new, params, scratch, G, plan):
     """One query (T = 1), each run of heads over G contiguous parts of the cache (the new
     keys with the last part): unit c = run * G + g keeps its own softmax state and unnormed
-    output in scratch[c] (scores | maxima | sums | Hq x Dv output)."""
+    output in scratch[c] (scores | maxima | sums | Hq x Dv output). cache, new, params as in
+    `attention`; plan = _plan(...)."""
+    k_scale, v_scale = cache[2], cache[3]
+    k_new, v_new, q_pos = new
+    fresh = (k_new, v_new, k_scale, v_scale, q_pos)
+    scale, window, softcap = params
+    R, rows, bk, runs_per_kv = plan
     Hq = q.shape[1]
     Hkv = k_new.shape[1]
     Dv = out.shape[2]
     group = Hq // Hkv
-    S = k_cache.shape[0]
+    S = cache[0].shape[0]
     T = k_new.shape[0]
     neg = np.float32(-np.inf)
+    mask = (q_pos[0], np.float32(scale), window, np.float32(softcap))
     nunit = Hkv * runs_per_kv * G
     for c in prange(nunit):
         run = c // G
@@ -316,12 +338,10 @@ def _split_units(out, q, k_cache, v_cache, k_scale, v_scale, cache_pos, k_new, v
             sm[i] = 0.0
             for d in range(Dv):
                 o[0, h0 + i, d] = 0.0
-        qp = q_pos[0]
-        _run_blocks(o, q, 0, h0, nh, k_cache, v_cache, k_scale, v_scale, cache_pos, kvh,
-                    g * S // G, (g + 1) * S // G, bk, qp, scale, window, softcap, scores, mx, sm)
+        at, work = (0, h0, kvh), (scores, mx, sm)
+        _run_blocks(o, q, at, nh, cache, g * S // G, (g + 1) * S // G, bk, mask, work)
         if g == G - 1:
-            _run_blocks(o, q, 0, h0, nh, k_new, v_new, k_scale, v_scale, q_pos, kvh, 0, T, bk,
-                        qp, scale, window, softcap, scores, mx, sm)
+            _run_blocks(o, q, at, nh, fresh, 0, T, bk, mask, work)
 
 
 @kernel
@@ -362,20 +382,26 @@ def _split_merge(out, scratch, G, R, off, Hkv, runs_per_kv):
 
 
 @kernel(parallel=True)
-def attention(out, q, k_cache, v_cache, k_scale, v_scale, cache_pos, k_new, v_new, q_pos, scale,
-              window, softcap, scratch):
+def attention(out, q, cache, new, params, scratch):
     """out (T, Hq, Dv) = softmax(q k^T * scale [softcapped], masked) v.
 
-    q (T, Hq, D) already roped; k_cache (S, Hkv, D), v_cache (S, Hkv, Dv) of any KV element
-    type with their int8 block scales k_scale / v_scale (S, Hkv, ceil(D / KV_BLOCK))
-    (edgerope.kernels.kvstore; any float32 3-D array for float types), cache_pos (S,) int64;
-    k_new (T, Hkv, D), v_new (T, Hkv, Dv) at positions q_pos (T,) int64. Query head h reads kv
+    q (T, Hq, D) already roped; cache = (k_cache, v_cache, k_scale, v_scale, cache_pos):
+    k_cache (S, Hkv, D), v_cache (S, Hkv, Dv) of any KV element type with their int8 block
+    scales k_scale / v_scale (S, Hkv, ceil(D / KV_BLOCK)) (edgerope.kernels.kvstore; any
+    float32 3-D array for float types), cache_pos (S,) int64; new = (k_new, v_new, q_pos):
+    k_new (T, Hkv, D), v_new (T, Hkv, Dv) float32 at positions q_pos (T,) int64; params =
+    (scale, window, softcap), window <= 0: none, softcap <= 0: none. Query head h reads kv
     head h // (Hq // Hkv). scratch is float32 (C, L) with L >= S + T: the work is split into at
     most C chunks, chunk c keeping its scores (and the runs' softmax state) in scratch[c], so
     nothing is allocated and chunks never share memory. The key block length depends on L and
     the group size only, so results never depend on the thread count. A query that sees no
     key gets zeros.
     """
+    k_scale, v_scale = cache[2], cache[3]
+    k_new, v_new, q_pos = new
+    fresh = (k_new, v_new, k_scale, v_scale, q_pos)  # the chunk as a key source
+    scale, window, softcap = params
+    S = cache[0].shape[0]
     T, Hq, _ = q.shape
     Hkv = k_new.shape[1]
     Dv = out.shape[2]
@@ -395,14 +421,13 @@ def attention(out, q, k_cache, v_cache, k_scale, v_scale, cache_pos, k_new, v_ne
             kvh = u - t * Hkv
             h0 = kvh * group + (run - u * runs_per_kv) * R
             nh = min(R, (kvh + 1) * group - h0)
-            qp = q_pos[t]
+            at, mask = (t, h0, kvh), (q_pos[t], sc_, window, cap)
             for h in range(h0, h0 + nh):
                 for d in range(Dv):
                     out[t, h, d] = 0.0
             if R == 1:
-                m, l = _run_sources(out, q, t, h0, k_cache, v_cache, k_scale, v_scale, cache_pos,
-                                    k_new, v_new, q_pos, kvh, qp, sc_, window, cap, sc, neg,
-                                    np.float32(0.0))
+                m, l = _run_source(out, q, at, cache, mask, sc, neg, np.float32(0.0))
+                m, l = _run_source(out, q, at, fresh, mask, sc, m, l)
                 _finish(out, t, h0, l)
                 continue
             scores = buf[:rows * bk]
@@ -411,39 +436,37 @@ def attention(out, q, k_cache, v_cache, k_scale, v_scale, cache_pos, k_new, v_ne
             for i in range(nh):
                 mx[i] = neg
                 sm[i] = 0.0
-            _run_blocks(out, q, t, h0, nh, k_cache, v_cache, k_scale, v_scale, cache_pos, kvh,
-                        0, k_cache.shape[0], bk, qp, sc_, window, cap, scores, mx, sm)
-            _run_blocks(out, q, t, h0, nh, k_new, v_new, k_scale, v_scale, q_pos, kvh, 0, T,
-                        bk, qp, sc_, window, cap, scores, mx, sm)
+            work = (scores, mx, sm)
+            _run_blocks(out, q, at, nh, cache, 0, S, bk, mask, work)
+            _run_blocks(out, q, at, nh, fresh, 0, T, bk, mask, work)
             for i in range(nh):
                 _finish(out, t, h0 + i, sm[i])
 
 
 @kernel
-def attention_decode(out, q, k_cache, v_cache, k_scale, v_scale, cache_pos, k_new, v_new,
-                     q_pos, scale, window, softcap, scratch, n_slots):
-    """`attention` for one query (T = 1) whose cache holds keys in slots [0, n_slots) only
-    (a ring fills from slot 0): with room in the scratch rows (L >= the scores, 2 R and
-    Hq x Dv), the slots are split into up to C parts of about DECODE_SPLIT slots computed in
-    parallel, each with its own softmax state and output, then merged in part order
-    (flash-decoding); otherwise `attention` over those slots. The parts depend on n_slots
-    and the scratch shape, never on the thread count. A separate kernel so that short
-    contexts never load it (edgerope.engine.model calls it for caches of more than DECODE_SPLIT
-    slots)."""
+def attention_decode(out, q, cache, new, params, scratch, n_slots):
+    """`attention` (the same cache, new and params tuples) for one query (T = 1) whose cache
+    holds keys in slots [0, n_slots) only (a ring fills from slot 0): with room in the scratch
+    rows (L >= the scores, 2 R and Hq x Dv), the slots are split into up to C parts of about
+    DECODE_SPLIT slots computed in parallel, each with its own softmax state and output, then
+    merged in part order (flash-decoding); otherwise `attention` over those slots. The parts
+    depend on n_slots and the scratch shape, never on the thread count. A separate kernel so
+    that short contexts never load it (edgerope.engine.model calls it for caches of more than
+    DECODE_SPLIT slots)."""
+    k_cache, v_cache, k_scale, v_scale, cache_pos = cache
     Hq = q.shape[1]
-    Hkv = k_new.shape[1]
+    Hkv = new[0].shape[1]
     Dv = out.shape[2]
-    R, rows, bk, runs_per_kv = _plan(Hq, Hkv, scratch.shape[1])
+    plan = _plan(Hq, Hkv, scratch.shape[1])
+    R, rows, bk, runs_per_kv = plan
     S = min(n_slots, k_cache.shape[0])
+    seen = (k_cache[:S], v_cache[:S], k_scale, v_scale, cache_pos[:S])
     G = 1
     if R > 1 and scratch.shape[1] >= rows * bk + 2 * R + Hq * Dv:
         G = max(1, min((S + DECODE_SPLIT - 1) // DECODE_SPLIT,
                        scratch.shape[0] // (Hkv * runs_per_kv)))
     if G == 1:
-        attention(out, q, k_cache[:S], v_cache[:S], k_scale, v_scale, cache_pos[:S], k_new,
-                  v_new, q_pos, scale, window, softcap, scratch)
+        attention(out, q, seen, new, params, scratch)
         return
-    _split_units(out, q, k_cache[:S], v_cache[:S], k_scale, v_scale, cache_pos[:S], k_new,
-                 v_new, q_pos, np.float32(scale), window, np.float32(softcap), scratch, G, R,
-                 rows, bk, runs_per_kv)
+    _split_units(out, q, seen, new, params, scratch, G, plan)
     _split_merge(out, scratch, G, R, rows * bk, Hkv, runs_per_kv)
