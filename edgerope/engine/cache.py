@@ -18,10 +18,9 @@ pass-through channels of partial RoPE are never touched (int8 keys: their scales
 rotation-safe, see kvstore, so those int8 values stay bit-identical too). The alternative,
 unrotated keys rotated at attention time, costs a rotation of every visible key per query per
 layer; a shift rotates each kept key once per shift, i.e. about once per n_ctx / 2 tokens
-(llama.cpp's choice of n = half the non-sink tokens). Measured on Gemma 3 270M, n_ctx 512,
-2 threads: one shift (254 tokens dropped, 18 layers) takes ~10 ms, i.e. ~0.04 ms per decoded
-token, while rotating the 512 cached keys of every layer costs ~1.5 ms -- per token, on a
-~13 ms decode step -- for the alternative (bench/RESULTS.md, "context shift").
+(llama.cpp's choice of n = half the non-sink tokens): per decoded token a shift costs a few
+percent of what the alternative's rotations would (measured in bench/RESULTS.md, "context
+shift").
 
 Owns: the buffers, writing a chunk of new keys/values, shifting. Not: when to shift (Session).
 """

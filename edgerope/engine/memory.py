@@ -1,20 +1,22 @@
 """The RAM a model needs at a context, and the check that refuses to start what cannot fit.
 
-    weights   resident weight bytes: exact for a loaded model (ModelWeights.nbytes), from the
-              config and the in-memory dtype before loading (same layouts: int8 / int4 packed
-              in groups of 16 rows x 32 columns with fp16 scales, float32 plain)
-    KV cache  edgerope.engine.cache.kv_bytes at that context, KV type and sinks
-    buffers   a session's activation and scratch buffers (`activation_bytes`)
-    tokenizer its vocabulary as Python objects: ~256 bytes a token + 8 MiB (measured: Gemma 3's
-              262k SentencePiece pieces 56-68 MiB, SmolLM2's 49k BPE tokens and merges 30-38)
-    runtime   Python + numpy + numba once the kernels are loaded, `RUNTIME_BYTES`: measured
-              78-85 MiB (Gemma 3 270M: bench tg128 / generate, peak resident set less the
-              other terms): Python objects ~70 MiB (numba's ~300 modules the most), library
-              pages in use ~10. LLVM's pages leave once kernels load (kernels.jit); the
-              first run, which compiles them, peaks higher (Gemma int8: 451 vs 355 MiB)
+The figure is what a run takes from the machine: its anonymous (private) memory plus the
+resident weights (edgerope.system.process_memory tells both). Library code and the mapped
+weights are file-backed: the peak resident set also holds library pages (numba's LLVM the
+most), which the kernel drops first under memory pressure and are not counted here.
 
-Pages of the KV cache that no token has reached yet are not resident, so a short run stays
-below the figure; it is what the whole context takes.
+    weights   resident weight bytes: exact for a loaded model (ModelWeights.nbytes), from the
+              config and the in-memory dtype before loading (formats.matrix_nbytes)
+    KV cache  edgerope.engine.cache.kv_bytes at that context, KV type and sinks
+    buffers   a session's buffers and RoPE tables (engine.model.session_bytes)
+    tokenizer its vocabulary as Python objects, `TOKEN_BYTES` a token + `TOKENIZER_BYTES`
+    runtime   Python, numpy, numba and the loaded kernels' machine code, `RUNTIME_BYTES`
+
+The two constants are fitted to measurements (bench/RESULTS.md, "memory as /proc tells
+it"). A first run, which compiles the kernels, takes more for a while (LLVM's working
+memory); later runs load them from the cache. Pages of the KV cache that no token has
+reached yet are not resident, so a short run stays below the figure; it is what the whole
+context takes.
 
 `estimate(model_or_config, n_ctx, kv_type)` serves `edgerope info`, the CLI's check and
 tests; `preflight(spec, ...)` runs that check from the model's config alone, before any
@@ -29,7 +31,9 @@ from edgerope.engine.cache import DEFAULT_KV_TYPE, kv_bytes
 from edgerope.formats import DTYPES, matrix_nbytes
 
 _MiB = 1 << 20
-RUNTIME_BYTES = 85 * _MiB
+RUNTIME_BYTES = 64 * _MiB    # anonymous memory of the runtime once the kernels are loaded
+TOKEN_BYTES = 160            # a vocabulary entry as Python objects
+TOKENIZER_BYTES = 6 * _MiB   # a tokenizer besides its entries
 
 
 @dataclass(frozen=True)
@@ -47,14 +51,14 @@ class MemoryEstimate:
         return self.weights + self.kv_cache + self.buffers + self.tokenizer + self.runtime
 
     def parts(self) -> str:
-        """'weights 272, KV f32 39, buffers 29, tokenizer 72, runtime 85' (MiB)."""
+        """'weights 272, KV f32 39, buffers 37, tokenizer 46, runtime 64' (MiB)."""
         mib = lambda n: f"{n / _MiB:.0f}"  # noqa: E731
         return (f"weights {mib(self.weights)}, KV {self.kv_type} {mib(self.kv_cache)}, "
                 f"buffers {mib(self.buffers)}, tokenizer {mib(self.tokenizer)}, "
                 f"runtime {mib(self.runtime)}")
 
     def summary(self) -> str:
-        """'~562 MiB (weights 272, KV f32 39, buffers 29, tokenizer 72, runtime 85)'."""
+        """'~457 MiB (weights 272, KV f32 39, buffers 37, tokenizer 46, runtime 64)'."""
         return f"~{self.total / _MiB:.0f} MiB ({self.parts()})"
 
     def line(self) -> str:
@@ -102,7 +106,7 @@ def weight_bytes(cfg, dtype: str) -> int | None:
 
 
 def tokenizer_bytes(cfg) -> int:
-    return 256 * cfg.vocab_size + 8 * _MiB
+    return TOKEN_BYTES * cfg.vocab_size + TOKENIZER_BYTES
 
 
 def activation_bytes(cfg, n_ctx: int, n_batch: int = 512, dtype: str = "int8") -> int:

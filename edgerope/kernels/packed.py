@@ -146,8 +146,8 @@ def _int8_activations(xq):
 @kernel(parallel=True)
 def _float_activations(xq):
     """A float32 copy of xq, for the portable core's GEMM: its FMAs then take activations as
-    broadcast memory operands (1.3x faster than converting per block; one allocation per
-    call)."""
+    broadcast memory operands, faster than converting per block (bench/kernels.py); one
+    allocation per call."""
     T, kp = xq.shape[0], xq.shape[1]
     xf = np.empty((T, kp), np.float32)
     for t in prange(T):
