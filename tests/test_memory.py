@@ -332,10 +332,9 @@ def _resident_kib(path):
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc/self/smaps")
 def test_a_loaded_gguf_model_does_not_hold_the_file(tmp_path):
-    """Loading a GGUF file converts its tensors into edgerope's blocks; the file's pages are
-    handed back tensor by tensor (GGUFFile.release), so the process never holds the file and
-    its converted copy at once (Gemma 3 270M Q8_0 direct: peak 765 -> 488 MiB). Bytes read
-    after a release are the file's."""
+    """Loading a GGUF file converts its tensors into edgerope's blocks and then unmaps the
+    file (GGUFFile.close): a loaded model keeps no mapping of it. A view still alive keeps
+    the mapping until it goes."""
     pytest.importorskip("gguf")
     import numpy as np
     from edgerope.io.gguf_file import GGUFFile
@@ -345,13 +344,15 @@ def test_a_loaded_gguf_model_does_not_hold_the_file(tmp_path):
                                        {n: q8_0_blocks(r, *s) for n, s in SHAPES.items()}))
     g = GGUFFile(path)
     t = g.tensors["token_embd.weight"]
-    before = t.raw().copy()  # touches every page of the tensor
+    view = t.raw()
+    before = view.copy()  # touches every page of the tensor
     assert _resident_kib(path) >= t.nbytes // 1024 - 4
-    g.release()
-    assert _resident_kib(path) == 0
-    np.testing.assert_array_equal(t.raw(), before)
-    del t, g  # its mapping holds the pages just read again
+    g.close()
+    np.testing.assert_array_equal(view, before)  # still mapped for the view
+    del view
     gc.collect()
+    assert _resident_kib(path) == 0
+    del t, g
     m = edgerope.load(path, tokenizer=False)
-    assert _resident_kib(path) == 0  # whether or not the reader is still alive
+    assert _resident_kib(path) == 0  # unmapped after loading
     assert np.isfinite(m.new_session(n_ctx=8).eval([1, 2])).all()

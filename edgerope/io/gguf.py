@@ -211,9 +211,7 @@ class GGUFSource:
 
     def float32(self, name) -> np.ndarray:
         t = self.g.tensors[name]
-        out = np.array(t.raw(), dtype=np.float32) if t.ggml_type == _F32 else self._dequantize(t)
-        self.g.release(t.offset, t.nbytes)
-        return out
+        return np.array(t.raw(), dtype=np.float32) if t.ggml_type == _F32 else self._dequantize(t)
 
     def _dequantize(self, t) -> np.ndarray:
         import gguf
@@ -237,16 +235,13 @@ class GGUFSource:
             ws = blocks[:, :, :2].copy().view(np.float16)[:, :, 0].astype(np.float32)
             wq = np.ascontiguousarray(blocks[:, :, 2:].view(np.int8)).reshape(t.shape)
             del blocks
-            self.g.release(t.offset, t.nbytes)  # copied: the packing reads wq
             return Linear(wq=wq, ws=ws, bias=bias)
         if t.ggml_type == _Q4_0 and dtype == "int4":
             blocks = t.raw().reshape(t.shape[0], -1, 18)
             if perm is not None:
                 blocks = blocks[perm]
             ws = blocks[:, :, :2].copy().view(np.float16)[:, :, 0].astype(np.float32)
-            lin = Linear(qs=blocks[:, :, 2:], ws=ws, shape=t.shape, bias=bias)
-            self.g.release(t.offset, t.nbytes)
-            return lin
+            return Linear(qs=blocks[:, :, 2:], ws=ws, shape=t.shape, bias=bias)
         w = self.float32(name)
         return Linear.from_float(w if perm is None else w[perm], dtype, bias)
 

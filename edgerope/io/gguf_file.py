@@ -126,19 +126,17 @@ class GGUFFile:
             if b1 < e0:
                 raise WeightsError(f"{self.path}: tensors '{n0}' and '{n1}' overlap")
 
-    def release(self, offset: int = 0, nbytes: int | None = None) -> None:
-        """Drop this process's resident pages of bytes [offset, offset + nbytes) of the file
-        (all of it by default) once their contents have been copied (converted weights, the
-        vocabulary): the mapping is read-only, so nothing is lost and a later read maps them
-        back. Without it a loaded GGUF model held the file's pages and its converted copy at
-        once. No-op where mmap has no madvise."""
-        advise = getattr(self._mm, "madvise", None)
-        if advise is None or not hasattr(mmap, "MADV_DONTNEED"):
+    def close(self) -> None:
+        """Unmap the file once what is needed is copied out (converted weights, the
+        vocabulary), so a loaded model keeps no mapping of it. Arrays still viewing it
+        (`raw()`) keep the mapping alive until they go; nothing can be read after."""
+        mm, self._mm = self._mm, None
+        if mm is None:
             return
-        end = self.size if nbytes is None else min(self.size, offset + nbytes)
-        start = offset - offset % mmap.PAGESIZE
-        if end > start:
-            advise(mmap.MADV_DONTNEED, start, end - start)
+        try:
+            mm.close()
+        except BufferError:
+            pass  # views remain: unmapped with the last of them
 
     def get(self, key, default=None):
         return self.metadata.get(key, default)

@@ -30,7 +30,7 @@ def load(path: str, dtype: str = "int8", tokenizer: bool = True) -> Model:
     runtime.setup()
     cfg, weights, tok, raw, release = _assemble(path, dtype, tokenizer, header_only=False)
     model = Model(cfg, weights, tok, dtype=dtype, path=os.fspath(path), config_dict=raw)
-    release()  # a GGUF file's tensors are all copied out by now
+    release()  # a GGUF file's tensors are all copied out by now: unmapped
     return model
 
 
@@ -102,4 +102,4 @@ def _assemble_gguf(path: str, dtype: str, tokenizer: bool, header_only: bool):
         except TokenizerError as e:  # name the file, as every load error does
             msg = str(e)
             raise TokenizerError(msg if path in msg else f"{path}: {msg}") from None
-    return cfg, weights, tok, gguf_config_dict(g), g.release
+    return cfg, weights, tok, gguf_config_dict(g), g.close
