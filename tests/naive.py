@@ -296,3 +296,8 @@ def q4_weights(codes, k):
     """int8 (N, k) weights code - 8 (the integers the int4 kernels multiply)."""
     n = codes.shape[0]
     return (codes.astype(np.int16) - 8).astype(np.int8).reshape(n, -1)[:, :k]
+
+
+def stream_sum(a):
+    """kernels.stream_sum: the uint64 sum (wrapping) of the array."""
+    return int(np.sum(a, dtype=np.uint64))

@@ -6,11 +6,20 @@ import pytest
 pytest.importorskip("torch")
 
 from click.testing import CliRunner  # noqa: E402
+import edgerope  # noqa: E402
 from edgerope.cli import main  # noqa: E402
 from tiny_models import build  # noqa: E402
 
 FIELDS = {"test", "avg_ts", "stddev_ts", "n_threads", "n_prompt", "n_gen", "model_size",
           "model_n_params", "samples_ts"}
+
+
+@pytest.fixture(autouse=True)
+def _small_bandwidth_probe(tmp_path, monkeypatch):
+    """The roofline's bandwidth probe: a small array (a quarter of a stated 256 MiB) and a
+    cache of this test's own."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setenv("EDGEROPE_MEM_AVAILABLE", str(256 << 20))
 
 
 @pytest.fixture(scope="module")
@@ -35,6 +44,17 @@ def test_bench_json_sweeps_like_llama_bench(tiny):
         for x in recs:
             assert x["mem_peak_rss"] >= x["mem_rss"] >= x["mem_anonymous"] > 0
             assert x["mem_rss"] == x["mem_anonymous"] + x["mem_file"]
+    # the roofline of tg tests: bytes a token reads times tokens/s against the read bandwidth
+    m = edgerope.load(tiny, tokenizer=False)
+    for x in recs:
+        if x["n_gen"]:
+            assert x["weight_bytes_per_token"] == m.weights.bytes_per_token()
+            assert x["kv_bytes_per_token"] > 0 and x["bandwidth_gbps"] > 0
+            got = (x["weight_bytes_per_token"] + x["kv_bytes_per_token"]) * x["avg_ts"] / 1e9
+            assert x["gbps"] == pytest.approx(got)
+            assert x["roofline_pct"] == pytest.approx(100 * got / x["bandwidth_gbps"])
+        else:
+            assert "gbps" not in x
 
 
 def test_bench_markdown_and_profile(tiny):
@@ -45,6 +65,27 @@ def test_bench_markdown_and_profile(tiny):
     assert "profile tg3" in r.stdout and "| matmul.lm_head |" in r.stdout
     assert "| attention |" in r.stdout and "| python overhead |" in r.stdout
     assert "memory: peak RSS " in r.stderr and " MiB, anonymous (private) " in r.stderr
+    assert "| GB/s (% of read bw) |" in r.stdout and "% of " in r.stdout.split("tg3")[1]
+
+
+def test_read_bandwidth_is_measured_once_and_cached(tmp_path):
+    from edgerope.apps.bench import _cache_file, read_bandwidth
+    first = read_bandwidth(1)
+    assert 0.05 < first < 10_000
+    with open(_cache_file()) as f:
+        assert list(json.load(f).values()) == [round(first, 2)]
+    assert read_bandwidth(1) == round(first, 2)  # from the cache, not measured again
+
+
+def test_bytes_per_token_reads_one_embedding_row(tmp_path):
+    """Untied: every matrix, but of the embedding one row; tied: the table once, as the head."""
+    for case, tied in (("llama", False), ("llama-gqa4", True)):
+        d = str(tmp_path / case)
+        build(case, d)
+        w = edgerope.load(d, tokenizer=False).weights
+        assert (w.lm_head is w.embed) == tied
+        row = w.embed.nbytes // w.embed.out_features
+        assert w.bytes_per_token() == (w.nbytes if tied else w.nbytes - w.embed.nbytes + row)
 
 
 def test_bench_depth_and_kv_type_sweeps(tiny):

@@ -465,3 +465,9 @@ def test_softmax():
     np.testing.assert_allclose(x, ref, rtol=1e-5, atol=1e-7)
     assert np.all(x[2] == 0) and np.all(x[1, ::3] == 0)
     np.testing.assert_allclose(x[[0, 1, 3]].sum(axis=1), 1.0, rtol=1e-5)
+
+
+@pytest.mark.parametrize("n", [0, 1, 255, 256, 257, 100_003])
+def test_stream_sum(n):
+    a = np.random.default_rng(n).integers(0, 2**63, n, dtype=np.uint64)
+    assert int(K.stream_sum(a)) == naive.stream_sum(a)

@@ -92,6 +92,30 @@ class ModelWeights:
                 total += lin.nbytes
         return total
 
+    def bytes_per_token(self, experts_used: int | None = None) -> int:
+        """Weight bytes one decoded token reads: every matrix once, but of a looked-up table
+        (the token embedding, Gemma 4's per-layer embeddings) one row -- a tied output head
+        reads the whole table as the head -- and of each layer's experts `experts_used` of
+        them (default: the router's top-k), at their average size."""
+        lookups = {id(self.embed)} - {id(self.lm_head)}
+        if self.ple is not None:
+            lookups.add(id(self.ple.embed))
+        moe = {id(e) for lw in self.layers if lw.moe is not None
+               for e in (*lw.moe.w_in, *lw.moe.w_down)}
+        seen, total = set(), 0
+        for lin in self.linears():
+            if id(lin) in seen or id(lin) in moe:
+                continue
+            seen.add(id(lin))
+            total += lin.nbytes // lin.out_features if id(lin) in lookups else lin.nbytes
+        for lw in self.layers:
+            if lw.moe is not None:
+                experts = len(lw.moe.w_in)
+                used = experts if experts_used is None else min(experts_used, experts)
+                size = sum(e.nbytes for e in (*lw.moe.w_in, *lw.moe.w_down))
+                total += size * used // experts
+        return total
+
     def linears(self):
         yield self.embed
         yield self.lm_head
