@@ -379,3 +379,13 @@ def test_simd_env_override():
     assert _python("import edgerope, edgerope.kernels", bad).returncode == 0
     p = _python("import edgerope.kernels as K\nK.q8p_gemv", bad)
     assert p.returncode != 0 and "ConfigError: EDGEROPE_SIMD='sse9'" in p.stderr
+
+
+def test_code_generator_probe_works_before_numba_compiles_anything():
+    """simd asks LLVM what it can emit (AArch64: sdot) when it is first imported, which the
+    lazily loaded kernels may make the first LLVM use in the process: the probe must set
+    LLVM's target up itself (without it, a Pi 5 silently lost its sdot path)."""
+    p = _python("from edgerope.kernels import simd\n"
+                "print(simd._emits('define i32 @f(i32 %a) {\\n  ret i32 %a\\n}\\n', 'ret'))",
+                dict(os.environ))
+    assert p.returncode == 0 and p.stdout.split() == ["True"], p.stderr

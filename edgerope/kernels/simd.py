@@ -108,25 +108,34 @@ def _kernel_says_dotprod():
         return False
 
 
-def _target_emits_sdot():
-    """Whether LLVM, configured as numba configures it, can select sdot (the named CPU or
-    host features may lack +dotprod even where the CPU has it): compile a one-line probe."""
+def _emits(ir: str, needle: str) -> bool:
+    """Whether LLVM, configured as numba configures it (the named CPU, or the host's
+    features), turns the IR module `ir` into assembly containing `needle`."""
     try:
+        # Numba initializes LLVM's native target when it first compiles; a probe may come
+        # first (the kernels load lazily), so do it here (idempotent)
+        llb.initialize_native_target()
+        llb.initialize_native_asmprinter()
         cpu = config.CPU_NAME or llb.get_host_cpu_name()
         feats = config.CPU_FEATURES
         if feats is None:
             feats = "" if config.CPU_NAME else llb.get_host_cpu_features().flatten()
-        mod = llb.parse_assembly(
-            "define <4 x i32> @f(<4 x i32> %a, <16 x i8> %b, <16 x i8> %c) {\n"
-            "  %r = call <4 x i32> @llvm.aarch64.neon.sdot.v4i32.v16i8(<4 x i32> %a, "
-            "<16 x i8> %b, <16 x i8> %c)\n  ret <4 x i32> %r\n}\n"
-            "declare <4 x i32> @llvm.aarch64.neon.sdot.v4i32.v16i8(<4 x i32>, <16 x i8>, "
-            "<16 x i8>)\n")
         tm = llb.Target.from_triple(llb.get_process_triple()).create_target_machine(
             cpu=cpu, features=feats)
-        return "sdot" in tm.emit_assembly(mod)
-    except Exception:  # noqa: BLE001 - any failure means: do not use sdot
+        return needle in tm.emit_assembly(llb.parse_assembly(ir))
+    except Exception:  # noqa: BLE001 - any failure means: no
         return False
+
+
+def _target_emits_sdot():
+    """Whether the code generator can select sdot (the named CPU or host features may lack
+    +dotprod even where the CPU has it): a one-line probe."""
+    return _emits(
+        "define <4 x i32> @f(<4 x i32> %a, <16 x i8> %b, <16 x i8> %c) {\n"
+        "  %r = call <4 x i32> @llvm.aarch64.neon.sdot.v4i32.v16i8(<4 x i32> %a, "
+        "<16 x i8> %b, <16 x i8> %c)\n  ret <4 x i32> %r\n}\n"
+        "declare <4 x i32> @llvm.aarch64.neon.sdot.v4i32.v16i8(<4 x i32>, <16 x i8>, "
+        "<16 x i8>)\n", "sdot")
 
 
 # AArch64 dot product (Raspberry Pi 5, Apple M, Graviton 2+): the kernel says the CPU has it
