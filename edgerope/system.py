@@ -84,6 +84,16 @@ def physical_cores(root: str = "/", allowed=None) -> int:
     return len(cand)
 
 
+def cpu_model(root: str = "/") -> str:
+    """The CPU's model name from /proc/cpuinfo ("model name"; AArch64: "Model" or
+    "CPU part"), else the machine type."""
+    for line in (_read(os.path.join(root, "proc", "cpuinfo")) or "").splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("model name", "Model", "CPU part") and value.strip():
+            return value.strip()
+    return os.uname().machine
+
+
 def mem_available(root: str = "/") -> int | None:
     """Bytes of memory available to start a program without swapping: $EDGEROPE_MEM_AVAILABLE
     (bytes; for tests and for telling edgerope what a container may use), else MemAvailable

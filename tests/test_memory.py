@@ -356,3 +356,12 @@ def test_a_loaded_gguf_model_does_not_hold_the_file(tmp_path):
     m = edgerope.load(path, tokenizer=False)
     assert _resident_kib(path) == 0  # unmapped after loading
     assert np.isfinite(m.new_session(n_ctx=8).eval([1, 2])).all()
+
+
+def test_cpu_model_from_cpuinfo(tmp_path):
+    from edgerope.system import cpu_model
+    (tmp_path / "proc").mkdir()
+    (tmp_path / "proc" / "cpuinfo").write_text("processor\t: 0\nmodel name\t: Example CPU 9\n")
+    assert cpu_model(str(tmp_path)) == "Example CPU 9"
+    (tmp_path / "proc" / "cpuinfo").write_text("processor\t: 0\nBogoMIPS\t: 108\n")
+    assert cpu_model(str(tmp_path)) == os.uname().machine

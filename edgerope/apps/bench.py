@@ -33,7 +33,7 @@ from edgerope import runtime
 from edgerope.apps.info import parameter_count
 from edgerope.engine.cache import DEFAULT_KV_TYPE, kv_bytes
 from edgerope.engine.profile import Profiler
-from edgerope.system import process_memory
+from edgerope.system import cpu_model, mem_available, process_memory
 
 _MEMORY_KEYS = ("rss", "peak_rss", "anonymous", "file")
 
@@ -92,25 +92,13 @@ def _cache_file() -> str:
     return os.path.join(base, "edgerope", "bandwidth.json")
 
 
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.split(":")[0].strip() in ("model name", "Model", "CPU part"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return os.uname().machine
-
-
 def read_bandwidth(threads: int, remeasure: bool = False) -> float:
     """This machine's read bandwidth in GB/s on `threads` kernel threads: the best of five
     passes of kernels.stream_sum over 512 MiB (or a quarter of the available memory),
     measured once and kept in ~/.cache/edgerope/bandwidth.json (per CPU model and thread
     count; `remeasure` measures again)."""
     from edgerope import kernels
-    from edgerope.system import mem_available
-    key = f"{_cpu_name()} | {threads} threads"
+    key = f"{cpu_model()} | {threads} threads"
     path = _cache_file()
     known = {}
     try:

@@ -70,10 +70,6 @@ def human(n: int) -> str:
     return f"{n / (1 << 30):.1f} GiB" if n >= 1 << 30 else f"{n / _MiB:.0f} MiB"
 
 
-def _matrix_bytes(n: int, k: int, dtype: str) -> int:
-    return matrix_nbytes(dtype, n, k)
-
-
 def weight_bytes(cfg, dtype: str) -> int | None:
     """Bytes of the weight matrices and biases of a model of this config held as `dtype`
     (what ModelWeights.nbytes reports once loaded); None for an unknown dtype."""
@@ -83,23 +79,23 @@ def weight_bytes(cfg, dtype: str) -> int | None:
     H, V = cfg.hidden_size, cfg.vocab_size
     gate = 2 if cfg.mlp == "gated" else 1
     edtype = EMBED_DTYPE.get(dtype, dtype)  # embedding and output matrices (int4: int8)
-    sizes = [_matrix_bytes(V, H, edtype)] * (1 if cfg.tie_word_embeddings else 2)
+    sizes = [matrix_nbytes(edtype, V, H)] * (1 if cfg.tie_word_embeddings else 2)
     biases = V if cfg.lm_head_bias and not cfg.tie_word_embeddings else 0
     P = cfg.ple_dim
     if P:
         LP = cfg.num_hidden_layers * P
-        sizes += [_matrix_bytes(cfg.ple_vocab, LP, edtype), _matrix_bytes(LP, H, dtype)]
+        sizes += [matrix_nbytes(edtype, cfg.ple_vocab, LP), matrix_nbytes(dtype, LP, H)]
     for i in range(cfg.num_hidden_layers):
         I, q = cfg.layer_ffn[i], cfg.q_dim_of(i)
         kv = 0 if not cfg.stores_kv(i) else cfg.kv_dim_of(i) * (1 if cfg.k_eq_v[i] else 2)
-        sizes += [_matrix_bytes(n, k, dtype) for n, k in ((q + kv, H), (H, q), (gate * I, H),
-                                                         (H, I))]
+        sizes += [matrix_nbytes(dtype, n, k) for n, k in ((q + kv, H), (H, q), (gate * I, H),
+                                                          (H, I))]
         if P:
-            sizes += [_matrix_bytes(P, H, dtype), _matrix_bytes(H, P, dtype)]
+            sizes += [matrix_nbytes(dtype, P, H), matrix_nbytes(dtype, H, P)]
         if cfg.moe is not None:
             E, Ie = cfg.moe.num_experts, cfg.moe.intermediate_size
-            sizes += [4 * E * H] + [_matrix_bytes(2 * Ie, H, dtype),
-                                    _matrix_bytes(H, Ie, dtype)] * E
+            sizes += [4 * E * H] + [matrix_nbytes(dtype, 2 * Ie, H),
+                                    matrix_nbytes(dtype, H, Ie)] * E
         biases += ((q + kv) if cfg.qkv_bias else 0) + (H if cfg.o_bias else 0) + (
             gate * I + H if cfg.mlp_bias else 0)
     return sum(sizes) + 4 * biases
@@ -109,18 +105,12 @@ def tokenizer_bytes(cfg) -> int:
     return TOKEN_BYTES * cfg.vocab_size + TOKENIZER_BYTES
 
 
-def activation_bytes(cfg, n_ctx: int, n_batch: int = 512, dtype: str = "int8") -> int:
-    """A session's buffers and RoPE tables (edgerope.engine.model.session_bytes)."""
-    from edgerope.engine.model import session_bytes
-    return session_bytes(cfg, n_ctx, n_batch, dtype=dtype)
-
-
 def estimate(model_or_config, n_ctx: int | None = None, kv_type: str = DEFAULT_KV_TYPE,
              n_batch: int = 512, n_keep: int = 4, dtype: str = "int8") -> MemoryEstimate:
     """RAM to run a model at context `n_ctx` (default: the model's default context).
     `model_or_config`: a loaded Model (its weights are measured; `dtype` is ignored) or a
     ModelConfig (weights computed for `dtype`; ValueError for a dtype of unknown layout)."""
-    from edgerope.engine.model import default_ctx
+    from edgerope.engine.model import default_ctx, session_bytes
     if hasattr(model_or_config, "weights"):
         cfg, weights = model_or_config.config, model_or_config.weights.nbytes
         dtype = model_or_config.dtype
@@ -131,5 +121,5 @@ def estimate(model_or_config, n_ctx: int | None = None, kv_type: str = DEFAULT_K
     n_ctx = n_ctx or default_ctx(cfg)
     return MemoryEstimate(n_ctx=n_ctx, kv_type=kv_type, weights=weights,
                           kv_cache=kv_bytes(cfg, n_ctx, kv_type, max(n_keep, 0)),
-                          buffers=activation_bytes(cfg, n_ctx, n_batch, dtype),
+                          buffers=session_bytes(cfg, n_ctx, n_batch, dtype=dtype),
                           tokenizer=tokenizer_bytes(cfg))
