@@ -175,7 +175,7 @@ _FORCE_HELP = "Start even if the model does not seem to fit in the available mem
 @click.option("-b", "--batch-size", default=512, show_default=True, type=int,
               help="Prompt tokens evaluated per batch.")
 @_sampling_options
-@click.option("--dtype", type=click.Choice(DTYPES), default="int8",
+@click.option("--dtype", type=click.Choice(DTYPES), default="auto",
               show_default=True, help="Weight format in memory.")
 @_kv_options(4, "-1 = the whole prompt.")
 @click.option("--profile", is_flag=True, help="Print time per operation per generated token.")
@@ -253,7 +253,7 @@ def generate(model_path, prompt, prompt_file, n_predict, threads, ctx_size, batc
 @click.option("-c", "--ctx-size", default=None, type=int)
 @click.option("-b", "--batch-size", default=512, show_default=True, type=int)
 @_sampling_options
-@click.option("--dtype", type=click.Choice(DTYPES), default="int8",
+@click.option("--dtype", type=click.Choice(DTYPES), default="auto",
               show_default=True)
 @_kv_options(-1, "-1 = the system prompt.")
 @click.option("--force", is_flag=True, help=_FORCE_HELP)
@@ -320,7 +320,7 @@ def _kv_list(ctx, param, value):
 @click.option("-o", "--output", type=click.Choice(["md", "json"]), default="md",
               show_default=True)
 @click.option("--profile", is_flag=True, help="Also print time per operation for each test.")
-@click.option("--dtype", type=click.Choice(DTYPES), default="int8",
+@click.option("--dtype", type=click.Choice(DTYPES), default="auto",
               show_default=True)
 @_run_options
 @handle_errors
@@ -361,7 +361,7 @@ def _load(spec, dtype, tokenizer=True):
 @click.option("-c", "--ctx-size", default=None, type=int,
               help="Context size for the memory estimate (default: the model's default, "
                    "min(trained, 4096)).")
-@click.option("--dtype", type=click.Choice(DTYPES), default="int8",
+@click.option("--dtype", type=click.Choice(DTYPES), default="auto",
               show_default=True)
 @click.option("--kv-type", default=None, help="KV cache type of the memory estimate.")
 @_run_options
@@ -382,7 +382,7 @@ def info(model_path, ctx_size, dtype, kv_type, debug, quiet):
 @main.command()
 @click.argument("src")
 @click.argument("dst", required=False)
-@click.option("--dtype", type=click.Choice(DTYPES), default="int8",
+@click.option("--dtype", type=click.Choice(DTYPES), default="auto",
               show_default=True)
 @click.option("--overwrite", is_flag=True, help="Replace DST if it exists.")
 @_run_options
@@ -415,7 +415,7 @@ def convert(src, dst, dtype, overwrite, debug, quiet):
 @click.option("-b", "--batch-size", default=512, show_default=True, type=int)
 @click.option("--chunks", default=None, type=int, help="Score at most this many windows.")
 @click.option("-t", "--threads", default=None, type=int, help=_THREADS_HELP)
-@click.option("--dtype", type=click.Choice(DTYPES), default="int8",
+@click.option("--dtype", type=click.Choice(DTYPES), default="auto",
               show_default=True)
 @_run_options
 @handle_errors

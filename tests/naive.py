@@ -301,3 +301,33 @@ def q4_weights(codes, k):
 def stream_sum(a):
     """kernels.stream_sum: the uint64 sum (wrapping) of the array."""
     return int(np.sum(a, dtype=np.uint64))
+
+
+# ----------------------------------------------------------------------------- ggml block types
+
+def quantize_act_k(x):
+    """llama.cpp's quantize_row_q8_K_ref, one 256-block at a time: iscale = -127 / (the
+    value of largest magnitude, first if tied) in float32, q = min(127, round-half-even(
+    iscale * x)), d = 1 / iscale; returns (xq, xd, bsums per 16)."""
+    x = np.asarray(x, np.float32)
+    t, k = x.shape
+    xq = np.zeros((t, k), np.int8)
+    xd = np.zeros((t, k // 256), np.float32)
+    for r in range(t):
+        for b in range(k // 256):
+            blk = x[r, 256 * b:256 * b + 256]
+            mx = blk[int(np.argmax(np.abs(blk)))]
+            if mx == 0:
+                continue
+            iscale = np.float32(np.float32(-127.0) / mx)
+            xq[r, 256 * b:256 * b + 256] = np.minimum(np.rint(iscale * blk), 127)
+            xd[r, b] = np.float32(1.0) / iscale
+    return xq, xd, xq.reshape(t, -1, 16).astype(np.int32).sum(axis=2)
+
+
+def ggml_gemm(xq, xs, qk, w):
+    """(T, N) float64: activations (xq per block of qk columns times xs) times float64
+    weights w (N, K) (the dequantized matrix)."""
+    t = xq.shape[0]
+    x = xq.astype(np.float64).reshape(t, -1, qk) * xs.astype(np.float64)[..., None]
+    return x.reshape(t, -1)[:, :w.shape[1]] @ w.astype(np.float64).T

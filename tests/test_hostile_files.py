@@ -192,6 +192,22 @@ def test_bad_gguf_gives_one_clear_line(gguf_mats, tmp_path, case):
         assert w in lines[0], (w, lines[0])
 
 
+def test_non_finite_scale_of_a_kept_block_type_is_one_line(gguf_mats, tmp_path):
+    """A Q5_0 tensor (kept as it is, not converted) with an infinite block scale."""
+    from test_ggml_blocks import random_blocks
+    from test_q8_formats import write_gguf
+    rows, nb, _ = gguf_mats[Q].shape
+    bad = random_blocks("q5_0", rows, 32 * nb)
+    bad[3, 0, :2] = np.array([np.inf], np.float16).view(np.uint8)
+    path = write_gguf(str(tmp_path / "inf.gguf"), {**gguf_mats, Q: bad})
+    r = CliRunner().invoke(main, ["generate", "-m", path, "-p", "hi", "-n", "2"])
+    assert r.exit_code == 1, r.output
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), r.stderr
+    for w in (path, Q, "NaN or infinite"):
+        assert w in lines[0], (w, lines[0])
+
+
 # -- tensors a model does not read: one warning, the same results --------------------------
 
 

@@ -33,8 +33,8 @@ def q8_0_blocks(r, rows, cols):
 
 
 def write_gguf(path, mats, f32=None, edit=None, arch="llama"):
-    """A one-layer llama GGUF: Q8_0 / Q4_0 matrices `mats` {name: (rows, nb, 34 or 18)
-    blocks}, F32 ones `f32` {name: array} (any matrix missing from both is made up).
+    """A one-layer llama GGUF: Q8_0 / Q4_0 / Q5_0 / Q4_1 matrices `mats` {name: (rows, nb,
+    34, 18, 22 or 20) blocks}, F32 ones `f32` {name: array} (any matrix missing from both is made up).
     `edit(writer)` runs last, before writing (to change metadata in `writer.kv_data[0]` or
     add tensors)."""
     w = gguf.GGUFWriter(path, arch)
@@ -55,7 +55,8 @@ def write_gguf(path, mats, f32=None, edit=None, arch="llama"):
     w.add_eos_token_id(2)
     for name, data in mats.items():
         flat = data.reshape(data.shape[0], -1)
-        qt = {34: gguf.GGMLQuantizationType.Q8_0, 18: gguf.GGMLQuantizationType.Q4_0}
+        qt = {34: gguf.GGMLQuantizationType.Q8_0, 18: gguf.GGMLQuantizationType.Q4_0,
+              22: gguf.GGMLQuantizationType.Q5_0, 20: gguf.GGMLQuantizationType.Q4_1}
         w.add_tensor(name, flat, raw_shape=flat.shape, raw_dtype=qt[data.shape[-1]])
     for name, a in (f32 or {}).items():
         w.add_tensor(name, a)
@@ -142,7 +143,7 @@ def test_older_format_is_refused_and_the_registry_converts_again(tiny_gguf, tmp_
     path = tiny_gguf[0]
     monkeypatch.setenv("EDGEROPE_WEIGHTS", str(tmp_path))
     monkeypatch.setattr(registry, "locate", lambda name: path)
-    cached = str(tmp_path / "tiny-int8")
+    cached = str(tmp_path / "tiny-auto")
     save_native(edgerope.load(path), cached)
     _downgrade_to_v2(cached)
     with pytest.raises(edgerope.WeightsError) as e:

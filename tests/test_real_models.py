@@ -26,7 +26,13 @@ from edgerope.io.registry import locate  # noqa: E402
 # itself on its Q4_0 requantization of the same files, same tokens, same reference measured
 # Gemma top-1 0.747, KL 0.415, ppl ratio 1.476 and SmolLM2 0.769, 0.262, 1.232 (4 bits are
 # coarse for models this small); the limits allow 10% more KL than llama.cpp, no more.
+# auto (the file's own block types: Gemma 3 Q4_K_M = Q5_0 / Q8_0 / Q4_K / Q6_K, SmolLM2 Q4_1):
+# llama.cpp itself on the same file, same tokens, same reference (bench/fidelity.py) measured
+# Gemma top-1 0.964, KL 0.0051, ppl ratio 1.0062 and SmolLM2 0.975, 0.00313, 1.0045; the
+# limits: KL no more than llama.cpp's + 10%, top-1 at the noisy bar of int8 above.
 LIMITS = {"float32": dict(top1=0.999, kl=1e-6, ppl=1.0001),
+          ("auto", "gemma3-270m"): dict(top1=0.955, kl=0.0056, ppl=1.012),
+          ("auto", "smollm2-135m"): dict(top1=0.955, kl=0.0034, ppl=1.01),
           ("int8", "gemma3-270m"): dict(top1=0.975, kl=0.0032, ppl=1.014),
           ("int8", "smollm2-135m"): dict(top1=0.955, kl=0.0046, ppl=1.01),
           ("int4", "gemma3-270m"): dict(top1=0.72, kl=0.457, ppl=1.52),
@@ -63,7 +69,7 @@ def _log_softmax(x):
     return x - np.log(np.exp(x).sum(axis=1, keepdims=True))
 
 
-@pytest.mark.parametrize("dtype", ["float32", "int8", "int4"])
+@pytest.mark.parametrize("dtype", ["float32", "int8", "int4", "auto"])
 def test_logits_against_transformers(real, dtype):
     name, path, ref = real
     m = edgerope.load(path, dtype=dtype)
@@ -134,6 +140,40 @@ def test_quantized_kv_cache_against_float32_kv(name):
         print(json.dumps(dict(model=name, kv_type=kv_type, tokens=len(ref), top1=top1,
                               mean_kl=kl)))
         assert top1 >= top1_min and kl <= kl_max, (kv_type, top1, kl)
+
+
+# KL(llama.cpp || edgerope) on the same file and tokens, measured (bench/fidelity.py): the
+# file's own types (auto) Gemma 0.0064, SmolLM2 0.0037; on llama.cpp's Q8_0 copy (int8)
+# 0.0027 and 0.0035. Both engines quantize activations the same way (Q8_0 per 32 columns,
+# Q8_K per 256 for the K-quants) but not bit for bit alike (llama.cpp keeps activation scales
+# in fp16, rounds half to even, and its GELU reads an fp16 table), so each adds its own
+# rounding noise; the bars allow 25% over the measured.
+SAME_FILE = {("auto", "gemma3-270m"): 0.008, ("auto", "smollm2-135m"): 0.0046}
+
+
+@pytest.mark.parametrize("name", ["gemma3-270m", "smollm2-135m"])
+def test_own_block_types_follow_llama_cpp_on_the_same_file(name):
+    """The file as shipped, in its own block types (nothing requantized: resident weights
+    within 5% of the file), against llama.cpp running the same file."""
+    llama_cpp = pytest.importorskip("llama_cpp")
+    path = _path(name)
+    m = edgerope.load(path)  # the default: auto
+    assert m.dtype == "auto"
+    kinds = {lin.dtype for lin in m.weights.linears()}
+    assert kinds <= {"int8", "q5_0", "q4_k", "q6_k", "q4_1"} and kinds - {"int8"}, kinds
+    assert m.weights.nbytes <= 1.05 * os.path.getsize(path)
+    ids = m.tokenizer.encode(_prose(), add_bos=True)[:N_TOKENS]
+    got = m.logits(ids)
+    llm = llama_cpp.Llama(path, n_ctx=N_TOKENS + 8, n_batch=512, n_ubatch=512,
+                          logits_all=True, verbose=False, flash_attn=False, type_k=0,
+                          type_v=0, n_threads=2)
+    llm.eval(ids)
+    want = np.array(llm.scores[:len(ids)], dtype=np.float32)
+    lr, lo = _log_softmax(want), _log_softmax(got)
+    kl = float((np.exp(lr) * (lr - lo)).sum(1).mean())
+    top1 = float((want.argmax(1) == got.argmax(1)).mean())
+    print(json.dumps(dict(model=name, tokens=len(ids), top1=top1, mean_kl=kl)))
+    assert kl <= SAME_FILE[("auto", name)] and top1 >= 0.95, (kl, top1)
 
 
 @pytest.mark.parametrize("name", ["gemma3-270m", "smollm2-135m"])

@@ -60,8 +60,8 @@ QEMU=qemu-aarch64-static
 
 # Tests run in every profile (files that do not exist are left out). test_rope.py and the
 # torch parts of test_kernels.py skip themselves where torch is unavailable.
-KERNEL_TESTS=${EDGEROPE_ARM64_TESTS:-"tests/test_kernels.py tests/test_q8dot.py tests/test_q4dot.py tests/test_rope.py tests/test_kvcache.py"}
-QUICK_TESTS="tests/test_q8dot.py tests/test_q4dot.py tests/test_kvcache.py"
+KERNEL_TESTS=${EDGEROPE_ARM64_TESTS:-"tests/test_kernels.py tests/test_q8dot.py tests/test_q4dot.py tests/test_ggml_blocks.py tests/test_rope.py tests/test_kvcache.py"}
+QUICK_TESTS="tests/test_q8dot.py tests/test_q4dot.py tests/test_ggml_blocks.py tests/test_kvcache.py"
 # quick: the int8 dot-product cores on every path (incl. fp16 scale widening, exact integer
 # dots), activation quantization ties, the f16/int8 KV store; the real-model check below
 # then runs every production kernel once more on Gemma 3 270M

@@ -58,7 +58,9 @@ def describe(model, n_ctx: int | None = None,
             ("file size", f"{file_size(model.path) / _MB:.1f} MiB"),
             ("weights in memory", f"{model.dtype}, {model.weights.nbytes / _MB:.1f} MiB"
              + (" (int8 blocks of 32, one float16 scale each: 8.5 bits a weight)"
-                if model.dtype == "int8" else "")),
+                if model.dtype == "int8" else " (" + ", ".join(
+                    f"{k} {v / _MB:.1f}" for k, v in model.weights.formats().items()) + ")"
+                if model.dtype == "auto" else "")),
             ("layers", str(cfg.num_hidden_layers)), ("hidden size", str(cfg.hidden_size)),
             ("attention heads", f"{cfg.num_attention_heads} query / {cfg.num_key_value_heads} "
                                 f"key-value (GQA {cfg.gqa_ratio}:1), head dim {cfg.head_dim}"

@@ -76,6 +76,7 @@ def weight_bytes(cfg, dtype: str) -> int | None:
     from edgerope.engine.weights import EMBED_DTYPE
     if dtype not in DTYPES:
         return None
+    dtype = "int8" if dtype == "auto" else dtype  # from a config alone: as float weights load
     H, V = cfg.hidden_size, cfg.vocab_size
     gate = 2 if cfg.mlp == "gated" else 1
     edtype = EMBED_DTYPE.get(dtype, dtype)  # embedding and output matrices (int4: int8)

@@ -175,8 +175,9 @@ class _Buffers:
         size = lambda shape, dt: int(np.prod(shape)) * np.dtype(dt).itemsize  # noqa: E731
         total = sum(size(*v) for v in cls.layout(cfg, B, att_len).values())
         total += sum(2 * size(shape, np.float32) for shape in cls.shared_layout(cfg, B).values())
-        if dtype != "float32":
-            total += Activations.nbytes_of(B, cls.act_widths(cfg))
+        if dtype != "float32":  # a GGUF file's own types (auto) may take Q8_K activations too
+            total += Activations.nbytes_of(B, cls.act_widths(cfg), ("q8_0", "q8_k")
+                                           if dtype == "auto" else ("q8_0",))
         return total
 
     @property

@@ -117,6 +117,20 @@ class ModelWeights:
         return total
 
     def linears(self):
+        """Every weight matrix (the parts of a formats.Stack one by one)."""
+        for lin in self._matrices():
+            yield from getattr(lin, "parts", (lin,))
+
+    def formats(self) -> dict:
+        """Bytes held in each matrix format, largest first ({"int8": ..., "q4_k": ...})."""
+        seen, out = set(), {}
+        for lin in self.linears():
+            if id(lin) not in seen:
+                seen.add(id(lin))
+                out[lin.dtype] = out.get(lin.dtype, 0) + lin.nbytes
+        return dict(sorted(out.items(), key=lambda kv: -kv[1]))
+
+    def _matrices(self):
         yield self.embed
         yield self.lm_head
         if self.ple is not None:

@@ -9,8 +9,14 @@ from __future__ import annotations
 
 from edgerope.kernels.layout import packed_nbytes
 
-DTYPES = ("int8", "int4", "float32")  # weight formats in memory (edgerope.formats.linear)
-_PACKED = {"int8": "q8", "int4": "q4"}  # their packed block layouts (edgerope.kernels.layout)
+# what a model may be loaded as: "auto" keeps a GGUF file's own block types (int8 for other
+# sources); the others convert every matrix (edgerope.formats.linear)
+DTYPES = ("auto", "int8", "int4", "float32")
+# a matrix's format (Linear.dtype) -> its packed block layout (edgerope.kernels.layout):
+# int8 = Q8_0, int4 = Q4_0, and ggml's other types by their own names
+_PACKED = {"int8": "q8", "int4": "q4", "q4_1": "q4_1", "q5_0": "q5_0", "q5_1": "q5_1",
+           "q4_k": "q4_k", "q5_k": "q5_k", "q6_k": "q6_k"}
+FORMATS = ("float32",) + tuple(_PACKED)
 
 
 def matrix_nbytes(dtype: str, n: int, k: int) -> int:
@@ -18,7 +24,7 @@ def matrix_nbytes(dtype: str, n: int, k: int) -> int:
     if dtype == "float32":
         return 4 * int(n) * int(k)
     if dtype not in _PACKED:
-        raise ValueError(f"unsupported dtype {dtype!r} (supported: {', '.join(DTYPES)})")
+        raise ValueError(f"unsupported format {dtype!r} (supported: {', '.join(FORMATS)})")
     return packed_nbytes(_PACKED[dtype], n, k)
 
 
@@ -42,10 +48,44 @@ class MatrixSpec:
                 + (4 * self.out_features if self.has_bias else 0))
 
     @classmethod
-    def concat(cls, parts: list[MatrixSpec]) -> MatrixSpec:
-        """As Linear.concat: outputs stacked; mixed formats become int8 (float32 if no part
-        is int8)."""
-        kinds = {p.dtype for p in parts}
-        dtype = parts[0].dtype if len(kinds) == 1 else "int8" if "int8" in kinds else "float32"
-        return cls(sum(p.out_features for p in parts), parts[0].in_features, dtype,
+    def concat(cls, parts: list[MatrixSpec]):
+        """As Linear.concat: outputs stacked in one matrix of one format, or kept apart
+        (a Stack) when the formats differ."""
+        if len({p.dtype for p in parts}) > 1:
+            return Stack(parts)
+        return cls(sum(p.out_features for p in parts), parts[0].in_features, parts[0].dtype,
                    any(p.has_bias for p in parts))
+
+
+class Stack:
+    """Matrices with the same inputs whose outputs follow one another, kept in their own
+    formats (q|k|v of a GGUF file mixing block types): each part multiplies into its columns
+    of the output, the activations quantized once per kind."""
+
+    def __init__(self, parts):
+        self.parts = list(parts)
+        self.out_features = sum(p.out_features for p in self.parts)
+        self.in_features = self.parts[0].in_features
+        self.bias = True if any(p.bias is not None for p in self.parts) else None
+
+    @property
+    def dtype(self) -> str:
+        return "+".join(dict.fromkeys(p.dtype for p in self.parts))
+
+    @property
+    def formats(self) -> set:
+        return {p.dtype for p in self.parts}
+
+    @property
+    def nbytes(self) -> int:
+        return sum(p.nbytes for p in self.parts)
+
+    def __call__(self, out, x, acts=None) -> None:
+        at = 0
+        for p in self.parts:
+            p(out[:, at:at + p.out_features], x, acts)
+            at += p.out_features
+
+    def dequantize(self):
+        import numpy as np
+        return np.concatenate([p.dequantize() for p in self.parts])

@@ -1,6 +1,6 @@
 """Weight matrices and the one linear layer: y = x Wᵀ (+ b).
 
-A weight W (N outputs, K inputs) is held in one of three formats:
+A weight W (N outputs, K inputs) is held in one of these formats:
 
 - ``float32``: ``w`` (N, K) float32 — the exactness path.
 - ``int8``: the Q8_0 block layout. Logically ``wq`` (N, K) int8 and ``ws`` (N, ceil(K/32))
@@ -14,6 +14,11 @@ A weight W (N outputs, K inputs) is held in one of three formats:
   W = (q - 8) * d; 4.5 bits a weight), packed the same way (``wp`` holds two codes a byte,
   see edgerope.formats.q4) and multiplied by the same integer-dot cores. A GGUF Q4_0
   tensor maps onto it bit for bit; float weights are quantized with ggml's Q4_0 rounding.
+- ggml's other types as a GGUF file holds them (``q4_1``, ``q5_0``, ``q5_1`` and the
+  K-quants ``q4_k``, ``q5_k``, ``q6_k``; `from_ggml`): the file's bytes, packed the same way
+  (edgerope.formats.ggml_blocks), never converted. The 32-column types take the Q8_0
+  activations; the K-quants take Q8_K activations (one scale per 256 inputs, sums per 16),
+  as llama.cpp pairs them.
 
 Quantization reads the source in row chunks, so a float32 copy of a large tensor (or of the
 whole model) never exists at once. Owns: the formats, quantize/concatenate/dequantize, matmul
@@ -24,7 +29,8 @@ from __future__ import annotations
 import numpy as np
 
 from edgerope import kernels as K
-from edgerope.formats import DTYPES, q4, q8
+from edgerope.formats import DTYPES, Stack, ggml_blocks, q4, q8
+from edgerope.kernels.layout import GEOMETRY
 
 BLOCK = 32
 _CHUNK_ROWS = 4096
@@ -32,33 +38,37 @@ _CHUNK_ROWS = 4096
 
 class Activations:
     """Quantized-activation buffers (xq, xs, xsum) for up to `rows` tokens, one set per input
-    width, created on first use and reused: a session owns one, so decoding allocates none
-    (the row views for each token count are cached too)."""
+    width and kind ("q8_0", "q8_k": edgerope.kernels.layout.act_buffers), created on first
+    use and reused: a session owns one, so decoding allocates none (the row views for each
+    token count are cached too)."""
 
     def __init__(self, rows: int):
         self.rows, self._by_k, self._views = rows, {}, {}
 
-    def get(self, k: int, t: int):
-        views = self._views.get((k, t))
+    def get(self, k: int, t: int, act: str = "q8_0"):
+        key = (k, t, act)
+        views = self._views.get(key)
         if views is not None:
             return views
         if t > self.rows:  # a one-off larger batch: not kept
-            return K.act_buffers(t, k)
-        bufs = self._by_k.get(k)
+            return K.act_buffers(t, k, act)
+        bufs = self._by_k.get((k, act))
         if bufs is None:
-            bufs = self._by_k[k] = K.act_buffers(self.rows, k)
-        views = self._views[(k, t)] = tuple(a[:t] for a in bufs)
+            bufs = self._by_k[(k, act)] = K.act_buffers(self.rows, k, act)
+        views = self._views[key] = tuple(a[:t] for a in bufs)
         return views
 
     @property
     def nbytes(self) -> int:
-        """Bytes of the buffers made so far (nbytes_of for the input widths used)."""
-        return self.nbytes_of(self.rows, self._by_k)
+        """Bytes of the buffers made so far."""
+        return sum(K.act_nbytes(self.rows, k, act) for k, act in self._by_k)
 
     @staticmethod
-    def nbytes_of(rows: int, widths) -> int:
-        """Bytes of the buffers for `rows` tokens once every input width in `widths` is used."""
-        return sum(K.act_nbytes(rows, k) for k in set(widths))
+    def nbytes_of(rows: int, widths, acts=("q8_0",)) -> int:
+        """Bytes of the buffers for `rows` tokens once every input width in `widths` is used
+        with each activation kind in `acts` (q8_k only for widths it applies to)."""
+        return sum(K.act_nbytes(rows, k, a) for k in set(widths) for a in acts
+                   if a == "q8_0" or k % 256 == 0)
 
 
 def check_finite(a: np.ndarray, row0: int = 0) -> None:
@@ -72,37 +82,56 @@ def check_finite(a: np.ndarray, row0: int = 0) -> None:
 
 
 class Linear:
-    """A weight matrix in float32, int8 or int4 blocks, with an optional float32 bias."""
+    """A weight matrix in float32 or in packed blocks of one format, with an optional
+    float32 bias."""
 
-    __slots__ = ("w", "wp", "wsp", "bias", "out_features", "in_features")
+    __slots__ = ("w", "wp", "wsp", "fmt", "bias", "out_features", "in_features")
 
     def __init__(self, *, w=None, wq=None, ws=None, qs=None, wp=None, wsp=None, shape=None,
-                 bias=None):
+                 fmt=None, bias=None):
         """float32 `w`; or int8 as (wq, ws), packed here (ws rounded to fp16; ScaleRangeError
         beyond its range); or int4 as Q4_0 bytes (qs (N, nb, 16), ws) and `shape`, packed
-        here; or already packed (wp, wsp uint16 fp16 bits, shape: int8 when wp's blocks
-        are 512 bytes, int4 when 256)."""
+        here; or already packed (wp, wsp uint16 fp16 bits, shape) of layout `fmt` (a
+        kernels.layout name; default: int8 when wp's blocks are 512 bytes, int4 when 256)."""
         self.w, self.wp, self.wsp = w, wp, wsp
         if w is not None:
             self.out_features, self.in_features = w.shape
         elif wq is not None:
             self.out_features, self.in_features = wq.shape
             self.wp, self.wsp = q8.pack_q8(wq, ws)
+            fmt = "q8"
         else:
             self.out_features, self.in_features = shape
             if qs is not None:
                 self.wp, self.wsp = q4.pack_q4(qs, ws)
-        if self.wp is not None and self.wp.shape[2] not in (q4.BLOCK_BYTES,
-                                                            q8.BLOCK_BYTES):
-            raise ValueError(f"packed blocks of {self.wp.shape[2]} bytes: expected "
-                             f"{q8.BLOCK_BYTES} (int8) or {q4.BLOCK_BYTES} (int4)")
+                fmt = "q4"
+        if self.wp is not None:
+            if fmt is None:
+                fmt = {q8.BLOCK_BYTES: "q8", q4.BLOCK_BYTES: "q4"}.get(self.wp.shape[2])
+            geo = GEOMETRY.get(fmt)
+            if geo is None or self.wp.shape[2] != geo.block_bytes:
+                raise ValueError(f"packed blocks of {self.wp.shape[2]} bytes: not a layout "
+                                 f"edgerope knows (format {fmt})")
+        self.fmt = fmt
         self.bias = None if bias is None else np.ascontiguousarray(bias, dtype=np.float32)
+
+    @classmethod
+    def from_ggml(cls, fmt: str, raw, shape, bias=None) -> "Linear":
+        """A GGUF tensor of ggml type `fmt` (ggml_blocks.RAW: q4_1 ... q6_k) from its raw
+        bytes, kept bit for bit (packed, not converted)."""
+        wp, wsp = ggml_blocks.pack(fmt, raw, *shape)
+        return cls(wp=wp, wsp=wsp, shape=tuple(shape), fmt=fmt, bias=bias)
 
     @property
     def dtype(self) -> str:
+        """The format: "float32", "int8" (Q8_0), "int4" (Q4_0) or a ggml name ("q4_k" ...)."""
         if self.w is not None:
             return "float32"
-        return "int4" if self.wp.shape[2] == q4.BLOCK_BYTES else "int8"
+        return {"q8": "int8", "q4": "int4"}.get(self.fmt, self.fmt)
+
+    @property
+    def formats(self) -> set:
+        return {self.dtype}
 
     @property
     def nbytes(self) -> int:
@@ -126,6 +155,7 @@ class Linear:
         sources); it is applied one chunk of rows at a time.
         """
         convert = convert or (lambda a: a)
+        dtype = "int8" if dtype == "auto" else dtype  # a float source: int8
         n, k = src.shape
         if dtype == "float32":
             w = np.empty((n, k), np.float32)
@@ -152,29 +182,35 @@ class Linear:
         return cls(wq=wq, ws=ws, bias=bias)  # packed by the constructor
 
     @classmethod
-    def concat(cls, parts: list["Linear"]) -> "Linear":
+    def concat(cls, parts: list["Linear"]):
         """Stack the outputs of several matrices with the same inputs (q|k|v, gate|up): one
-        matmul and one parallel region instead of several."""
+        matmul and one parallel region instead of several. Parts of different formats (a
+        GGUF file mixing block types) are kept as they are, in a formats.Stack."""
+        if len({p.dtype for p in parts}) > 1 or (
+                parts[0].fmt not in (None, "q8", "q4")
+                and any(p.out_features % q8.ROWS for p in parts[:-1])):
+            return Stack(parts)
         bias = None
         if any(p.bias is not None for p in parts):
             bias = np.concatenate([p.bias if p.bias is not None else
                                    np.zeros(p.out_features, np.float32) for p in parts])
-        kinds = {p.dtype for p in parts}
-        if len(kinds) > 1:  # e.g. a GGUF mixing Q4_0 and Q8_0 in q|k|v: requantize to one
-            dtype = "int8" if "int8" in kinds else "float32"
-            parts = [p if p.dtype == dtype else cls.from_float(p.dequantize(), dtype, p.bias)
-                     for p in parts]
         if parts[0].w is not None:
             return cls(w=np.concatenate([p.w for p in parts]), bias=bias)
+        shape = (sum(p.out_features for p in parts), parts[0].in_features)
         if parts[0].dtype == "int4":
-            q4 = [p.q4() for p in parts]
-            return cls(qs=np.concatenate([q for q, _ in q4]),
-                       ws=np.concatenate([s for _, s in q4]),
-                       shape=(sum(p.out_features for p in parts), parts[0].in_features),
-                       bias=bias)
-        q8 = [p.q8() for p in parts]
-        return cls(wq=np.concatenate([q for q, _ in q8]), ws=np.concatenate([s for _, s in q8]),
-                   bias=bias)
+            blocks = [p.q4() for p in parts]
+            return cls(qs=np.concatenate([q for q, _ in blocks]),
+                       ws=np.concatenate([s for _, s in blocks]), shape=shape, bias=bias)
+        if parts[0].dtype == "int8":
+            blocks = [p.q8() for p in parts]
+            return cls(wq=np.concatenate([q for q, _ in blocks]),
+                       ws=np.concatenate([s for _, s in blocks]), bias=bias)
+        # ggml's other types: whole row groups, so the packed arrays simply follow
+        wp = K.aligned_empty((sum(p.wp.shape[0] for p in parts),) + parts[0].wp.shape[1:],
+                             np.uint8)
+        wp[...] = np.concatenate([p.wp for p in parts])
+        wsp = np.ascontiguousarray(np.concatenate([p.wsp for p in parts]))
+        return cls(wp=wp, wsp=wsp, shape=shape, fmt=parts[0].fmt, bias=bias)
 
     def dequantize(self) -> np.ndarray:
         if self.w is not None:
@@ -182,6 +218,9 @@ class Linear:
         if self.dtype == "int4":
             qs, ws = self.q4()
             return q4.dequantize_q4(qs, ws, self.in_features)
+        if self.dtype != "int8":
+            raw = ggml_blocks.unpack(self.fmt, self.wp, self.wsp, self.out_features)
+            return ggml_blocks.dequantize(self.fmt, raw)
         wq, ws = self.q8()
         out = np.empty((self.out_features, self.in_features), np.float32)
         K.dequantize_q8(out, wq, ws)
@@ -189,7 +228,7 @@ class Linear:
 
     def __call__(self, out: np.ndarray, x: np.ndarray, acts: Activations | None = None) -> None:
         """out (T, N) = x (T, K) Wᵀ + b; GEMV when T == 1. `acts`: reusable buffers for the
-        quantized activations (int8 weights only)."""
+        quantized activations (packed weights only)."""
         T = x.shape[0]
         if self.w is not None:
             if T == 1:
@@ -197,9 +236,12 @@ class Linear:
             else:
                 K.f32_gemm(out, x, self.w)
         else:
-            xq, xs, xsum = (acts or Activations(T)).get(self.in_features, T)
-            K.quantize_act(xq, xs, xsum, x)
-            gemv, gemm = _PRODUCTS.get(self.wp.shape[2]) or _products(self.wp.shape[2])
+            gemv, gemm, act = _PRODUCTS.get(self.fmt) or _products(self.fmt)
+            xq, xs, xsum = (acts or Activations(T)).get(self.in_features, T, act)
+            if act == "q8_k":
+                K.quantize_act_k(xq, xs, xsum, x)
+            else:
+                K.quantize_act(xq, xs, xsum, x)
             if T == 1:
                 gemv(out[0], xq, xs, xsum, self.wp, self.wsp, self.out_features)
             else:
@@ -211,18 +253,15 @@ class Linear:
         """Rows `ids` of the matrix (an embedding table), times `scale`."""
         if self.w is not None:
             K.f32_embed(out, ids, self.w, scale)
-        elif self.wp.shape[2] == q4.BLOCK_BYTES:
-            K.q4p_embed(out, ids, self.wp, self.wsp, scale)
         else:
-            K.q8p_embed(out, ids, self.wp, self.wsp, scale)
+            K.EMBED[self.fmt](out, ids, self.wp, self.wsp, scale)
 
 
-_PRODUCTS: dict = {}  # packed block bytes -> (gemv, gemm) of the CPU's SIMD mode
+_PRODUCTS: dict = {}  # packed layout -> (gemv, gemm, activation kind) of the CPU's SIMD mode
 
 
-def _products(block_bytes: int):
-    """(gemv, gemm) for packed blocks of `block_bytes`, looked up once (the kernels load on
-    first use, not when this module is imported)."""
-    fmt = {q8.BLOCK_BYTES: "q8", q4.BLOCK_BYTES: "q4"}[block_bytes]
-    _PRODUCTS[block_bytes] = K.KERNELS[fmt][K.SIMD_MODE]
-    return _PRODUCTS[block_bytes]
+def _products(fmt: str):
+    """(gemv, gemm, act) for packed layout `fmt`, looked up once (the kernels load on first
+    use, not when this module is imported)."""
+    _PRODUCTS[fmt] = K.KERNELS[fmt][K.SIMD_MODE] + (GEOMETRY[fmt].act,)
+    return _PRODUCTS[fmt]

@@ -84,7 +84,8 @@ class HeaderSource:
 
     def linear(self, name, dtype, bias, perm=None) -> MatrixSpec:
         n, k = self.shape(name)
-        return MatrixSpec(n, k, dtype, bias is not None)
+        fmt = self.src.format_of(name, dtype) if hasattr(self.src, "format_of") else dtype
+        return MatrixSpec(n, k, fmt, bias is not None)
 
     @staticmethod
     def from_float(src, dtype, bias=None) -> MatrixSpec:

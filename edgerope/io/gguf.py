@@ -5,10 +5,11 @@ The metadata is translated into a Hugging Face-style config dict, so one parser
 are read here; each architecture's own (and what llama.cpp hard-codes rather than stores, e.g.
 Gemma 3's local RoPE base) come from its `GGUFArch` in edgerope.archs, with its tensor names.
 
-Tensors: Q8_0 becomes edgerope int8 blocks bit for bit, and Q4_0 edgerope int4 blocks
-(`dtype="int4"`) (edgerope keeps fp16 scales too; they pass through float32 exactly); every
-other type `gguf.quants` can read is dequantized and requantized to the dtype asked for (or
-kept float32). llama-architecture Q/K rows, permuted by llama.cpp's
+Tensors: with dtype "auto" (the default, as llama.cpp) every matrix keeps the file's own
+type where edgerope has kernels for it -- Q8_0 (int8), Q4_0 (int4), Q4_1, Q5_0, Q5_1, Q4_K,
+Q5_K, Q6_K, bit for bit (edgerope.formats.ggml_blocks) -- and other types become int8. With
+"int8" / "int4" a Q8_0 / Q4_0 tensor maps bit for bit and every other type `gguf.quants` can
+read is dequantized and requantized to the dtype asked for (or kept float32). llama-architecture Q/K rows, permuted by llama.cpp's
 converter into the interleaved RoPE layout, are permuted back so every model uses one
 (Hugging Face) layout.
 """
@@ -21,9 +22,11 @@ from edgerope.io.checkpoint import HeaderSource, load_weights
 from edgerope.archs.config import parse_config
 from edgerope.errors import ConfigError, WeightsError
 from edgerope.io.gguf_file import GGUFFile
+from edgerope.formats.ggml_blocks import GGML_TYPES
 from edgerope.formats.linear import Linear
 
 _Q8_0, _Q4_0, _F32, _F16, _BF16 = 8, 2, 0, 1, 30
+_KEPT = {_Q8_0: "int8", _Q4_0: "int4", **{v: k for k, v in GGML_TYPES.items()}}
 
 
 def _kind(v) -> str:
@@ -222,8 +225,17 @@ class GGUFSource:
                                f"be read ({e})") from None
         return np.ascontiguousarray(out, dtype=np.float32).reshape(t.shape)
 
+    def format_of(self, name, dtype) -> str:
+        """The format `linear(name, dtype)` gives: with dtype "auto" the tensor's own type
+        where edgerope multiplies it as it is (Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q5_K,
+        Q6_K), else int8 (F16, BF16, F32 and the types it has no kernel for)."""
+        if dtype != "auto":
+            return dtype
+        return _KEPT.get(self.g.tensors[name].ggml_type, "int8")
+
     def linear(self, name, dtype, bias, perm=None) -> Linear:
         t = self.g.tensors[name]
+        dtype = self.format_of(name, dtype)
         if self.unpermute_qk and (name.endswith("attn_q.weight") or name.endswith("attn_k.weight")):
             perm = _unpermute_order(t.shape[0], self.cfg.head_dim)
         if perm is not None and bias is not None:
@@ -242,6 +254,10 @@ class GGUFSource:
                 blocks = blocks[perm]
             ws = blocks[:, :, :2].copy().view(np.float16)[:, :, 0].astype(np.float32)
             return Linear(qs=blocks[:, :, 2:], ws=ws, shape=t.shape, bias=bias)
+        if dtype in GGML_TYPES and t.ggml_type == GGML_TYPES[dtype]:
+            blocks = t.raw().reshape(t.shape[0], -1)
+            return Linear.from_ggml(dtype, blocks if perm is None else blocks[perm], t.shape,
+                                    bias)
         w = self.float32(name)
         return Linear.from_float(w if perm is None else w[perm], dtype, bias)
 
@@ -251,7 +267,7 @@ def _unpermute_order(n_rows: int, head_dim: int) -> np.ndarray:
     return np.arange(n_rows).reshape(-1, head_dim // 2, 2).swapaxes(1, 2).ravel()
 
 
-def load_gguf(path: str, dtype: str = "int8", header_only: bool = False):
+def load_gguf(path: str, dtype: str = "auto", header_only: bool = False):
     """Returns (ModelConfig, ModelWeights, GGUFFile). `header_only`: weights planned from the
     header (MatrixSpec, checkpoint.HeaderSource), no tensor read."""
     g = GGUFFile(path)

@@ -17,17 +17,19 @@ from edgerope.engine.weights import ModelWeights
 from edgerope.errors import EdgeropeError, TokenizerError, WeightsError
 from edgerope.formats import DTYPES
 from edgerope.io.checkpoint import HeaderSource, SafetensorsSource, load_weights
-from edgerope.io.native import FORMAT, load_native
+from edgerope.io.native import FORMAT, is_native, load_native
 from edgerope.io.safetensors import Checkpoint
 
 
-def load(path: str, dtype: str = "int8", tokenizer: bool = True) -> Model:
+def load(path: str, dtype: str = "auto", tokenizer: bool = True) -> Model:
     """Load a Hugging Face model directory, an edgerope directory or a GGUF file.
 
-    dtype: "int8" (Q8_0 blocks), "int4" (Q4_0 blocks) or "float32". Sets up the run time on
+    dtype: "auto" (a GGUF file's own block types, int8 for float weights), "int8" (Q8_0
+    blocks), "int4" (Q4_0 blocks) or "float32". Sets up the run time on
     first use (edgerope.runtime.setup: progress lines on stderr)."""
     from edgerope import runtime
     runtime.setup()
+    dtype = resolve_dtype(path, dtype)
     cfg, weights, tok, raw, release = _assemble(path, dtype, tokenizer, header_only=False)
     model = Model(cfg, weights, tok, dtype=dtype, path=os.fspath(path), config_dict=raw)
     release()  # a GGUF file's tensors are all copied out by now: unmapped
@@ -49,12 +51,21 @@ class ModelPlan:
         return default_ctx(self.config)
 
 
-def plan(path: str, dtype: str = "int8", tokenizer: bool = True) -> ModelPlan:
+def plan(path: str, dtype: str = "auto", tokenizer: bool = True) -> ModelPlan:
     """The ModelPlan of a model: no weight read, no kernel loaded. Unused tensors warn as in
     load."""
+    dtype = resolve_dtype(path, dtype)
     cfg, weights, tok, _, release = _assemble(path, dtype, tokenizer, header_only=True)
     release()
     return ModelPlan(cfg, weights, tok, dtype, os.fspath(path))
+
+
+def resolve_dtype(path, dtype: str) -> str:
+    """The dtype a model at `path` loads as: "auto" keeps a GGUF file's block types and what
+    an edgerope directory holds; float weights (a Hugging Face directory) become int8."""
+    if dtype == "auto" and os.path.isdir(path) and not is_native(os.fspath(path)):
+        return "int8"
+    return dtype
 
 
 def _assemble(path, dtype: str, tokenizer: bool, header_only: bool):

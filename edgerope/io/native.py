@@ -39,14 +39,17 @@ from edgerope.io.checkpoint import (LayerWeights, ModelWeights, MoEWeights, Norm
 from edgerope.errors import WeightsError
 from edgerope.formats.q4 import BLOCK_BYTES as Q4_BLOCK_BYTES
 from edgerope.formats.q8 import BLOCK_BYTES as Q8_BLOCK_BYTES
-from edgerope.formats.q8 import ScaleRangeError, aligned_copy, packed_shape
+from edgerope.formats import Stack
+from edgerope.formats.q8 import ScaleRangeError, aligned_copy
 from edgerope.formats.linear import Linear
+from edgerope.kernels.layout import GEOMETRY, packed_shape
 from edgerope.io.safetensors import Checkpoint, write_aligned
 
 FORMAT = "edgerope"
 VERSION = 3
 # packed bytes per block a model of each dtype may hold (int4 models keep int8 embeddings)
-_BLOCK_BYTES = {"int8": (Q8_BLOCK_BYTES,), "int4": (Q4_BLOCK_BYTES, Q8_BLOCK_BYTES)}
+_BLOCK_BYTES = {"int8": (Q8_BLOCK_BYTES,), "int4": (Q4_BLOCK_BYTES, Q8_BLOCK_BYTES),
+                "auto": (Q4_BLOCK_BYTES, Q8_BLOCK_BYTES)}  # auto: others name their format
 _LAYER_LINEARS = ("wqkv", "wo", "w_in", "w_down")
 _LAYER_NORMS = ("attn_norm", "ffn_norm", "q_norm", "k_norm", "post_attn_norm", "post_ffn_norm",
                 "ple_post_norm")
@@ -64,7 +67,14 @@ def is_native(path: str) -> bool:
 
 
 def _put_linear(out: dict, shapes: dict, name: str, lin: Linear) -> None:
+    if isinstance(lin, Stack):  # parts of different formats: name.0, name.1, ...
+        shapes[name] = {"parts": len(lin.parts)}
+        for i, part in enumerate(lin.parts):
+            _put_linear(out, shapes, f"{name}.{i}", part)
+        return
     shapes[name] = [lin.out_features, lin.in_features]
+    if lin.fmt not in (None, "q8", "q4"):  # ggml's other layouts, by name
+        shapes[name].append(lin.fmt)
     if lin.w is not None:
         out[name + ".w"] = np.ascontiguousarray(lin.w)
     else:
@@ -216,7 +226,7 @@ def load_native(ck: Checkpoint, cfg, dtype: str) -> ModelWeights:
         raise WeightsError(f"{path}: written by {age} edgerope (format version {version}, this "
                            f"one reads {VERSION}); convert the original model again (edgerope convert)")
     stored = meta.get("dtype")
-    if stored != "float32" and dtype != stored:
+    if stored != "float32" and dtype != stored and dtype != "auto":
         raise WeightsError(f"{path}: holds {stored} weights, not {dtype} "
                            f"(convert the original model again with --dtype {dtype})")
 
@@ -227,10 +237,19 @@ def load_native(ck: Checkpoint, cfg, dtype: str) -> ModelWeights:
         return ck.raw(name)
 
     def lin(name, keep_float: bool = False) -> Linear:
+        if isinstance(shapes.get(name), dict):
+            n = shapes[name].get("parts")
+            if not isinstance(n, int) or n < 1:
+                raise WeightsError(f"{path}: malformed stack record for tensor '{name}'")
+            return Stack([lin(f"{name}.{i}", keep_float) for i in range(n)])
         bias = raw(name + ".bias") if name + ".bias" in ck else None
         if name + ".wp" in ck:
             if name not in shapes:
                 raise WeightsError(f"{path}: no shape recorded for tensor '{name}'")
+            shape = shapes[name]
+            fmt = shape[2] if len(shape) == 3 else None
+            if fmt is not None and (fmt not in GEOMETRY or stored not in ("auto", "float32")):
+                raise WeightsError(f"{path}: tensor '{name}' has unknown format {fmt!r}")
             if (ck.dtype(name + ".wp") != "U8" or name + ".wsp" not in ck
                     or ck.dtype(name + ".wsp") != "F16"):
                 raise WeightsError(f"{path}: tensors '{name}.wp', '{name}.wsp' must be U8 "
@@ -238,17 +257,18 @@ def load_native(ck: Checkpoint, cfg, dtype: str) -> ModelWeights:
             wp, wsp = raw(name + ".wp"), raw(name + ".wsp").view(np.uint16)
             if ((wsp & 0x7C00) == 0x7C00).any():  # fp16 exponent all ones: inf or NaN
                 raise WeightsError(f"{path}: tensor '{name}.wsp' holds NaN or infinite scales")
-            want = packed_shape(*shapes[name])
-            blocks = _BLOCK_BYTES.get(stored, ())
+            want = packed_shape(*shape[:2], fmt or "q8")
+            geo = GEOMETRY[fmt or "q8"]
+            blocks = (geo.block_bytes,) if fmt else _BLOCK_BYTES.get(stored, ())
             if (wp.ndim != 3 or wp.shape[:2] != want or wp.shape[2] not in blocks
-                    or wsp.shape != (*want, 16)):
+                    or wsp.shape != (*want, geo.wsp_rows)):
                 raise WeightsError(f"{path}: tensor '{name}.wp' has shape {list(wp.shape)} "
                                    f"('{name}.wsp' {list(wsp.shape)}), expected "
                                    f"[{want[0]}, {want[1]}, {' or '.join(map(str, blocks))}] "
                                    f"for {stored} weights of shape {shapes[name]}")
             if wp.ctypes.data % 64:  # written by another tool: 64-byte loads need alignment
                 wp = aligned_copy(wp)
-            return Linear(wp=wp, wsp=wsp, shape=tuple(shapes[name]), bias=bias)
+            return Linear(wp=wp, wsp=wsp, shape=tuple(shape[:2]), fmt=fmt, bias=bias)
         if name + ".w" in ck:
             if dtype != "float32" and not keep_float:
                 try:

@@ -10,7 +10,7 @@ from edgerope.engine.memory import MemoryEstimate, estimate, human
 from edgerope.errors import EdgeropeError
 
 
-def config_of(spec: str | None, dtype: str = "int8"):
+def config_of(spec: str | None, dtype: str = "auto"):
     """The ModelConfig of what `registry.load_any(spec, dtype)` would load, read from the
     config or GGUF header alone (no weights); None when `spec` names nothing loadable (the
     load then says why)."""
@@ -33,7 +33,7 @@ def config_of(spec: str | None, dtype: str = "int8"):
     return parse_config(read_config_dict(path))
 
 
-def preflight(spec: str | None, dtype: str = "int8", n_ctx: int | None = None,
+def preflight(spec: str | None, dtype: str = "auto", n_ctx: int | None = None,
               kv_type: str = DEFAULT_KV_TYPE, n_batch: int = 512, n_keep: int = 4,
               available: int | None = None) -> MemoryEstimate | None:
     """Before loading: raise EdgeropeError when the model plainly cannot fit in the memory

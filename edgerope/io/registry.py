@@ -113,18 +113,19 @@ def _verified(path: str, e: dict) -> bool:
     return True
 
 
-def converted_dir(name: str, dtype: str = "int8") -> str:
+def converted_dir(name: str, dtype: str = "auto") -> str:
     """Where a registry model's converted copy lives (it may not exist yet)."""
     return os.path.join(weights_dir(), f"{name}-{dtype}")
 
 
-def load_named(name: str, dtype: str = "int8", tokenizer: bool = True):
+def load_named(name: str, dtype: str = "auto", tokenizer: bool = True):
     """Load a registry model through its converted copy, converting on first use.
 
     tokenizer=False skips loading the vocabulary (bench needs none); a first-use conversion
     still writes it into the converted copy."""
-    from edgerope.io.loading import load
+    from edgerope.io.loading import load, resolve_dtype
     from edgerope.io.native import save_native
+    dtype = resolve_dtype(locate(name), dtype)
     cached = converted_dir(name, dtype)
     if os.path.isdir(cached):
         try:
@@ -133,8 +134,9 @@ def load_named(name: str, dtype: str = "int8", tokenizer: bool = True):
             pass  # incomplete, or written by another edgerope version: convert again
     from edgerope import runtime
     src = locate(name)
-    runtime.say(f"convert:{cached}", f"converting {name} once into edgerope's {dtype} format: "
-                f"{cached} ...")
+    what = ("edgerope's format, keeping the file's block types" if dtype == "auto" else
+            f"edgerope's {dtype} format")
+    runtime.say(f"convert:{cached}", f"converting {name} once into {what}: {cached} ...")
     model = load(src, dtype=dtype)
     try:
         save_native(model, cached, overwrite=True)
@@ -148,7 +150,7 @@ def load_named(name: str, dtype: str = "int8", tokenizer: bool = True):
     return load(cached, dtype=dtype, tokenizer=tokenizer)
 
 
-def load_any(spec: str | None, dtype: str = "int8", tokenizer: bool = True):
+def load_any(spec: str | None, dtype: str = "auto", tokenizer: bool = True):
     """A path (directory or GGUF file) or a registry name; None = the default model."""
     from edgerope.io.loading import load
     if spec is None:
@@ -158,14 +160,15 @@ def load_any(spec: str | None, dtype: str = "int8", tokenizer: bool = True):
     return load_named(spec, dtype, tokenizer)
 
 
-def plan_any(spec: str | None, dtype: str = "int8", tokenizer: bool = True):
+def plan_any(spec: str | None, dtype: str = "auto", tokenizer: bool = True):
     """loading.plan of what load_any(spec, dtype) would load: a registry model's converted
     copy when there is one, else its source (nothing is converted)."""
-    from edgerope.io.loading import plan
+    from edgerope.io.loading import plan, resolve_dtype
     if spec is None:
         spec = default_model()
     if os.path.exists(spec) or not is_registered(spec):
         return plan(spec, dtype=dtype, tokenizer=tokenizer)
+    dtype = resolve_dtype(locate(spec), dtype)
     cached = converted_dir(spec, dtype)
     if os.path.isdir(cached):
         try:

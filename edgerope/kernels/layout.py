@@ -3,27 +3,61 @@ types of KV cache storage, and aligned allocation (numpy only: sizes can be comp
 without loading numba).
 
 A packed matrix of N rows and K columns is G = ceil(N / ROWS) row groups by
-nb = ceil(K / QK) column blocks; each (group, block) holds BLOCK_BYTES[fmt] bytes of codes
-and ROWS fp16 scales (SCALE_BYTES). The byte order inside a block is each format's own
-(edgerope.formats.q8 / q4; simd._Fmt tells the cores).
+nb = ceil(K / qk) column blocks (qk = 32, or 256 for K-quants); each (group, block) holds
+BLOCK_BYTES[fmt] bytes of codes (K-quants: and sub-block scales) and ROWS fp16 scales per
+scale kind (d; d and a min). The byte order inside a block is each format's own
+(edgerope.formats.q8 / q4 / ggml_blocks; simd._Fmt tells the cores).
 """
 import numpy as np
 
 ROWS = 16          # output rows per group (one zmm of int32 / float32 lanes)
-QK = 32            # columns per block (one scale)
-BLOCK_BYTES = {"q8": ROWS * QK, "q4": ROWS * QK // 2}  # codes of one block: 8 / 4 bits each
-SCALE_BYTES = 2 * ROWS  # the fp16 scales of one block
+QK = 32            # columns per block of the 32-column formats (one scale)
+QK_K = 256         # columns per super-block of the K-quants
 
 
-def packed_shape(n: int, k: int) -> tuple[int, int]:
-    """(G, nb): row groups and column blocks of a packed (n, k) matrix (any packed format)."""
-    return (int(n) + ROWS - 1) // ROWS, (int(k) + QK - 1) // QK
+class Geometry:
+    """How a packed format is laid out: `qk` columns per block, `block_bytes` of codes (and,
+    for K-quants, sub-block scales) per (16-row group, block), `scales` fp16 values per row
+    and block in `wsp` (1: d; 2: d and a min), and the activations its products read
+    (`act`: "q8_0" -- int8 per 32 columns with block sums -- or "q8_k": int8 per 256 with
+    16-column sums)."""
+
+    __slots__ = ("name", "qk", "block_bytes", "scales", "act")
+
+    def __init__(self, name, qk, block_bytes, scales, act):
+        self.name, self.qk, self.block_bytes = name, qk, block_bytes
+        self.scales, self.act = scales, act
+
+    @property
+    def wsp_rows(self) -> int:
+        return ROWS * self.scales
+
+
+GEOMETRY = {g.name: g for g in (
+    Geometry("q8", QK, ROWS * QK, 1, "q8_0"),            # Q8_0: codes + 128
+    Geometry("q4", QK, ROWS * QK // 2, 1, "q8_0"),       # Q4_0: two codes a byte
+    Geometry("q4_1", QK, ROWS * QK // 2, 2, "q8_0"),     # Q4_1: + a min per block
+    Geometry("q5_0", QK, ROWS * QK * 5 // 8, 1, "q8_0"),  # Q5_0: + a high-bit byte per lane
+    Geometry("q5_1", QK, ROWS * QK * 5 // 8, 2, "q8_0"),
+    Geometry("q4_k", QK_K, ROWS * (128 + 16), 2, "q8_k"),        # codes, 8 scales + 8 mins
+    Geometry("q5_k", QK_K, ROWS * (128 + 32 + 16), 2, "q8_k"),   # + high bits
+    Geometry("q6_k", QK_K, ROWS * (128 + 64 + 16), 1, "q8_k"),   # low, high bits, 16 scales
+)}
+BLOCK_BYTES = {name: g.block_bytes for name, g in GEOMETRY.items()}
+SCALE_BYTES = 2 * ROWS  # the fp16 scales of one block (per scale kind)
+
+
+def packed_shape(n: int, k: int, fmt: str = "q8") -> tuple[int, int]:
+    """(G, nb): row groups and column blocks of a packed (n, k) matrix of format `fmt`."""
+    qk = GEOMETRY[fmt].qk
+    return (int(n) + ROWS - 1) // ROWS, (int(k) + qk - 1) // qk
 
 
 def packed_nbytes(fmt: str, n: int, k: int) -> int:
-    """Bytes of a packed (n, k) matrix of format `fmt` ("q8", "q4"), scales included."""
-    g, nb = packed_shape(n, k)
-    return g * nb * (BLOCK_BYTES[fmt] + SCALE_BYTES)
+    """Bytes of a packed (n, k) matrix of format `fmt`, scales included."""
+    g, nb = packed_shape(n, k, fmt)
+    geo = GEOMETRY[fmt]
+    return g * nb * (geo.block_bytes + SCALE_BYTES * geo.scales)
 
 
 def aligned_empty(shape, dtype, align=64):
@@ -35,16 +69,24 @@ def aligned_empty(shape, dtype, align=64):
     return raw[off:off + size].view(dtype).reshape(shape)
 
 
-def act_buffers(t, k):
+def act_buffers(t, k, act="q8_0"):
     """Preallocated int8 activations (xq, xs, xsum) for up to t tokens of k inputs, as
-    packed.quantize_act fills them (slice [:T] per call)."""
+    packed.quantize_act ("q8_0": xs and xsum per 32 columns) or packed.quantize_act_k
+    ("q8_k": xs per 256, xsum per 16; k a multiple of 256) fill them (slice [:T] per call)."""
+    if act == "q8_k":
+        nb = (int(k) + QK_K - 1) // QK_K
+        return (aligned_empty((t, nb * QK_K), np.int8), np.empty((t, nb), np.float32),
+                np.empty((t, 16 * nb), np.int32))
     nb = (int(k) + QK - 1) // QK
     return (aligned_empty((t, nb * QK), np.int8), np.empty((t, nb), np.float32),
             np.empty((t, nb), np.int32))
 
 
-def act_nbytes(t, k):
-    """Bytes of act_buffers(t, k) (alignment slack aside)."""
+def act_nbytes(t, k, act="q8_0"):
+    """Bytes of act_buffers(t, k, act) (alignment slack aside)."""
+    if act == "q8_k":
+        nb = (int(k) + QK_K - 1) // QK_K
+        return int(t) * nb * (QK_K + 4 + 64)
     nb = (int(k) + QK - 1) // QK
     return int(t) * nb * (QK + 4 + 4)
 

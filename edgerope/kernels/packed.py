@@ -1,5 +1,5 @@
-"""Matmul and embedding kernels over packed weights (Q8_0 and Q4_0 blocks; layouts in
-edgerope.formats.q8 / q4), with int8 activations quantized per 32-block.
+"""Matmul and embedding kernels over packed weights (Q8_0, Q4_0 and ggml's other block types;
+layouts in edgerope.formats.q8 / q4 / ggml_blocks), with int8 activations.
 
 Activations: `quantize_act(xq, xs, xsum, x)` turns x float32 (T, K) into xq int8 (T, 32 nb)
 (zero padded), xs float32 (T, nb) and xsum int32 (T, nb) (block sums of xq), with the
@@ -24,8 +24,12 @@ with the core frozen in at compile time -- no per-call argument picks it -- and 
 files (named after the instance's qualname, e.g. q8p_gemm_vnni). `KERNELS[fmt][mode]` ->
 (gemv, gemm) reaches every instance (call only modes simd.available() lists); `q8p_gemv`,
 `q8p_gemm`, `q4p_gemv`, `q4p_gemm` are those of `simd.MODE` (env EDGEROPE_SIMD overrides).
-A new format is a `simd._Fmt` (its block layout as the cores read it), a decode for `embed`
-and one `_products(...)` line below.
+Every format of edgerope.kernels.layout.GEOMETRY has its instances: Q8_0 ("q8") and Q4_0
+("q4") as above, and ggml's Q4_1, Q5_0, Q5_1 (the same Q8_0 activations; mins add
+m * xs * xsum) and K-quants Q4_K, Q5_K, Q6_K, whose products take Q8_K activations
+(`quantize_act_k`: one scale per 256 columns, sums per 16; act_buffers(t, k, "q8_k")).
+A new format is its geometry (layout.py), a `simd._Fmt` (its block layout as the cores read
+it), a value function for `embed` and one entry in the table at the end.
 """
 import types
 
@@ -35,6 +39,7 @@ from edgerope.kernels import simd
 from edgerope.kernels.half import h2f
 from edgerope.kernels.jit import kernel, prange
 from edgerope.kernels.layout import QK, ROWS, act_buffers, aligned_empty  # noqa: F401 - API
+from edgerope.kernels.layout import GEOMETRY, QK_K
 from edgerope.kernels.matmul import _q8_inv, _q8_round
 
 _GEMM_GROUPS = 4   # groups per parallel chunk in gemm: their weights stay in L2 ...
@@ -112,29 +117,72 @@ def quantize_act(xq, xs, xsum, x):
         _quantize_row(xq[t], xs[t], xsum[t], x[t])
 
 
+@kernel
+def _quantize_row_k(xq, xd, bsum, x):
+    for B in range(xd.shape[0]):
+        lo = QK_K * B
+        amax = np.float32(0.0)
+        mx = np.float32(0.0)
+        for j in range(QK_K):  # the first value of largest magnitude, sign kept
+            ax = abs(x[lo + j])
+            if ax > amax:
+                amax = ax
+                mx = x[lo + j]
+        if amax == 0:
+            xd[B] = 0
+            for j in range(QK_K):
+                xq[lo + j] = 0
+            for u in range(16):
+                bsum[16 * B + u] = 0
+            continue
+        # float64 then rounded: the correctly rounded float32 quotient, whatever fastmath
+        iscale = np.float32(-127.0 / np.float64(mx))
+        for j in range(QK_K):
+            xq[lo + j] = np.int8(min(np.rint(iscale * x[lo + j]), np.float32(127.0)))
+        for u in range(16):
+            s = 0
+            for i in range(16):
+                s += np.int32(xq[lo + 16 * u + i])
+            bsum[16 * B + u] = s
+        xd[B] = np.float32(1.0 / np.float64(iscale))
+
+
+@kernel(parallel=True)
+def quantize_act_k(xq, xd, bsum, x):
+    """x float32 (T, K), K a multiple of 256 -> Q8_K activations (llama.cpp's
+    quantize_row_q8_K_ref): per 256 columns iscale = -127 / (the value of largest magnitude),
+    xq = round-half-even(iscale x) (at most 127), xd = 1 / iscale, and bsum int32 (T, K / 16)
+    the sums of xq over 16 columns (for the K-quants' min and offset terms)."""
+    T = x.shape[0]
+    if T == 1:
+        _quantize_row_k(xq[0], xd[0], bsum[0], x[0])
+        return
+    for t in prange(T):
+        _quantize_row_k(xq[t], xd[t], bsum[t], x[t])
+
+
 # ----------------------------------------------------------------------------- products
 
 @kernel
-def _check(out, xq, xs, xsum, wp, wsp, n_out, T, block_bytes):
+def _check(out, xq, xs, xsum, wp, wsp, n_out, T, block_bytes, wsp_rows, qk, nsum):
     """Shapes and strides the IR cores rely on (they index raw memory)."""
     G, nb = wp.shape[0], wp.shape[1]
     if (wp.shape[2] != block_bytes or wsp.shape[0] != G or wsp.shape[1] != nb
-            or wsp.shape[2] != ROWS or wp.strides[0] != nb * block_bytes
+            or wsp.shape[2] != wsp_rows or wp.strides[0] != nb * block_bytes
             or wp.strides[1] != block_bytes or wp.strides[2] != 1
-            or wsp.strides[0] != nb * 32 or wsp.strides[1] != 32 or wsp.strides[2] != 2):
-        raise ValueError("wp, wsp: not a C-contiguous packed pair from pack_q8 / pack_q4")
+            or wsp.strides[0] != nb * 2 * wsp_rows or wsp.strides[1] != 2 * wsp_rows
+            or wsp.strides[2] != 2):
+        raise ValueError("wp, wsp: not a C-contiguous packed pair of this format")
     if n_out > ROWS * G or n_out < 0 or out.shape[out.ndim - 1] < n_out:
         raise ValueError("n_out does not fit the packed matrix or the output")
-    if (xq.shape[xq.ndim - 1] != 32 * nb or xs.shape[xs.ndim - 1] != nb
-            or xsum.shape[xsum.ndim - 1] != nb):
-        raise ValueError("activations: expected xq (T, 32 nb), xs and xsum (T, nb)")
+    if (xq.shape[xq.ndim - 1] != qk * nb or xs.shape[xs.ndim - 1] != nb
+            or xsum.shape[xsum.ndim - 1] != nsum * nb):
+        raise ValueError("activations do not match the matrix (xq (T, K), xs, xsum per block)")
     if (out.strides[out.ndim - 1] != 4 or xq.strides[xq.ndim - 1] != xq.itemsize
             or xs.strides[xs.ndim - 1] != 4 or xsum.strides[xsum.ndim - 1] != 4):
         raise ValueError("rows of out / xq / xs / xsum must be contiguous")
     if xq.shape[0] < T or xs.shape[0] < T or xsum.shape[0] < T:
         raise ValueError("xq, xs, xsum need a row per token")
-    if T > 1 and xs.strides[0] != xsum.strides[0]:
-        raise ValueError("xs and xsum need the same row strides")
 
 
 @kernel
@@ -160,9 +208,9 @@ def _float_activations(xq):
 # gets its own (see _instantiate).
 
 def _gemv(out, xq, xs, xsum, wp, wsp, n_out):
-    """out (n_out,) = W x for one token: row 0 of xq (1, 32 nb), xs and xsum (1, nb)."""
-    _check(out, xq, xs, xsum, wp, wsp, n_out, 1, BLOCK_BYTES)  # noqa: F821
-    strides = (wp.shape[1], n_out, 0, 0, 0)
+    """out (n_out,) = W x for one token: row 0 of xq, xs and xsum."""
+    _check(out, xq, xs, xsum, wp, wsp, n_out, 1, BLOCK_BYTES, WSP_ROWS, QKX, NSUM)  # noqa: F821
+    strides = (wp.shape[1], n_out, 0, 0, 0, 0)
     for g in prange(wp.shape[0]):
         CORE(out, wp, wsp, xq, xs, xsum, g, g + 1, 0, 1, strides)  # noqa: F821
 
@@ -170,28 +218,16 @@ def _gemv(out, xq, xs, xsum, wp, wsp, n_out):
 def _gemm(out, xq, xs, xsum, wp, wsp, n_out):
     """out (T, n_out) = x Wᵀ for T = out.shape[0] tokens (rows of xq / xs / xsum)."""
     T = out.shape[0]
-    _check(out, xq, xs, xsum, wp, wsp, n_out, T, BLOCK_BYTES)  # noqa: F821
+    _check(out, xq, xs, xsum, wp, wsp, n_out, T, BLOCK_BYTES, WSP_ROWS, QKX, NSUM)  # noqa: F821
     G = wp.shape[0]
     x = PREPARE(xq)  # noqa: F821
-    strides = (wp.shape[1], n_out, out.strides[0], x.strides[0], xs.strides[0])
+    strides = (wp.shape[1], n_out, out.strides[0], x.strides[0], xs.strides[0],
+               xsum.strides[0])
     for ch in prange((G + _GEMM_GROUPS - 1) // _GEMM_GROUPS):
         g0 = ch * _GEMM_GROUPS
         for t0 in range(0, T, _GEMM_TOKENS):
             CORE(out, wp, wsp, x, xs, xsum, g0, min(G, g0 + _GEMM_GROUPS), t0,  # noqa: F821
                  min(T, t0 + _GEMM_TOKENS), strides)
-
-
-def _embed(out, ids, wp, wsp, scale):
-    """out (T, K) = dequantized packed rows ids[t] times scale (a tied embedding table)."""
-    K = out.shape[1]
-    sc = np.float32(scale)
-    for t in prange(ids.shape[0]):
-        g = ids[t] // ROWS
-        r = ids[t] % ROWS
-        for c in range(K):
-            b = c // 32
-            out[t, c] = np.float32(DECODE(wp, g, b, r, c % 32)) * (  # noqa: F821
-                h2f(wsp[g, b, r]) * sc)
 
 
 def _instantiate(template, name, **bound):
@@ -203,34 +239,123 @@ def _instantiate(template, name, **bound):
     return kernel(fn, parallel=True)
 
 
-def _products(fmt, decode):
-    """({mode: (gemv, gemm)}, embed) of a packed format (a simd._Fmt); `decode(wp, g, b, r,
-    j)` -> the int weight of row r, column j of block b in group g (for embed)."""
+def _embed(out, ids, wp, wsp, scale):
+    """out (T, K) = rows ids[t] of the matrix (a tied embedding table), dequantized, times
+    scale: ROW_VALUE(wp, wsp, g, b, r, j, scale) gives each value."""
+    K = out.shape[1]
+    sc = np.float32(scale)
+    for t in prange(ids.shape[0]):
+        g = ids[t] // ROWS
+        r = ids[t] % ROWS
+        for c in range(K):
+            out[t, c] = ROW_VALUE(wp, wsp, g, c // QKX, r, c % QKX, sc)  # noqa: F821
+
+
+def _products(fmt, value):
+    """({mode: (gemv, gemm)}, embed) of a packed format (a simd._Fmt); `value(wp, wsp, g, b,
+    r, j, scale)` -> the float32 weight of row r, column j of block b in group g, times
+    scale (for embed)."""
+    geo = GEOMETRY[fmt.name]
+    bound = dict(BLOCK_BYTES=geo.block_bytes, WSP_ROWS=geo.wsp_rows, QKX=geo.qk,
+                 NSUM=16 if geo.act == "q8_k" else 1)
     paths = {}
     for mode in simd.MODES:
-        core = simd.core(fmt, mode)
         gemm_x = _float_activations if mode == "portable" else _int8_activations
         paths[mode] = (
-            _instantiate(_gemv, f"{fmt.name}p_gemv_{mode}", CORE=core,
-                         BLOCK_BYTES=fmt.block_bytes),
-            _instantiate(_gemm, f"{fmt.name}p_gemm_{mode}", CORE=core,
-                         BLOCK_BYTES=fmt.block_bytes, PREPARE=gemm_x))
-    return paths, _instantiate(_embed, f"{fmt.name}p_embed", DECODE=decode)
+            _instantiate(_gemv, f"{fmt.name}p_gemv_{mode}", CORE=simd.core(fmt, mode, True),
+                         **bound),
+            _instantiate(_gemm, f"{fmt.name}p_gemm_{mode}", CORE=simd.core(fmt, mode),
+                         PREPARE=gemm_x, **bound))
+    embed = _instantiate(_embed, f"{fmt.name}p_embed", ROW_VALUE=value, QKX=geo.qk)
+    return paths, embed
 
 
 @kernel
-def _q8_code(wp, g, b, r, j):
-    return np.int32(wp[g, b, 64 * (j // 4) + 4 * r + j % 4]) - 128
+def _q8_value(wp, wsp, g, b, r, j, sc):
+    code = np.int32(wp[g, b, 64 * (j // 4) + 4 * r + j % 4]) - 128
+    return np.float32(code) * (h2f(wsp[g, b, r]) * sc)
 
 
 @kernel
-def _q4_code(wp, g, b, r, j):
+def _q4_value(wp, wsp, g, b, r, j, sc):
     byte = np.int32(wp[g, b, 64 * ((j % 16) // 4) + 4 * r + j % 4])
-    return (byte >> 4 if j >= 16 else byte & 15) - 8
+    code = (byte >> 4 if j >= 16 else byte & 15) - 8
+    return np.float32(code) * (h2f(wsp[g, b, r]) * sc)
 
 
-_Q8, q8p_embed = _products(simd.Q8, _q8_code)
-_Q4, q4p_embed = _products(simd.Q4, _q4_code)
-KERNELS = {"q8": _Q8, "q4": _Q4}  # format -> simd mode -> (gemv, gemm)
+@kernel
+def _q45_code(wp, g, b, r, j, high):
+    """Q4_1 / Q5_0 / Q5_1 code of column j (0..31): nibble, plus the high bit if `high`."""
+    s, i = (j % 16) // 4, j % 4
+    byte = np.int32(wp[g, b, 64 * s + 4 * r + i])
+    q = byte >> 4 if j >= 16 else byte & 15
+    if high:
+        q |= ((np.int32(wp[g, b, 256 + 4 * r + i]) >> (2 * s + j // 16)) & 1) << 4
+    return q
+
+
+# the others: the weight as gguf-py dequantizes it, times the scale
+
+@kernel
+def _q4_1_value(wp, wsp, g, b, r, j, sc):
+    return (h2f(wsp[g, b, r]) * np.float32(_q45_code(wp, g, b, r, j, False)) + h2f(
+        wsp[g, b, ROWS + r])) * sc
+
+
+@kernel
+def _q5_1_value(wp, wsp, g, b, r, j, sc):
+    return (h2f(wsp[g, b, r]) * np.float32(_q45_code(wp, g, b, r, j, True)) + h2f(
+        wsp[g, b, ROWS + r])) * sc
+
+
+@kernel
+def _q5_0_value(wp, wsp, g, b, r, j, sc):
+    return h2f(wsp[g, b, r]) * np.float32(_q45_code(wp, g, b, r, j, True) - 16) * sc
+
+
+@kernel
+def _k4_weight(wp, wsp, g, b, r, j, high, scales):
+    """Q4_K (high=False) / Q5_K weight of column j (0..255): (d sc) q - dmin m."""
+    m, s, i = j // 32, (j % 32) // 4, j % 4
+    byte = np.int32(wp[g, b, 512 * (m // 2) + 64 * s + 4 * r + i])
+    q = byte >> 4 if m % 2 else byte & 15
+    if high:
+        q |= ((np.int32(wp[g, b, 2048 + 64 * s + 4 * r + i]) >> m) & 1) << 4
+    d = h2f(wsp[g, b, r]) * np.float32(wp[g, b, scales + 16 * m + r])
+    dm = h2f(wsp[g, b, ROWS + r]) * np.float32(wp[g, b, scales + 16 * (8 + m) + r])
+    return d * np.float32(q) - dm
+
+
+@kernel
+def _q4_k_value(wp, wsp, g, b, r, j, sc):
+    return _k4_weight(wp, wsp, g, b, r, j, False, 2048) * sc
+
+
+@kernel
+def _q5_k_value(wp, wsp, g, b, r, j, sc):
+    return _k4_weight(wp, wsp, g, b, r, j, True, 2560) * sc
+
+
+@kernel
+def _q6_k_value(wp, wsp, g, b, r, j, sc):
+    """Q6_K weight of column j (0..255): (d sc) (q - 32)."""
+    h, q4, jj = j // 128, (j % 128) // 32, j % 32
+    s, i = jj // 4, jj % 4
+    lo = np.int32(wp[g, b, 64 * (16 * h + 8 * (q4 % 2) + s) + 4 * r + i])
+    lo = lo >> 4 if q4 >= 2 else lo & 15
+    hi = (np.int32(wp[g, b, 2048 + 64 * (8 * h + s) + 4 * r + i]) >> (2 * q4)) & 3
+    u = 8 * h + 2 * q4 + jj // 16
+    s6 = np.int32(wp[g, b, 3072 + 16 * u + r])
+    s6 = s6 - 256 if s6 >= 128 else s6
+    return (h2f(wsp[g, b, r]) * np.float32(s6)) * np.float32((lo | (hi << 4)) - 32) * sc
+
+
+KERNELS, EMBED = {}, {}  # format -> simd mode -> (gemv, gemm); format -> embedding lookup
+for _fmt, _value in ((simd.Q8, _q8_value), (simd.Q4, _q4_value), (simd.Q4_1, _q4_1_value),
+                     (simd.Q5_0, _q5_0_value), (simd.Q5_1, _q5_1_value),
+                     (simd.Q4_K, _q4_k_value), (simd.Q5_K, _q5_k_value),
+                     (simd.Q6_K, _q6_k_value)):
+    KERNELS[_fmt.name], EMBED[_fmt.name] = _products(_fmt, _value)
+q8p_embed, q4p_embed = EMBED["q8"], EMBED["q4"]
 q8p_gemv, q8p_gemm = KERNELS["q8"][simd.MODE]
 q4p_gemv, q4p_gemm = KERNELS["q4"][simd.MODE]

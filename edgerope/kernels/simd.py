@@ -44,7 +44,7 @@ from numba.core import cgutils, config, errors
 from numba.extending import intrinsic
 
 from edgerope.errors import ConfigError
-from edgerope.kernels.layout import BLOCK_BYTES
+from edgerope.kernels.layout import GEOMETRY
 
 I8 = ir.IntType(8)
 I16 = ir.IntType(16)
@@ -62,6 +62,7 @@ GEMM_TILE = 8   # tokens sharing each 64-byte weight load (8 int + 8 float zmm a
 #                 tiles are powers of two (the rest of T runs as tiles of 4, 2, 1)
 GEMV_CHAINS = 2  # independent vpdpbusd chains per block when only one token is in flight
 AVXVNNI_TILE = 4  # 256-bit: each token needs 2 int + 2 float ymm accumulators (16 ymm in all)
+K_TILE = 4  # K-quants: a token keeps three integer sums and a float one
 
 
 def target_features():
@@ -260,12 +261,36 @@ def _vpdpbusd(builder, bits):
 
 
 class _Fmt:
-    """A packed weight format as the cores see it: bytes per (16-row, 32-column) block, the
-    offset `bias` its unsigned codes carry (weight = code - bias), and `steps`: the block's
-    eight (16 rows x 4 columns) code vectors, each with the column offset of its 4 columns."""
+    """A packed weight format as the cores see it (geometry in edgerope.kernels.layout).
 
-    def __init__(self, name, block_bytes, bias, steps):
-        self.name, self.block_bytes, self.bias, self.steps = name, block_bytes, bias, steps
+    32-column formats: `steps(builder, p, woff)` yields the block's eight (16 rows x 4
+    columns) code vectors, each with the column offset of its 4 columns; weight = code - `bias`
+    (`bias` 0, 8, 16 or 128); `mins`: a second fp16 per row and block (Q4_1 / Q5_1: weight =
+    d code + m).
+    K-quants (qk 256): `groups(builder, p, woff)` yields per scale sub-block (u, steps, col0):
+    steps as above with columns relative to col0; `kind` "min" (Q4_K / Q5_K: weight =
+    d sc_u code - dmin m_u, scales at byte `scales` + u of each row, mins at + 8 + u) or "sym"
+    (Q6_K: weight = d sc_u (code - 32), signed scales)."""
+
+    def __init__(self, name, steps=None, bias=0, mins=False, groups=None, kind=None,
+                 scales=0):
+        geo = GEOMETRY[name]
+        self.name, self.block_bytes, self.qk = name, geo.block_bytes, geo.qk
+        self.steps, self.bias, self.mins = steps, bias, mins
+        self.groups, self.kind, self.scales = groups, kind, scales
+
+
+def _vconst(v):
+    return ir.Constant(V64B, [v] * 64)
+
+
+def _bit_to(builder, v, k, to, mask):
+    """(v >> k << to) & mask on <64 x i8>: bits k.. of each byte moved to bit `to`."""
+    if k > to:
+        v = builder.lshr(v, _vconst(k - to))
+    elif k < to:
+        v = builder.shl(v, _vconst(to - k))
+    return builder.and_(v, _vconst(mask))
 
 
 def _q8_steps(builder, p, woff):
@@ -277,66 +302,116 @@ def _q8_steps(builder, p, woff):
 def _q4_steps(builder, p, woff):
     """Q4: wp[64 s + 4 r + i] = (w[r, 4 s + i] + 8) | (w[r, 16 + 4 s + i] + 8) << 4 (Q4_0's
     own pairing of columns j and j + 16): low then high nibbles of one 64-byte vector."""
-    lo = ir.Constant(V64B, [0x0F] * 64)
     for s in range(4):
         v = _load(builder, p["wp"], builder.add(woff, I64(64 * s)), V64B)
-        yield builder.and_(v, lo), 4 * s
-        yield builder.lshr(v, ir.Constant(V64B, [4] * 64)), 16 + 4 * s
+        yield builder.and_(v, _vconst(0x0F)), 4 * s
+        yield builder.lshr(v, _vconst(4)), 16 + 4 * s
 
 
-Q8 = _Fmt("q8", BLOCK_BYTES["q8"], 128, _q8_steps)
-Q4 = _Fmt("q4", BLOCK_BYTES["q4"], 8, _q4_steps)
+def _q5_steps(builder, p, woff):
+    """Q5_0 / Q5_1: Q4's nibbles, each with its high bit from the block's high-bit vector
+    (bit k of its bytes for step k; edgerope.formats.ggml_blocks)."""
+    hv = _load(builder, p["wp"], builder.add(woff, I64(256)), V64B)
+    for k, (v, col) in enumerate(_q4_steps(builder, p, woff)):
+        yield builder.or_(v, _bit_to(builder, hv, k, 4, 0x10)), col
 
 
-def _dot_vnni(builder, p, b, woff, xrow, chains, bits=512):
-    """Exact block dots, nt tokens: eight vpdpbusd each (weight codes unsigned = int + bias,
-    activations signed, 4 bytes broadcast to all 16 rows), minus bias * block sum."""
+def _k4_groups(high):
+    """Q4_K (high=False) / Q5_K: sub-block m (32 columns) is the low (m even) or high nibbles
+    of code vectors [m // 2][s]; Q5_K adds bit m of high-bit vector [s]."""
+    def groups(builder, p, woff):
+        for m in range(8):
+            steps = []
+            for s in range(8):
+                v = _load(builder, p["wp"], builder.add(woff, I64(512 * (m // 2) + 64 * s)),
+                          V64B)
+                v = builder.and_(v, _vconst(0x0F)) if m % 2 == 0 else builder.lshr(
+                    v, _vconst(4))
+                if high:
+                    hv = _load(builder, p["wp"], builder.add(woff, I64(2048 + 64 * s)), V64B)
+                    v = builder.or_(v, _bit_to(builder, hv, m, 4, 0x10))
+                steps.append((v, 4 * s))
+            yield m, steps, 32 * m
+    return groups
+
+
+def _q6k_groups(builder, p, woff):
+    """Q6_K: columns 128 h + 32 q + 4 s + i take the low (q < 2) or high nibble of low-bit
+    vector [h][q % 2][s] and bits 2q, 2q + 1 of high-bit vector [h][s]; 16-column sub-blocks
+    u = 8 h + 2 q + (s >= 4)."""
+    for h in range(2):
+        for q in range(4):
+            steps = []
+            for s in range(8):
+                v = _load(builder, p["wp"], builder.add(
+                    woff, I64(64 * (16 * h + 8 * (q % 2) + s))), V64B)
+                v = builder.and_(v, _vconst(0x0F)) if q < 2 else builder.lshr(v, _vconst(4))
+                hv = _load(builder, p["wp"], builder.add(woff, I64(2048 + 64 * (8 * h + s))),
+                           V64B)
+                steps.append((builder.or_(v, _bit_to(builder, hv, 2 * q, 4, 0x30)), 4 * s))
+            yield 8 * h + 2 * q, steps[:4], 128 * h + 32 * q
+            yield 8 * h + 2 * q + 1, [(v, c - 16) for v, c in steps[4:]], 128 * h + 32 * q + 16
+
+
+Q8 = _Fmt("q8", _q8_steps, bias=128)
+Q4 = _Fmt("q4", _q4_steps, bias=8)
+Q4_1 = _Fmt("q4_1", _q4_steps, mins=True)
+Q5_0 = _Fmt("q5_0", _q5_steps, bias=16)
+Q5_1 = _Fmt("q5_1", _q5_steps, mins=True)
+Q4_K = _Fmt("q4_k", groups=_k4_groups(False), kind="min", scales=2048)
+Q5_K = _Fmt("q5_k", groups=_k4_groups(True), kind="min", scales=2560)
+Q6_K = _Fmt("q6_k", groups=_q6k_groups, kind="sym", scales=3072)
+
+
+# Exact integer dots of 16 rows: `idot(builder, p, steps, xo, xrow, chains, ncols)` ->
+# per token a <16 x i32> of sum over steps (wv, col) of sum_i wv[4 r + i] * x[xo + col + i],
+# x the token's int8 activations from element xo (the steps span ncols columns). The code
+# bytes count as unsigned in the vnni dots and as signed in the others: callers make them
+# agree (codes < 128, or the bias taken off first).
+
+def _idot_vnni(builder, p, steps, xo, xrow, chains, ncols, bits=512):
+    """vpdpbusd: code bytes unsigned, activations signed, 4 bytes broadcast to all rows."""
     dp = _vpdpbusd(builder, bits)
-    fmt = p["fmt"]
     nt = len(xrow)
     accs = [[ir.Constant(V16I, None)] * chains for _ in range(nt)]
-    for s, (wv, col) in enumerate(fmt.steps(builder, p, woff)):
-        xo = builder.add(builder.mul(b, I64(32)), I64(col))
+    for s, (wv, col) in enumerate(steps):
+        xc = builder.add(xo, I64(col))
         for j in range(nt):
-            xw = _load(builder, p["xq"], builder.add(xrow[j], xo), I32, align=1)
+            xw = _load(builder, p["xq"], builder.add(xrow[j], xc), I32, align=1)
             accs[j][s % chains] = dp(accs[j][s % chains], wv, _splat(builder, xw, V16I))
-    shift = I32(fmt.bias.bit_length() - 1)  # bias is a power of two
-    dots = []
+    out = []
     for j in range(nt):
         idot = accs[j][0]
         for c in range(1, chains):
             idot = builder.add(idot, accs[j][c])
-        xsum = _load(builder, p["xsum"], builder.add(p["srow"][j], builder.mul(b, I64(4))),
-                     I32, align=4)
-        idot = builder.sub(idot, _splat(builder, builder.shl(xsum, shift), V16I))
-        dots.append(builder.sitofp(idot, V16F))
-    return dots
+        out.append(idot)
+    return out
 
 
-def _dot_sdot(builder, p, b, woff, xrow, chains):
-    """The same exact block dots with AArch64 sdot (signed x signed bytes, 4 per i32 lane):
-    each 16-row x 4-column step is four sdot of 4 rows; weights are made signed first
-    (code - bias), so no activation-sum correction is needed."""
-    fmt = p["fmt"]
+def _idot_vnni256(builder, p, steps, xo, xrow, chains, ncols):
+    return _idot_vnni(builder, p, steps, xo, xrow, chains, ncols, bits=256)
+
+
+def _idot_sdot(builder, p, steps, xo, xrow, chains, ncols):
+    """AArch64 sdot (signed x signed bytes, 4 per i32 lane): each 16-row x 4-column step is
+    four sdot of 4 rows."""
     v4i, v16b = ir.VectorType(I32, 4), ir.VectorType(I8, 16)
     fn = _fn(builder, "llvm.aarch64.neon.sdot.v4i32.v16i8", v4i, [v4i, v16b, v16b])
-    bias = ir.Constant(V64B, [fmt.bias % 256] * 64)
     undef64 = ir.Constant(V64B, ir.Undefined)
     nt = len(xrow)
     # accumulators: per token and chain, four <4 x i32> (rows 4q .. 4q + 3)
     accs = [[[ir.Constant(v4i, None)] * 4 for _ in range(chains)] for _ in range(nt)]
-    for s, (wv, col) in enumerate(fmt.steps(builder, p, woff)):
-        wv = builder.sub(wv, bias)
+    for s, (wv, col) in enumerate(steps):
         quads = [builder.shuffle_vector(wv, undef64, ir.Constant(
             ir.VectorType(I32, 16), list(range(16 * q, 16 * q + 16)))) for q in range(4)]
-        xo = builder.add(builder.mul(b, I64(32)), I64(col))
+        xc = builder.add(xo, I64(col))
         for j in range(nt):
-            xw = _load(builder, p["xq"], builder.add(xrow[j], xo), I32, align=1)
+            xw = _load(builder, p["xq"], builder.add(xrow[j], xc), I32, align=1)
             xv = builder.bitcast(_splat(builder, xw, v4i), v16b)
             acc = accs[j][s % chains]
             for q in range(4):
                 acc[q] = builder.call(fn, [acc[q], quads[q], xv])
-    dots = []
+    out = []
     for j in range(nt):
         quad = accs[j][0]
         for c in range(1, chains):
@@ -345,46 +420,39 @@ def _dot_sdot(builder, p, b, woff, xrow, chains):
                                                                   list(range(8))))
         hi = builder.shuffle_vector(quad[2], quad[3], ir.Constant(ir.VectorType(I32, 8),
                                                                   list(range(8))))
-        idot = builder.shuffle_vector(lo, hi, ir.Constant(ir.VectorType(I32, 16),
-                                                          list(range(16))))
-        dots.append(builder.sitofp(idot, V16F))
-    return dots
+        out.append(builder.shuffle_vector(lo, hi, ir.Constant(ir.VectorType(I32, 16),
+                                                              list(range(16)))))
+    return out
 
 
-def _dot_float(builder, p, b, woff, xrow, chains):
-    """The same block dots in generic LLVM vector IR with float32 FMAs (any target, no
-    integer dot instruction needed): weights (codes - bias, as bytes) and activations are
-    integers of magnitude <= 128 and <= 127, so every 32-term sum is below 2^24 and exact --
-    the same numbers as _dot_vnni.
+def _idot_float(builder, p, steps, xo, xrow, chains, ncols):
+    """Generic LLVM vector IR with float32 FMAs (any target, no integer dot instruction):
+    codes (signed bytes) and activations are integers of magnitude <= 128 and <= 127, so
+    every sum of up to 32 terms is below 2^24 and exact; converted back to integers.
 
     The FMAs take activations as broadcast memory operands: from `xq` itself when the caller
     passes float32 copies of the int8 activations (GEMM), else from a stack buffer the
-    block's int8 activations are converted into (GEMV; no allocation)."""
+    columns' int8 activations are converted into (GEMV; no allocation)."""
     fma = _fma(builder)  # exact either way: integer operands and sums below 2^24
-    fmt = p["fmt"]
     nt = len(xrow)
     if p["x_float"]:
         fx = builder.bitcast(p["xq"], F32.as_pointer())
-        base = builder.mul(b, I64(32))
-        xaddr = [builder.add(builder.sdiv(xrow[j], I64(4)), base) for j in range(nt)]
+        xaddr = [builder.add(builder.sdiv(xrow[j], I64(4)), xo) for j in range(nt)]
     else:
-        v32b, v32f = ir.VectorType(I8, 32), ir.VectorType(F32, 32)
-        buf = cgutils.alloca_once(builder, v32f, size=nt)  # static: in the entry block
-        xo = builder.mul(b, I64(32))
+        vnb, vnf = ir.VectorType(I8, ncols), ir.VectorType(F32, ncols)
+        buf = cgutils.alloca_once(builder, vnf, size=nt)  # static: in the entry block
         for j in range(nt):
-            xv = _load(builder, p["xq"], builder.add(xrow[j], xo), v32b)
-            builder.store(builder.sitofp(xv, v32f), builder.gep(buf, [I64(j)]), align=4)
+            xv = _load(builder, p["xq"], builder.add(xrow[j], xo), vnb)
+            builder.store(builder.sitofp(xv, vnf), builder.gep(buf, [I64(j)]), align=4)
         # an empty asm that may read the buffer keeps it in memory (else LLVM turns it back
         # into register shuffles, and broadcasts from registers are the bottleneck)
         builder.asm(ir.FunctionType(ir.VoidType(), [buf.type]), "", "r,~{memory}", [buf],
                     side_effect=True)
         fx = builder.bitcast(buf, F32.as_pointer())
-        xaddr = [I64(32 * j) for j in range(nt)]
+        xaddr = [I64(ncols * j) for j in range(nt)]
     accs = [[ir.Constant(V16F, None)] * chains for _ in range(nt)]
-    bias = ir.Constant(V64B, [fmt.bias % 256] * 64)
     step = 0
-    for wv, col in fmt.steps(builder, p, woff):
-        wv = builder.sub(wv, bias)  # signed weights (mod 256: 128 flips the sign bit)
+    for wv, col in steps:
         for i in range(4):
             wf = builder.sitofp(builder.shuffle_vector(
                 wv, ir.Constant(V64B, ir.Undefined),
@@ -395,24 +463,46 @@ def _dot_float(builder, p, b, woff, xrow, chains):
                 xf = builder.load(builder.gep(fx, [builder.add(xaddr[j], I64(col + i))]),
                                   align=4)
                 accs[j][c] = fma(wf, _splat(builder, xf, V16F), accs[j][c])
-    dots = []
+    out = []
     for j in range(nt):
         d = accs[j][0]
         for c in range(1, chains):
             d = builder.fadd(d, accs[j][c])
-        dots.append(d)
-    return dots
+        out.append(builder.fptosi(d, V16I))
+    return out
+
+
+def _legacy_dot(idot, unsigned):
+    """The exact dots of a 32-column block as float, weights = codes - bias: with unsigned
+    dots (vnni) minus bias * the activation block sum, else on codes made signed first."""
+    def dot(builder, p, b, woff, xrow, chains):
+        fmt = p["fmt"]
+        steps = list(fmt.steps(builder, p, woff))
+        if fmt.bias and not unsigned:  # mod 256: 128 flips the sign bit
+            bias = _vconst(fmt.bias % 256)
+            steps = [(builder.sub(wv, bias), col) for wv, col in steps]
+        dots = idot(builder, p, steps, builder.mul(b, I64(32)), xrow, chains, 32)
+        if fmt.bias and unsigned:
+            shift = I32(fmt.bias.bit_length() - 1)  # bias is a power of two
+            b4 = builder.mul(b, I64(4))
+            for j in range(len(dots)):
+                xsum = _load(builder, p["xsum"], builder.add(p["srow"][j], b4), I32, align=4)
+                dots[j] = builder.sub(dots[j], _splat(builder, builder.shl(xsum, shift), V16I))
+        return [builder.sitofp(d, V16F) for d in dots]
+    return dot
 
 
 def _emit_tile(builder, p, g, t, nt, chains, dot):
-    """Rows 16g..16g+15 times tokens t..t+nt-1: out[t + j, 16g + r] over all blocks.
+    """Rows 16g..16g+15 times tokens t..t+nt-1 of a 32-column format: out[t + j, 16g + r]
+    over all blocks.
 
-    p: dict of pointers / values (see _q8p_intrinsic). `dot` gives per block and token the
-    exact integer dot of the 16 rows as float; then facc = fma(dot, float(wsp) * xs, facc) in
-    block order (wsp: 16 fp16 scales, 32 bytes a block): the same roundings whichever `dot`
-    (and p["srow"] is set for it).
+    p: dict of pointers / values (see _packed_intrinsic). `dot` gives per block and token the
+    exact integer dot of the 16 rows as float; then facc = fma(dot, float(d) * xs, facc) in
+    block order (d: 16 fp16 scales, 32 bytes), and for formats with mins
+    facc = fma(float(m), xs * float(xsum), facc): the same roundings whichever `dot`.
     """
     fma = _fma(builder)
+    fmt = p["fmt"]
     nb = p["nb"]
     facc = [cgutils.alloca_once_value(builder, ir.Constant(V16F, None)) for _ in range(nt)]
     gnb = builder.mul(g, nb)
@@ -421,19 +511,93 @@ def _emit_tile(builder, p, g, t, nt, chains, dot):
     with cgutils.for_range(builder, nb) as loop:
         b = loop.index
         gb = builder.add(gnb, b)
-        dots = dot(builder, p, b, builder.mul(gb, I64(p["fmt"].block_bytes)), xrow, chains)
-        sc = _half_to_float(builder, _load(builder, p["wsp"], builder.mul(gb, I64(32)), V16H,
-                                           align=2))
+        dots = dot(builder, p, b, builder.mul(gb, I64(fmt.block_bytes)), xrow, chains)
+        soff = builder.mul(gb, I64(64 if fmt.mins else 32))
+        sc = _half_to_float(builder, _load(builder, p["wsp"], soff, V16H, align=2))
+        if fmt.mins:
+            mn = _half_to_float(builder, _load(builder, p["wsp"], builder.add(soff, I64(32)),
+                                               V16H, align=2))
         b4 = builder.mul(b, I64(4))
         for j in range(nt):
             xs = _load(builder, p["xs"], builder.add(p["srow"][j], b4), F32, align=4)
-            scale = builder.fmul(sc, _splat(builder, xs, V16F))
-            builder.store(fma(dots[j], scale, builder.load(facc[j])), facc[j])
-    # store: a whole row group, or the valid lanes of the last (padded) one
+            acc = fma(dots[j], builder.fmul(sc, _splat(builder, xs, V16F)),
+                      builder.load(facc[j]))
+            if fmt.mins:
+                xsum = _load(builder, p["xsum"], builder.add(p["srow"][j], b4), I32, align=4)
+                sx = builder.fmul(xs, builder.sitofp(xsum, F32))
+                acc = fma(mn, _splat(builder, sx, V16F), acc)
+            builder.store(acc, facc[j])
+    _store_tile(builder, p, g, t, facc)
+
+
+def _emit_tile_k(builder, p, g, t, nt, chains, idot):
+    """The same for a K-quant: per super-block and token, integer sums over its sub-blocks
+    isum = sum_u sc_u idot_u and msum = sum_u m_u bsum_u (Q4_K / Q5_K) or
+    sum_u sc_u bsum_u (Q6_K, whose codes carry +32), all exact; then
+    facc = fma(float(isum), float(d) * xd, facc) and, Q4_K / Q5_K,
+    facc = fma(float(msum), float(dmin) * -xd, facc); Q6_K: isum - 32 msum first."""
+    fma = _fma(builder)
+    fmt = p["fmt"]
+    nb = p["nb"]
+    v16b = ir.VectorType(I8, 16)
+    facc = [cgutils.alloca_once_value(builder, ir.Constant(V16F, None)) for _ in range(nt)]
+    gnb = builder.mul(g, nb)
+    xrow = [builder.mul(builder.add(t, I64(j)), p["x_stride"]) for j in range(nt)]
+    srow = [builder.mul(builder.add(t, I64(j)), p["s_stride"]) for j in range(nt)]
+    mrow = [builder.mul(builder.add(t, I64(j)), p["m_stride"]) for j in range(nt)]
+    with cgutils.for_range(builder, nb) as loop:
+        b = loop.index
+        gb = builder.add(gnb, b)
+        woff = builder.mul(gb, I64(fmt.block_bytes))
+        xo0 = builder.mul(b, I64(256))
+        sum0 = builder.mul(b, I64(64))  # 16 int32 sums per super-block
+        isum = [ir.Constant(V16I, None)] * nt
+        msum = [ir.Constant(V16I, None)] * nt
+        for u, steps, col0 in fmt.groups(builder, p, woff):
+            ncols = max(c for _, c in steps) + 4
+            dots = idot(builder, p, steps, builder.add(xo0, I64(col0)), xrow, chains, ncols)
+            scb = _load(builder, p["wp"], builder.add(woff, I64(fmt.scales + 16 * u)), v16b)
+            if fmt.kind == "min":
+                sc = builder.zext(scb, V16I)
+                mv = builder.zext(_load(builder, p["wp"], builder.add(
+                    woff, I64(fmt.scales + 16 * (8 + u))), v16b), V16I)
+            else:
+                sc = mv = builder.sext(scb, V16I)
+            for j in range(nt):
+                isum[j] = builder.add(isum[j], builder.mul(dots[j], sc))
+                at = builder.add(mrow[j], builder.add(sum0, I64(4 * (col0 // 16))))
+                bs = _load(builder, p["xsum"], at, I32, align=4)
+                if fmt.kind == "min":  # 32 columns: two 16-sums
+                    bs = builder.add(bs, _load(builder, p["xsum"], builder.add(at, I64(4)),
+                                               I32, align=4))
+                msum[j] = builder.add(msum[j], builder.mul(mv, _splat(builder, bs, V16I)))
+        soff = builder.mul(gb, I64(64 if fmt.kind == "min" else 32))
+        d = _half_to_float(builder, _load(builder, p["wsp"], soff, V16H, align=2))
+        if fmt.kind == "min":
+            dmin = _half_to_float(builder, _load(builder, p["wsp"], builder.add(soff, I64(32)),
+                                                 V16H, align=2))
+        b4 = builder.mul(b, I64(4))
+        for j in range(nt):
+            xd = _load(builder, p["xs"], builder.add(srow[j], b4), F32, align=4)
+            if fmt.kind == "sym":
+                isum[j] = builder.sub(isum[j], builder.shl(msum[j], ir.Constant(V16I, [5] * 16)))
+            acc = fma(builder.sitofp(isum[j], V16F), builder.fmul(d, _splat(builder, xd, V16F)),
+                      builder.load(facc[j]))
+            if fmt.kind == "min":
+                nxd = builder.fmul(xd, ir.Constant(F32, -1.0))
+                acc = fma(builder.sitofp(msum[j], V16F),
+                          builder.fmul(dmin, _splat(builder, nxd, V16F)), acc)
+            builder.store(acc, facc[j])
+    _store_tile(builder, p, g, t, facc)
+
+
+def _store_tile(builder, p, g, t, facc):
+    """out[t + j, 16g ..] = facc[j]: a whole row group, or the valid lanes of the last
+    (padded) one."""
     r0 = builder.mul(g, I64(16))
     nvalid = builder.sub(p["n_out"], r0)
     full = builder.icmp_signed(">=", nvalid, I64(16))
-    for j in range(nt):
+    for j in range(len(facc)):
         ooff = builder.add(builder.mul(builder.add(t, I64(j)), p["o_stride"]),
                            builder.mul(r0, I64(4)))
         v = builder.load(facc[j])
@@ -449,10 +613,17 @@ def _emit_tile(builder, p, g, t, nt, chains, dot):
                                   builder.bitcast(dst, F32.as_pointer()), align=4)
 
 
-def _packed_intrinsic(fmt, dot, tile, gemv_chains, gemm_chains, doc):
+def _packed_intrinsic(fmt, idot, unsigned, tile, gemv_chains, gemm_chains, doc, name, gemv):
+    if fmt.qk == 256:
+        emit = lambda b, p, g, t, nt, ch: _emit_tile_k(b, p, g, t, nt, ch, idot)  # noqa: E731
+    else:
+        dot = _legacy_dot(idot, unsigned)
+        emit = lambda b, p, g, t, nt, ch: _emit_tile(b, p, g, t, nt, ch, dot)  # noqa: E731
+
     def impl(typingctx, out, wp, wsp, xq, xs, xsum, g0, g1, t0, t1, strides):
         _check_dtypes(out=(out, types.float32), wp=(wp, types.uint8), wsp=(wsp, types.uint16),
-                      xq=(xq, (types.int8, types.float32) if dot is _dot_float else types.int8),
+                      xq=(xq, (types.int8, types.float32) if idot is _idot_float
+                          else types.int8),
                       xs=(xs, types.float32), xsum=(xsum, types.int32))
         sig = types.none(out, wp, wsp, xq, xs, xsum, g0, g1, t0, t1, strides)
 
@@ -462,81 +633,85 @@ def _packed_intrinsic(fmt, dot, tile, gemv_chains, gemm_chains, doc):
                  enumerate(("out", "wp", "wsp", "xq", "xs", "xsum"))}
             astr = args[10]
             st = [context.cast(builder, builder.extract_value(astr, i), ty[10][i],
-                               types.int64) for i in range(5)]
+                               types.int64) for i in range(6)]
             p.update(nb=st[0], n_out=st[1], o_stride=st[2], x_stride=st[3], s_stride=st[4],
-                     x_float=ty[3].dtype == types.float32, fmt=fmt)
+                     m_stride=st[5], x_float=ty[3].dtype == types.float32, fmt=fmt)
             g0v, g1v, t0v, t1v = (context.cast(builder, args[6 + i], ty[6 + i], types.int64)
                                   for i in range(4))
-            nt_total = builder.sub(t1v, t0v)
-            single = builder.icmp_signed("==", nt_total, I64(1))
             with cgutils.for_range(builder, g1v, start=g0v) as gl:
                 g = gl.index
-                with builder.if_else(single) as (one, many):
-                    with one:
-                        _emit_tile(builder, p, g, t0v, 1, gemv_chains, dot)
-                    with many:
-                        ntiles = builder.sdiv(nt_total, I64(tile))
-                        with cgutils.for_range(builder, ntiles) as tl:
-                            t = builder.add(t0v, builder.mul(tl.index, I64(tile)))
-                            _emit_tile(builder, p, g, t, tile, gemm_chains, dot)
-                        # the rest in power-of-two tiles: less code to compile than 1..tile-1
-                        rest = builder.srem(nt_total, I64(tile))
-                        t = builder.sub(t1v, rest)
-                        size = tile // 2
-                        while size >= 1:
-                            bit = builder.and_(rest, I64(size))
-                            has = builder.icmp_signed("!=", bit, I64(0))
-                            with builder.if_then(has):
-                                _emit_tile(builder, p, g, t, size,
-                                           gemv_chains if size == 1 else gemm_chains, dot)
-                            t = builder.add(t, builder.select(has, I64(size), I64(0)))
-                            size //= 2
+                if gemv:  # one token (t0): independent accumulator chains
+                    emit(builder, p, g, t0v, 1, gemv_chains)
+                else:
+                    _emit_tiles(builder, p, g, t0v, t1v, tile, gemv_chains, gemm_chains, emit)
             return context.get_dummy_value()
 
         return sig, codegen
 
     impl.__doc__ = doc
-    impl.__name__ = impl.__qualname__ = dot.__name__.replace("_dot_", fmt.name + "p_core_")
+    impl.__name__ = impl.__qualname__ = name
     return intrinsic(impl)
 
 
-def _dot_vnni256(builder, p, b, woff, xrow, chains):
-    return _dot_vnni(builder, p, b, woff, xrow, chains, bits=256)
+def _emit_tiles(builder, p, g, t0v, t1v, tile, gemv_chains, gemm_chains, emit):
+    """Tokens t0..t1-1 of row group g: whole tiles, then the rest in power-of-two tiles
+    (less code to compile than tiles of 1..tile-1)."""
+    nt_total = builder.sub(t1v, t0v)
+    ntiles = builder.sdiv(nt_total, I64(tile))
+    with cgutils.for_range(builder, ntiles) as tl:
+        t = builder.add(t0v, builder.mul(tl.index, I64(tile)))
+        emit(builder, p, g, t, tile, gemm_chains)
+    rest = builder.srem(nt_total, I64(tile))
+    t = builder.sub(t1v, rest)
+    size = tile // 2
+    while size >= 1:
+        bit = builder.and_(rest, I64(size))
+        has = builder.icmp_signed("!=", bit, I64(0))
+        with builder.if_then(has):
+            emit(builder, p, g, t, size, gemv_chains if size == 1 else gemm_chains)
+        t = builder.add(t, builder.select(has, I64(size), I64(0)))
+        size //= 2
 
 
 _CORE_DOC = """out[t, 16g + r] for g in [g0, g1), t in [t0, t1): the packed {fmt} matmul core.
 
     (out, wp, wsp, xq, xs, xsum, g0, g1, t0, t1, strides) with strides = (nb, n_out, out row
-    stride, xq row stride, xs/xsum row stride), the last three in bytes. Tokens go in tiles
-    (each weight vector loaded once per tile); a single token gets independent accumulator
-    chains instead.
+    stride, xq row stride, xs row stride, xsum row stride), the last four in bytes. Tokens go
+    in tiles (each weight vector loaded once per tile); the GEMV core takes token t0 alone,
+    with independent accumulator chains instead.
 
     {path}"""
 
-# mode -> (block dot, tokens per tile, accumulator chains for a single token, doc)
+# mode -> (exact block dot, its codes unsigned?, tokens per tile (32-column formats,
+# K-quants), accumulator chains for a single token, doc)
 _PATHS = {
-    "vnni": (_dot_vnni, GEMM_TILE, GEMV_CHAINS, "512-bit vpdpbusd (AVX-512 VNNI)."),
-    "avxvnni": (_dot_vnni256, AVXVNNI_TILE, GEMV_CHAINS,
+    "vnni": (_idot_vnni, True, (GEMM_TILE, K_TILE), GEMV_CHAINS,
+             "512-bit vpdpbusd (AVX-512 VNNI)."),
+    "avxvnni": (_idot_vnni256, True, (AVXVNNI_TILE, AVXVNNI_TILE), GEMV_CHAINS,
                 "256-bit vpdpbusd (AVX-VNNI, or AVX-512 VNNI + VL): the same numbers as with "
                 "512 bits."),
-    "sdot": (_dot_sdot, SDOT_TILE, GEMV_CHAINS,
+    "sdot": (_idot_sdot, False, (SDOT_TILE, SDOT_TILE), GEMV_CHAINS,
              "AArch64 sdot (FEAT_DotProd: Cortex-A76 / Raspberry Pi 5 and later): the same "
              "numbers."),
-    "portable": (_dot_float, FLOAT_TILE, 4,
+    "portable": (_idot_float, False, (FLOAT_TILE, FLOAT_TILE), 4,
                  "Generic vector IR (float32 FMAs on exact integers): no target-specific "
                  "instructions."),
 }
 _CORES = {}
 
 
-def core(fmt, mode):
+def core(fmt, mode, gemv=False):
     """The matmul core intrinsic of format `fmt` (a _Fmt) on SIMD path `mode` (one of MODES;
-    only compile one that available() lists), made once per (fmt, mode)."""
-    key = (fmt.name, mode)
+    only compile one that available() lists), made once per (fmt, mode, gemv): gemv=True
+    multiplies token t0 alone (the tile code is not compiled in), else tokens t0..t1-1 in
+    tiles."""
+    key = (fmt.name, mode, gemv)
     if key not in _CORES:
-        dot, tile, gemv_chains, doc = _PATHS[mode]
-        _CORES[key] = _packed_intrinsic(fmt, dot, tile, gemv_chains, 1,
-                                        _CORE_DOC.format(fmt=fmt.name, path=doc))
+        idot, unsigned, tiles, gemv_chains, doc = _PATHS[mode]
+        _CORES[key] = _packed_intrinsic(
+            fmt, idot, unsigned, tiles[fmt.qk == 256], gemv_chains, 1,
+            _CORE_DOC.format(fmt=fmt.name, path=doc),
+            f"{fmt.name}p_{'gemv' if gemv else 'gemm'}_core_{mode}", gemv)
     return _CORES[key]
 
 
