@@ -27,6 +27,16 @@ def parameter_count(model) -> int:
     return n + sum(x.weight.size for x in norms if x is not None)
 
 
+def _format_note(model) -> str:
+    """What the weights are held as: int8's layout, or the MiB in each of a file's types."""
+    if model.dtype == "int8":
+        return " (int8 blocks of 32, one float16 scale each: 8.5 bits a weight)"
+    if model.dtype == "auto":
+        return " (" + ", ".join(f"{k} {v / _MB:.1f}"
+                                for k, v in model.weights.formats().items()) + ")"
+    return ""
+
+
 def file_size(path) -> int:
     if path is None or not os.path.exists(path):
         return 0
@@ -57,10 +67,7 @@ def describe(model, n_ctx: int | None = None,
             ("parameters", f"{parameter_count(model) / 1e6:.1f} M"),
             ("file size", f"{file_size(model.path) / _MB:.1f} MiB"),
             ("weights in memory", f"{model.dtype}, {model.weights.nbytes / _MB:.1f} MiB"
-             + (" (int8 blocks of 32, one float16 scale each: 8.5 bits a weight)"
-                if model.dtype == "int8" else " (" + ", ".join(
-                    f"{k} {v / _MB:.1f}" for k, v in model.weights.formats().items()) + ")"
-                if model.dtype == "auto" else "")),
+             + _format_note(model)),
             ("layers", str(cfg.num_hidden_layers)), ("hidden size", str(cfg.hidden_size)),
             ("attention heads", f"{cfg.num_attention_heads} query / {cfg.num_key_value_heads} "
                                 f"key-value (GQA {cfg.gqa_ratio}:1), head dim {cfg.head_dim}"

@@ -7,6 +7,8 @@ only (what a file's header tells; edgerope info plans a model with it).
 """
 from __future__ import annotations
 
+import numpy as np
+
 from edgerope.kernels.layout import packed_nbytes
 
 # what a model may be loaded as: "auto" keeps a GGUF file's own block types (int8 for other
@@ -60,32 +62,38 @@ class MatrixSpec:
 class Stack:
     """Matrices with the same inputs whose outputs follow one another, kept in their own
     formats (q|k|v of a GGUF file mixing block types): each part multiplies into its columns
-    of the output, the activations quantized once per kind."""
+    of the output; the input is quantized once per activation kind the parts read."""
 
     def __init__(self, parts):
         self.parts = list(parts)
         self.out_features = sum(p.out_features for p in self.parts)
         self.in_features = self.parts[0].in_features
         self.bias = True if any(p.bias is not None for p in self.parts) else None
+        kinds = [getattr(p, "act", None) for p in self.parts]
+        # (part, its activation kind, first part of that kind: it quantizes the input)
+        self._plan = [(p, a, a is not None and a not in kinds[:i])
+                      for i, (p, a) in enumerate(zip(self.parts, kinds))]
 
     @property
     def dtype(self) -> str:
         return "+".join(dict.fromkeys(p.dtype for p in self.parts))
 
     @property
-    def formats(self) -> set:
-        return {p.dtype for p in self.parts}
-
-    @property
     def nbytes(self) -> int:
         return sum(p.nbytes for p in self.parts)
 
     def __call__(self, out, x, acts=None) -> None:
+        if acts is None:
+            from edgerope.formats.linear import Activations
+            acts = Activations(x.shape[0])
         at = 0
-        for p in self.parts:
-            p(out[:, at:at + p.out_features], x, acts)
+        for p, act, first in self._plan:
+            q = None
+            if act is not None:  # the buffers of that kind hold x once its first part ran
+                q = acts.quantize(x, act) if first else acts.get(self.in_features,
+                                                                  x.shape[0], act)
+            p(out[:, at:at + p.out_features], x, acts, q)
             at += p.out_features
 
     def dequantize(self):
-        import numpy as np
         return np.concatenate([p.dequantize() for p in self.parts])

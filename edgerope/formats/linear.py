@@ -58,6 +58,12 @@ class Activations:
         views = self._views[key] = tuple(a[:t] for a in bufs)
         return views
 
+    def quantize(self, x: np.ndarray, act: str = "q8_0"):
+        """x (T, K) quantized into the buffers of kind `act`: its (xq, xs, xsum) views."""
+        q = self.get(x.shape[1], x.shape[0], act)
+        (K.quantize_act_k if act == "q8_k" else K.quantize_act)(*q, x)
+        return q
+
     @property
     def nbytes(self) -> int:
         """Bytes of the buffers made so far."""
@@ -130,8 +136,9 @@ class Linear:
         return {"q8": "int8", "q4": "int4"}.get(self.fmt, self.fmt)
 
     @property
-    def formats(self) -> set:
-        return {self.dtype}
+    def act(self) -> str | None:
+        """The activations its products read ("q8_0", "q8_k"; None for float32)."""
+        return None if self.w is not None else GEOMETRY[self.fmt].act
 
     @property
     def nbytes(self) -> int:
@@ -208,8 +215,8 @@ class Linear:
         # ggml's other types: whole row groups, so the packed arrays simply follow
         wp = K.aligned_empty((sum(p.wp.shape[0] for p in parts),) + parts[0].wp.shape[1:],
                              np.uint8)
-        wp[...] = np.concatenate([p.wp for p in parts])
-        wsp = np.ascontiguousarray(np.concatenate([p.wsp for p in parts]))
+        np.concatenate([p.wp for p in parts], out=wp)
+        wsp = np.concatenate([p.wsp for p in parts])
         return cls(wp=wp, wsp=wsp, shape=shape, fmt=parts[0].fmt, bias=bias)
 
     def dequantize(self) -> np.ndarray:
@@ -226,9 +233,11 @@ class Linear:
         K.dequantize_q8(out, wq, ws)
         return out
 
-    def __call__(self, out: np.ndarray, x: np.ndarray, acts: Activations | None = None) -> None:
+    def __call__(self, out: np.ndarray, x: np.ndarray, acts: Activations | None = None,
+                 q=None) -> None:
         """out (T, N) = x (T, K) Wᵀ + b; GEMV when T == 1. `acts`: reusable buffers for the
-        quantized activations (packed weights only)."""
+        quantized activations (packed weights only); `q`: x already quantized as this
+        matrix reads it (acts.quantize(x, self.act)), shared by matrices with one input."""
         T = x.shape[0]
         if self.w is not None:
             if T == 1:
@@ -237,11 +246,7 @@ class Linear:
                 K.f32_gemm(out, x, self.w)
         else:
             gemv, gemm, act = _PRODUCTS.get(self.fmt) or _products(self.fmt)
-            xq, xs, xsum = (acts or Activations(T)).get(self.in_features, T, act)
-            if act == "q8_k":
-                K.quantize_act_k(xq, xs, xsum, x)
-            else:
-                K.quantize_act(xq, xs, xsum, x)
+            xq, xs, xsum = q if q is not None else (acts or Activations(T)).quantize(x, act)
             if T == 1:
                 gemv(out[0], xq, xs, xsum, self.wp, self.wsp, self.out_features)
             else:

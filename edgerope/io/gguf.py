@@ -9,9 +9,9 @@ Tensors: with dtype "auto" (the default, as llama.cpp) every matrix keeps the fi
 type where edgerope has kernels for it -- Q8_0 (int8), Q4_0 (int4), Q4_1, Q5_0, Q5_1, Q4_K,
 Q5_K, Q6_K, bit for bit (edgerope.formats.ggml_blocks) -- and other types become int8. With
 "int8" / "int4" a Q8_0 / Q4_0 tensor maps bit for bit and every other type `gguf.quants` can
-read is dequantized and requantized to the dtype asked for (or kept float32). llama-architecture Q/K rows, permuted by llama.cpp's
-converter into the interleaved RoPE layout, are permuted back so every model uses one
-(Hugging Face) layout.
+read is dequantized and requantized to the dtype asked for (or kept float32).
+llama-architecture Q/K rows, permuted by llama.cpp's converter into the interleaved RoPE
+layout, are permuted back so every model uses one (Hugging Face) layout.
 """
 from __future__ import annotations
 

@@ -125,7 +125,8 @@ def load_named(name: str, dtype: str = "auto", tokenizer: bool = True):
     still writes it into the converted copy."""
     from edgerope.io.loading import load, resolve_dtype
     from edgerope.io.native import save_native
-    dtype = resolve_dtype(locate(name), dtype)
+    src = locate(name)
+    dtype = resolve_dtype(src, dtype)
     cached = converted_dir(name, dtype)
     if os.path.isdir(cached):
         try:
@@ -133,7 +134,6 @@ def load_named(name: str, dtype: str = "auto", tokenizer: bool = True):
         except EdgeropeError:
             pass  # incomplete, or written by another edgerope version: convert again
     from edgerope import runtime
-    src = locate(name)
     what = ("edgerope's format, keeping the file's block types" if dtype == "auto" else
             f"edgerope's {dtype} format")
     runtime.say(f"convert:{cached}", f"converting {name} once into {what}: {cached} ...")
@@ -168,11 +168,12 @@ def plan_any(spec: str | None, dtype: str = "auto", tokenizer: bool = True):
         spec = default_model()
     if os.path.exists(spec) or not is_registered(spec):
         return plan(spec, dtype=dtype, tokenizer=tokenizer)
-    dtype = resolve_dtype(locate(spec), dtype)
+    src = locate(spec)
+    dtype = resolve_dtype(src, dtype)
     cached = converted_dir(spec, dtype)
     if os.path.isdir(cached):
         try:
             return plan(cached, dtype=dtype, tokenizer=tokenizer)
         except EdgeropeError:
             pass  # load_named would convert again: plan from the source
-    return plan(locate(spec), dtype=dtype, tokenizer=tokenizer)
+    return plan(src, dtype=dtype, tokenizer=tokenizer)
