@@ -114,8 +114,9 @@ def test_products_match_twin_on_every_path(fmt, t, n):
 
 @pytest.mark.parametrize("fmt", ["q5_0", "q4_1", "q4_k", "q6_k"])
 def test_integer_sums_are_exact_at_the_extremes(fmt):
-    """Largest codes and sub-block scales against +-127 activations: the integer sums of a
-    super-block (up to ~2.6e8 for Q6_K) neither overflow nor lose a unit."""
+    """Largest codes and sub-block scales against +-127 activations: the integer dots do not
+    overflow, and the scaled sums of a super-block (up to ~2.6e8 for Q6_K, past float32's
+    2^24 integers) round no worse than once per sub-block."""
     qk, nbytes = gb.RAW[fmt]
     n, k = 16, 2 * qk if qk == 256 else 4 * qk
     raw = np.full((n, k // qk, nbytes), 0xFF, np.uint8)  # every code and scale at its max

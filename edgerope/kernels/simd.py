@@ -62,7 +62,7 @@ GEMM_TILE = 8   # tokens sharing each 64-byte weight load (8 int + 8 float zmm a
 #                 tiles are powers of two (the rest of T runs as tiles of 4, 2, 1)
 GEMV_CHAINS = 2  # independent vpdpbusd chains per block when only one token is in flight
 AVXVNNI_TILE = 4  # 256-bit: each token needs 2 int + 2 float ymm accumulators (16 ymm in all)
-K_TILE = 4  # K-quants: a token keeps three integer sums and a float one
+K_TILE = 4  # K-quants: a token keeps two float sums per super-block and the running one
 
 
 def target_features():
@@ -322,20 +322,27 @@ def _q5_steps(builder, p, woff):
 
 def _k4_groups(high):
     """Q4_K (high=False) / Q5_K: sub-block m (32 columns) is the low (m even) or high nibbles
-    of code vectors [m // 2][s]; Q5_K adds bit m of high-bit vector [s]."""
+    of code vectors [m // 2][s]; Q5_K adds bit m of high-bit vector [s]. Yields
+    (m, steps, col0, unit): Q4_K's high nibbles on the unsigned (vnni) dots are masked in
+    place (16 x the code, unit 1/16: the scale multiplies exactly the same) instead of
+    shifted down, one op off the port the dots run on."""
     def groups(builder, p, woff):
         for m in range(8):
             steps = []
+            in_place = m % 2 == 1 and not high and p["unsigned"]
             for s in range(8):
                 v = _load(builder, p["wp"], builder.add(woff, I64(512 * (m // 2) + 64 * s)),
                           V64B)
-                v = builder.and_(v, _vconst(0x0F)) if m % 2 == 0 else builder.lshr(
-                    v, _vconst(4))
+                if in_place:
+                    v = builder.and_(v, _vconst(0xF0))
+                else:
+                    v = builder.and_(v, _vconst(0x0F)) if m % 2 == 0 else builder.lshr(
+                        v, _vconst(4))
                 if high:
                     hv = _load(builder, p["wp"], builder.add(woff, I64(2048 + 64 * s)), V64B)
                     v = builder.or_(v, _bit_to(builder, hv, m, 4, 0x10))
                 steps.append((v, 4 * s))
-            yield m, steps, 32 * m
+            yield m, steps, 32 * m, 1 / 16 if in_place else 1
     return groups
 
 
@@ -353,8 +360,9 @@ def _q6k_groups(builder, p, woff):
                 hv = _load(builder, p["wp"], builder.add(woff, I64(2048 + 64 * (8 * h + s))),
                            V64B)
                 steps.append((builder.or_(v, _bit_to(builder, hv, 2 * q, 4, 0x30)), 4 * s))
-            yield 8 * h + 2 * q, steps[:4], 128 * h + 32 * q
-            yield 8 * h + 2 * q + 1, [(v, c - 16) for v, c in steps[4:]], 128 * h + 32 * q + 16
+            yield 8 * h + 2 * q, steps[:4], 128 * h + 32 * q, 1
+            yield (8 * h + 2 * q + 1, [(v, c - 16) for v, c in steps[4:]], 128 * h + 32 * q + 16,
+                   1)
 
 
 Q8 = _Fmt("q8", _q8_steps, bias=128)
@@ -554,11 +562,17 @@ def _emit_tile(builder, p, g, t, nt, chains, dot):
 
 
 def _emit_tile_k(builder, p, g, t, nt, chains, idot):
-    """The same for a K-quant: per super-block and token, integer sums over its sub-blocks
-    isum = sum_u sc_u idot_u and msum = sum_u m_u bsum_u (Q4_K / Q5_K) or
-    sum_u sc_u bsum_u (Q6_K, whose codes carry +32), all exact; then
-    facc = fma(float(isum), float(d) * xd, facc) and, Q4_K / Q5_K,
-    facc = fma(float(msum), float(dmin) * -xd, facc); Q6_K: isum - 32 msum first."""
+    """The same for a K-quant. Per super-block, the sub-block scales (and mins) as float32
+    vectors, shared by the tile's tokens; per token and sub-block u the exact integer dot
+    (Q6_K: minus 32 bsum_u, the codes' +32) accumulates as acc = fma(float(dot_u),
+    float(sc_u), acc), and Q4_K / Q5_K's min term as accm = fma(float(m_u), float(bsum_u),
+    accm) (bsum_u: the token's activation sum over the sub-block's columns); then
+    facc = fma(acc, float(d) * xd, facc) and facc = fma(accm, float(dmin) * -xd, facc).
+    Every product and partial sum is an integer, exact while below 2^24 (always for the min
+    term; the scaled dots only pass it for near-maximal codes, scales and activations
+    together, and then round once per FMA: still the same numbers on every path).
+    Float scales keep the busy vector port free: the integer form took two vpmulld (two uops
+    each) per token and sub-block, this takes one vcvtdq2ps and two FMAs (either port)."""
     fma = _fma(builder)
     fmt = p["fmt"]
     nb = p["nb"]
@@ -575,26 +589,31 @@ def _emit_tile_k(builder, p, g, t, nt, chains, idot):
         _prefetch(builder, p, woff)
         xo0 = builder.mul(b, I64(256))
         sum0 = builder.mul(b, I64(64))  # 16 int32 sums per super-block
-        isum = [ir.Constant(V16I, None)] * nt
-        msum = [ir.Constant(V16I, None)] * nt
-        for u, steps, col0 in fmt.groups(builder, p, woff):
+        acc = [ir.Constant(V16F, None)] * nt
+        accm = [ir.Constant(V16F, None)] * nt
+        for u, steps, col0, unit in fmt.groups(builder, p, woff):
             ncols = max(c for _, c in steps) + 4
             dots = idot(builder, p, steps, builder.add(xo0, I64(col0)), xrow, chains, ncols)
             scb = _load(builder, p["wp"], builder.add(woff, I64(fmt.scales + 16 * u)), v16b)
             if fmt.kind == "min":
-                sc = builder.zext(scb, V16I)
-                mv = builder.zext(_load(builder, p["wp"], builder.add(
-                    woff, I64(fmt.scales + 16 * (8 + u))), v16b), V16I)
+                sc = builder.uitofp(scb, V16F)
+                if unit != 1:  # a power of two: the same products
+                    sc = builder.fmul(sc, ir.Constant(V16F, [unit] * 16))
+                mv = builder.uitofp(_load(builder, p["wp"], builder.add(
+                    woff, I64(fmt.scales + 16 * (8 + u))), v16b), V16F)
             else:
-                sc = mv = builder.sext(scb, V16I)
+                sc = builder.sitofp(scb, V16F)
             for j in range(nt):
-                isum[j] = builder.add(isum[j], builder.mul(dots[j], sc))
                 at = builder.add(mrow[j], builder.add(sum0, I64(4 * (col0 // 16))))
                 bs = _load(builder, p["xsum"], at, I32, align=4)
                 if fmt.kind == "min":  # 32 columns: two 16-sums
                     bs = builder.add(bs, _load(builder, p["xsum"], builder.add(at, I64(4)),
                                                I32, align=4))
-                msum[j] = builder.add(msum[j], builder.mul(mv, _splat(builder, bs, V16I)))
+                    accm[j] = fma(mv, _splat(builder, builder.sitofp(bs, F32), V16F), accm[j])
+                    dj = dots[j]
+                else:  # the codes' +32
+                    dj = builder.sub(dots[j], _splat(builder, builder.shl(bs, I32(5)), V16I))
+                acc[j] = fma(builder.sitofp(dj, V16F), sc, acc[j])
         soff = builder.mul(gb, I64(64 if fmt.kind == "min" else 32))
         d = _half_to_float(builder, _load(builder, p["wsp"], soff, V16H, align=2))
         if fmt.kind == "min":
@@ -603,15 +622,11 @@ def _emit_tile_k(builder, p, g, t, nt, chains, idot):
         b4 = builder.mul(b, I64(4))
         for j in range(nt):
             xd = _load(builder, p["xs"], builder.add(srow[j], b4), F32, align=4)
-            if fmt.kind == "sym":
-                isum[j] = builder.sub(isum[j], builder.shl(msum[j], ir.Constant(V16I, [5] * 16)))
-            acc = fma(builder.sitofp(isum[j], V16F), builder.fmul(d, _splat(builder, xd, V16F)),
-                      builder.load(facc[j]))
+            f = fma(acc[j], builder.fmul(d, _splat(builder, xd, V16F)), builder.load(facc[j]))
             if fmt.kind == "min":
                 nxd = builder.fmul(xd, ir.Constant(F32, -1.0))
-                acc = fma(builder.sitofp(msum[j], V16F),
-                          builder.fmul(dmin, _splat(builder, nxd, V16F)), acc)
-            builder.store(acc, facc[j])
+                f = fma(accm[j], builder.fmul(dmin, _splat(builder, nxd, V16F)), f)
+            builder.store(f, facc[j])
     _store_tile(builder, p, g, t, facc)
 
 
@@ -660,7 +675,7 @@ def _packed_intrinsic(fmt, idot, unsigned, tile, gemv_chains, gemm_chains, doc, 
                                types.int64) for i in range(6)]
             p.update(nb=st[0], n_out=st[1], o_stride=st[2], x_stride=st[3], s_stride=st[4],
                      m_stride=st[5], x_float=ty[3].dtype == types.float32, fmt=fmt,
-                     prefetch=gemv)
+                     prefetch=gemv, unsigned=unsigned)
             g0v, g1v, t0v, t1v = (context.cast(builder, args[6 + i], ty[6 + i], types.int64)
                                   for i in range(4))
             with cgutils.for_range(builder, g1v, start=g0v) as gl:
