@@ -60,7 +60,10 @@ def test_greedy_matches_transformers_generate(tiny_dir, prompt):
 
 def test_int8_greedy_agrees_except_near_ties(tiny_dir):
     """Along the float32 greedy path, int8 picks the same token wherever float32's top-2
-    margin is clear (random tiny models have many near-ties, real ones few)."""
+    margin is clear (random tiny models have many near-ties, real ones few). Clear: a tenth
+    of the logits' spread -- int8 moves this model's logits by up to ~0.09 (0.1 std), so a
+    margin of 0.05 std is still a tie that rounding noise (an activation landing on the other
+    side of a rounding boundary) decides either way."""
     path, _ = tiny_dir
     f32, i8 = edgerope.load(path, dtype="float32"), edgerope.load(path, dtype="int8")
     ids = f32.tokenizer.encode(PROMPTS[0])
@@ -69,7 +72,7 @@ def test_int8_greedy_agrees_except_near_ties(tiny_dir):
         seq.append(int(np.argmax(f32.logits(seq)[-1])))
     lf, li = f32.logits(seq), i8.logits(seq)
     top2 = np.sort(lf, axis=1)[:, -2:]
-    clear = (top2[:, 1] - top2[:, 0]) > 0.05 * lf.std()
+    clear = (top2[:, 1] - top2[:, 0]) > 0.1 * lf.std()
     agree = np.argmax(lf, axis=1) == np.argmax(li, axis=1)
     assert clear.sum() >= len(seq) // 2 and agree[clear].all()
 

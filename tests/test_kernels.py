@@ -471,3 +471,64 @@ def test_softmax():
 def test_stream_sum(n):
     a = np.random.default_rng(n).integers(0, 2**63, n, dtype=np.uint64)
     assert int(K.stream_sum(a)) == naive.stream_sum(a)
+
+
+# ------------------------------------------------------------------ prefill attention tiles
+
+def _tiles(out, q, cache, new, params, units=3):
+    D, Dv = q.shape[2], out.shape[2]
+    stage = np.full((units, K.att_stage_len(D, Dv)), np.nan, np.float32)
+    rows = np.full((2, q.shape[0] * q.shape[1]), np.nan, np.float32)
+    offs = np.zeros((units, 3, K.ATT_MAX_ROWS), np.int64)
+    assert K.tiles_usable(q.shape[0], q.shape[1], new[0].shape[1], Dv, q, out)
+    K.attention_tiles(out, q, cache, new, params, stage, rows, offs)
+
+
+@pytest.mark.parametrize("hq,hkv,d,dv", [(4, 1, 64, 64), (8, 2, 80, 80), (6, 1, 24, 32),
+                                         (16, 16, 16, 16), (12, 2, 40, 48)])
+@pytest.mark.parametrize("window,softcap", [(0, 0.0), (37, 0.0), (0, 20.0), (90, 30.0)])
+@pytest.mark.parametrize("T,S,empty", [(70, 0, 0), (45, 150, 20), (129, 64, 64)])
+def test_attention_tiles_equal_twin(hq, hkv, d, dv, window, softcap, T, S, empty):
+    """Prefill in float tiles: GQA groups of 1 to 6, head dims that are not multiples of the
+    tile (but Dv is of 16), windows, soft-capping, several key blocks of a cache with holes
+    (or all empty), a chunk that is not a whole number of tiles, more work units than
+    threads; and the same bits as with one unit and one thread."""
+    args = attention_case(hq + d + T + window, T=T, S=S, Hq=hq, Hkv=hkv, D=d, Dv=dv,
+                          empty=empty, p0=S + 20)
+    q, kc, vc, cpos, kn, vn, qpos = args
+    cache, new = (kc, vc, _NO_SCALES, _NO_SCALES, cpos), (kn, vn, qpos)
+    out = np.full((T, hq, dv), np.nan, np.float32)
+    _tiles(out, q, cache, new, (0.2, window, softcap))
+    ref = naive.attention(*args, 0.2, window, softcap)
+    np.testing.assert_allclose(out, ref, rtol=2e-5, atol=2e-5)
+    before = K.get_threads()
+    K.set_threads(1)
+    try:
+        one = np.full_like(out, np.nan)
+        _tiles(one, q, cache, new, (0.2, window, softcap), units=1)
+    finally:
+        K.set_threads(before)
+    np.testing.assert_array_equal(one, out)
+
+
+def test_attention_tiles_query_seeing_nothing_and_overflow():
+    """A padding query (position -1) sees no key: zeros; a head whose logits all overflow to
+    -inf gets zeros and leaves its group's other heads exact."""
+    q, kc, vc, cpos, kn, vn, qpos = attention_case(11, T=40, S=10, Hq=4, Hkv=1, D=16, Dv=16)
+    kc, kn = np.abs(kc), np.abs(kn)
+    qpos[3] = -1
+    q[:, 2, :] = -3e38
+    out = np.full((40, 4, 16), np.nan, np.float32)
+    _tiles(out, q, (kc, vc, _NO_SCALES, _NO_SCALES, cpos), (kn, vn, qpos), (0.25, 0, 0.0))
+    assert (out[3] == 0).all() and (out[:, 2] == 0).all()
+    ref = naive.attention(q, kc, vc, cpos, kn, vn, qpos, 0.25, 0, 0.0)
+    keep = [t for t in range(40) if t != 3]
+    np.testing.assert_allclose(out[keep][:, [0, 1, 3]], ref[keep][:, [0, 1, 3]], rtol=1e-5,
+                               atol=1e-5)
+
+
+def test_attention_tiles_not_taken_for_few_rows():
+    q = np.zeros((3, 4, 16), np.float32)
+    assert not K.tiles_usable(3, 4, 1, 16, q, q)           # 12 query rows
+    assert not K.tiles_usable(64, 4, 1, 24, q, q)          # Dv not a multiple of 16
+    assert not K.tiles_usable(64, 4, 1, 16, q[:, ::2], q)  # strided q

@@ -218,3 +218,29 @@ def test_shift_kernel_identity_property(channels):
         rot = np.union1d(ia, ib)
         still = np.setdiff1d(np.arange(spec.head_dim), rot)
         np.testing.assert_array_equal(a[..., still], x[..., still])
+
+
+@pytest.mark.parametrize("kv_type", ["f16", "int8"])
+def test_attention_tiles_over_quantized_cache(kv_type):
+    """The prefill tiles stage f16 / int8 keys and values with their block scales: equal to
+    the twin over the dequantized cache (several channel blocks, a partial last one)."""
+    r = np.random.default_rng(4)
+    S, T, Hq, Hkv, D = 90, 40, 8, 2, 80
+    c = LayerCache(S, Hkv, D, None, kv_type)
+    kc, vc = randn(r, S, Hkv, D), randn(r, S, Hkv, D)
+    cpos = r.permutation(100)[:S].astype(np.int64)
+    ia, ib = pairs(SPECS["interleaved"])
+    c.store(kc, vc, cpos, partners(D, ia, ib))
+    c.pos[[3, 9, 70]] = -1
+    q, kn, vn = randn(r, T, Hq, D), randn(r, T, Hkv, D), randn(r, T, Hkv, D)
+    qpos = np.arange(100, 100 + T, dtype=np.int64)
+    out = np.empty((T, Hq, D), np.float32)
+    stage = np.zeros((2, K.att_stage_len(D, D)), np.float32)
+    K.attention_tiles(out, q, (c.k, c.v, c.ks, c.vs, c.pos), (kn, vn, qpos), (0.2, 60, 0.0),
+                      stage, np.zeros((2, T * Hq), np.float32),
+                      np.zeros((2, 3, K.ATT_MAX_ROWS), np.int64))
+    kd, vd = np.empty_like(kc), np.empty_like(vc)
+    kv_dequant(kd, c.k, c.ks, np.arange(S))
+    kv_dequant(vd, c.v, c.vs, np.arange(S))
+    ref = naive.attention(q, kd, vd, c.pos, kn, vn, qpos, 0.2, 60, 0.0)
+    np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5)

@@ -133,6 +133,7 @@ class _Buffers:
     def layout(cfg: ModelConfig, B: int, att_len: int) -> dict:
         """name -> (shape, dtype) of the buffers (`nbytes_of` sums them)."""
         H, f, i8 = cfg.hidden_size, np.float32, np.int64
+        hd = max(cfg.layer_head_dims)
         gate = 2 if cfg.mlp == "gated" else 1
         out = {"x": ((B, H), f), "h": ((B, H), f), "o": ((B, H), f), "m": ((B, H), f),
                "qkv": ((B * (cfg.q_dim + 2 * cfg.kv_dim),), f), "q": ((B * cfg.q_dim,), f),
@@ -140,7 +141,10 @@ class _Buffers:
                "att": ((B * cfg.q_dim,), f), "inner": ((B * gate * cfg.max_ffn,), f),
                "act": ((B * cfg.max_ffn,), f), "logits": ((1, cfg.vocab_size), f),
                "ids": ((B,), i8), "iota": ((B,), i8), "pos": ((B,), i8),
-               "scratch": ((_ATT_CHUNKS, att_len), f)}
+               "scratch": ((_ATT_CHUNKS, att_len), f),
+               "stage": ((_ATT_CHUNKS, K.att_stage_len(hd, hd)), f),
+               "rowstate": ((2, B * cfg.num_attention_heads), f),
+               "offs": ((_ATT_CHUNKS, 3, K.ATT_MAX_ROWS), i8)}
         if cfg.ple_dim:
             LP = cfg.num_hidden_layers * cfg.ple_dim
             out.update(ple=((B, LP), f), ple_proj=((B, LP), f), ple_gate=((B, cfg.ple_dim), f))
@@ -393,7 +397,12 @@ class Session:
                 op("rope", K.rope_apply, q, rows, cos, sin, ia, ib)
             c = self.cache.layers[src]
             window = cfg.window(li) or 0
-            if T == 1 and c.capacity > K.DECODE_SPLIT:  # long cache: parts in parallel
+            if K.tiles_usable(T, Hq, Hkv, D, q, att):  # many queries: float tiles
+                U = min(_ATT_CHUNKS, 2 * K.get_threads())
+                op("attention", K.attention_tiles, att, q, c.arrays, (k, v, pos),
+                   (cfg.attn_scale, window, cfg.attn_softcap or 0.0),
+                   b.stage[:U, :K.att_stage_len(D, D)], b.rowstate[:, :T * Hq], b.offs[:U])
+            elif T == 1 and c.capacity > K.DECODE_SPLIT:  # long cache: parts in parallel
                 op("attention", K.attention_decode, att, q, c.arrays, (k, v, pos),
                    (cfg.attn_scale, window, cfg.attn_softcap or 0.0), b.scratch,
                    min(c.n, c.capacity))

@@ -14,11 +14,12 @@ import sys
 
 _MODULES = {
     "jit": ("set_threads", "get_threads", "max_threads"),
-    "layout": ("aligned_empty", "act_buffers", "act_nbytes"),
+    "layout": ("aligned_empty", "act_buffers", "act_nbytes", "att_stage_len", "ATT_MAX_ROWS"),
     "activations": ("ACT_GELU", "ACT_GELU_TANH", "ACT_KINDS", "ACT_RELU", "ACT_RELU2",
                     "ACT_SILU", "act", "act_mul", "add", "add_bias", "scale_", "softcap_",
                     "softmax_"),
     "attend": ("DECODE_SPLIT", "attention", "attention_decode"),
+    "attend_tiles": ("attention_tiles", "tiles_usable"),
     "matmul": ("QK", "dequantize_q8", "f32_embed", "f32_gemm", "f32_gemv", "q8_blocks",
                "quantize_q8"),
     "norm": ("layer_norm", "rms_norm"),

@@ -102,3 +102,15 @@ def scale_shape(kv_type, capacity, n_kv, head_dim):
     if kv_type == "int8":
         return (capacity, n_kv, (head_dim + KV_BLOCK - 1) // KV_BLOCK)
     return (1, 1, 1)
+
+
+# ------------------------------------------------------------------ prefill attention tiles
+
+ATT_BLOCK = 64     # keys a work unit stages at a time (edgerope.kernels.attend_tiles)
+ATT_MAX_ROWS = 8   # query rows of a float tile, at most (simd.TILE_ROWS: 8 or 4)
+
+
+def att_stage_len(head_dim, v_dim):
+    """Floats of one work unit's staging row: K^T (D x ATT_BLOCK), V (ATT_BLOCK x Dv), the
+    score tile (rows x ATT_BLOCK)."""
+    return head_dim * ATT_BLOCK + ATT_BLOCK * v_dim + ATT_MAX_ROWS * ATT_BLOCK

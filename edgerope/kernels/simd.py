@@ -831,3 +831,74 @@ def quant_blocks(typingctx, xq, xs, xsum, x, nfull):
         return context.get_dummy_value()
 
     return sig, codegen
+
+
+# ----------------------------------------------------------------------------- float tiles
+
+TILE_ROWS = FLOAT_TILE  # rows of a float tile: 8 x 32 columns in 16 zmm; 4 x 16 elsewhere
+TILE_COLS = 32 if "avx512f" in FEATURES else 16
+
+
+def _emit_tile_fma(builder, p, nv):
+    """C[r, 0:16 nv] (+)= sum_k A[r, k] B[k, 0:16 nv] for the TILE_ROWS rows r: A's row r at
+    element aoff[r], C's at coff[r]; B row k at boff + k ldb. One FMA per (row, 16 columns,
+    k) in k order: the same roundings whatever the tile's other rows."""
+    fma = _fma(builder)
+    f32p = F32.as_pointer()
+    mr = TILE_ROWS
+    a, b, c = (builder.bitcast(p[n], f32p) for n in ("a", "b", "c"))
+    arow = [builder.gep(a, [_load(builder, p["aoff"], I64(8 * r), I64, align=8)])
+            for r in range(mr)]
+    crow = [builder.gep(c, [_load(builder, p["coff"], I64(8 * r), I64, align=8)])
+            for r in range(mr)]
+    zero = ir.Constant(V16F, None)
+    accs = []
+    for r in range(mr):
+        row = []
+        for v in range(nv):
+            at = builder.bitcast(builder.gep(crow[r], [I64(16 * v)]), V16F.as_pointer())
+            old = builder.load(at, align=4)
+            row.append(cgutils.alloca_once_value(builder, builder.select(p["acc"], old, zero)))
+        accs.append(row)
+    with cgutils.for_range(builder, p["kdim"]) as loop:
+        k = loop.index
+        bk = builder.gep(b, [builder.add(p["boff"], builder.mul(k, p["ldb"]))])
+        bv = [builder.load(builder.bitcast(builder.gep(bk, [I64(16 * v)]), V16F.as_pointer()),
+                           align=4) for v in range(nv)]
+        for r in range(mr):
+            av = _splat(builder, builder.load(builder.gep(arow[r], [k]), align=4), V16F)
+            for v in range(nv):
+                builder.store(fma(av, bv[v], builder.load(accs[r][v])), accs[r][v])
+    for r in range(mr):
+        for v in range(nv):
+            at = builder.bitcast(builder.gep(crow[r], [I64(16 * v)]), V16F.as_pointer())
+            builder.store(builder.load(accs[r][v]), at, align=4)
+
+
+def _tile_fma_intrinsic(nv):
+    def impl(typingctx, c, coff, a, aoff, b, boff, ldb, kdim, acc):
+        _check_dtypes(c=(c, types.float32), a=(a, types.float32), b=(b, types.float32),
+                      coff=(coff, types.int64), aoff=(aoff, types.int64))
+        sig = types.none(c, coff, a, aoff, b, boff, ldb, kdim, acc)
+
+        def codegen(context, builder, sig, args):
+            ty = sig.args
+            p = {n: _data(context, builder, ty[i], args[i]) for i, n in
+                 ((0, "c"), (1, "coff"), (2, "a"), (3, "aoff"), (4, "b"))}
+            for i, n in ((5, "boff"), (6, "ldb"), (7, "kdim")):
+                p[n] = context.cast(builder, args[i], ty[i], types.int64)
+            p["acc"] = context.cast(builder, args[8], ty[8], types.boolean)
+            _emit_tile_fma(builder, p, nv)
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    impl.__name__ = impl.__qualname__ = f"tile_fma{16 * nv}"
+    impl.__doc__ = f"""(c, coff, a, aoff, b, boff, ldb, kdim, acc): TILE_ROWS rows x {16 * nv}
+    columns of C = A B (acc: C += A B), float32, raw element offsets (see _emit_tile_fma);
+    the caller keeps every row and column in bounds (offsets may repeat: equal rows)."""
+    return intrinsic(impl)
+
+
+tile_fma16 = _tile_fma_intrinsic(1)
+tile_fma32 = _tile_fma_intrinsic(2)

@@ -1,0 +1,230 @@
+"""Causal attention of a chunk of many queries (prefill) as float tiles: the same arguments and
+result as attend.attention, organised like flash attention so that the arithmetic runs on
+register tiles (simd.tile_fma*: TILE_ROWS query rows x 16-32 columns, every loaded element
+feeding a row of FMAs) instead of one query's dot products at a time.
+
+The query rows of a kv head are its (position, head) pairs, t-major: row i = t * group + g
+reads q[t, kvh * group + g] and writes out[t, kvh * group + g] (in place: out holds the
+unnormalised sum until the end). Rows go in tiles of TILE_ROWS (the last one repeats its last
+row), tiles are dealt round-robin to work units (causal rows later in the chunk see more keys:
+dealing evens the work). A unit walks the key blocks of the cache, then of the chunk, of
+_BLOCK keys: it stages the block once as float32 (keys transposed and pre-scaled by their
+int8 block scales, values as rows; empty slots as zeros, so no garbage is ever multiplied),
+then for each of its tiles that can see the block: scores S = Q K^T (tile_fma over the
+channels), mask / scale / softcap and the online softmax per row, out += P V (tile_fma over
+the block's keys). A row's numbers depend only on the row and the blocks (fixed by position in
+the source), never on its tile mates, the unit or the thread count.
+
+Scratch (nothing is allocated): stage float32 (U, >= layout.att_stage_len(D, Dv)), a row per
+work unit; rows float32 (2, >= T * Hq), the rows' running maxima and sums; offs int64
+(U, 3, >= TILE_ROWS), a tile's row offsets.
+"""
+import numpy as np
+
+from edgerope.kernels import simd
+from edgerope.kernels.attend import _logit, _visible
+from edgerope.kernels.expf import exp32
+from edgerope.kernels.jit import kernel, prange
+from edgerope.kernels.kvstore import kv_load, kv_scale
+from edgerope.kernels.layout import ATT_BLOCK as _BLOCK
+from edgerope.kernels.layout import ATT_MAX_ROWS, KV_BLOCK
+
+MR = simd.TILE_ROWS
+NR = simd.TILE_COLS
+assert MR <= ATT_MAX_ROWS
+MIN_ROWS = 4 * MR  # below this many query rows the per-query kernel is as fast
+
+
+def tiles_usable(T, Hq, Hkv, Dv, q, out):
+    """Whether `attention_tiles` takes a call: enough query rows, Dv a whole number of
+    16-wide column tiles, contiguous q and out."""
+    return (T * (Hq // Hkv) >= MIN_ROWS and Dv % 16 == 0 and q.flags.c_contiguous
+            and out.flags.c_contiguous)
+
+
+@kernel
+def _cols(c, coff, a, aoff, b, boff, ldb, kdim, acc, ncols):
+    """ncols (a multiple of 16) columns of C (+)= A B in NR- then 16-wide tiles."""
+    j = 0
+    while j + NR <= ncols:
+        simd.tile_fma32(c, coff + j, a, aoff, b, boff + j, ldb, kdim, acc) if NR == 32 else \
+            simd.tile_fma16(c, coff + j, a, aoff, b, boff + j, ldb, kdim, acc)
+        j += NR
+    while j < ncols:
+        simd.tile_fma16(c, coff + j, a, aoff, b, boff + j, ldb, kdim, acc)
+        j += 16
+
+
+@kernel
+def _stage(buf, src, kvh, b0, n, D, Dv):
+    """Keys b0..b0+n-1 of src (kv head kvh) into buf: K^T at [0, D * _BLOCK) (column j =
+    key b0 + j, times its block scale), V at [D * _BLOCK, + _BLOCK * Dv) (row j, scaled);
+    columns / rows of empty slots (position < 0) and past n are zeros. Returns (kmin, kmax)
+    of the block's filled positions (kmin > kmax: none)."""
+    kk, vv, ks, vs, kpos = src
+    kmin = np.int64(1) << 62
+    kmax = np.int64(-1)
+    vbase = D * _BLOCK
+    for j in range(_BLOCK):
+        s = b0 + j
+        if j < n and kpos[s] >= 0:
+            kmin = min(kmin, kpos[s])
+            kmax = max(kmax, kpos[s])
+            for d in range(Dv):
+                buf[vbase + j * Dv + d] = kv_load(vv, s, kvh, d) * kv_scale(
+                    vv, vs, s, kvh, d // KV_BLOCK)
+        else:
+            for d in range(Dv):
+                buf[vbase + j * Dv + d] = 0.0
+    for d0 in range(0, D, 16):  # K^T in 16-channel strips: the strip's lines stay in L1
+        d1 = min(D, d0 + 16)
+        for j in range(_BLOCK):
+            s = b0 + j
+            if j < n and kpos[s] >= 0:
+                for d in range(d0, d1):
+                    buf[d * _BLOCK + j] = kv_load(kk, s, kvh, d) * kv_scale(
+                        kk, ks, s, kvh, d // KV_BLOCK)
+            else:
+                for d in range(d0, d1):
+                    buf[d * _BLOCK + j] = 0.0
+    return kmin, kmax
+
+
+@kernel
+def _tile_rows(offs, tile, kvh, nrows, group, Hq, D, Dv):
+    """offs[0] / offs[1]: q / out element offsets of the tile's rows (the last row repeated
+    past nrows), offs[2]: their rows in the score tile (repeats share one); returns the
+    number of real rows."""
+    n = min(MR, nrows - tile * MR)
+    for r in range(MR):
+        i = tile * MR + min(r, n - 1)
+        t = i // group
+        h = kvh * group + i - t * group
+        offs[0, r] = (t * Hq + h) * D
+        offs[1, r] = (t * Hq + h) * Dv
+        offs[2, r] = min(r, n - 1) * _BLOCK
+    return n
+
+
+@kernel
+def _block(out, q, kpos, b0, n, buf, offs, rows, at, params, D, Dv):
+    """One tile (rows in offs, at = (tile, real rows, kv head, group, q_pos)) against the
+    staged block of keys b0..b0+n-1 (positions kpos[b0:]): scores, mask, online softmax, PV."""
+    tile, nreal, kvh, group, q_pos = at
+    scale, window, softcap = params
+    Hq = q.shape[1]
+    neg = np.float32(-np.inf)
+    sc = buf[D * _BLOCK + _BLOCK * Dv:]
+    o = out.reshape(-1)
+    _cols(sc, offs[2], q.reshape(-1), offs[0], buf, 0, _BLOCK, D, False, _BLOCK)  # Q K^T
+    for r in range(nreal):
+        i = tile * MR + r
+        t = i // group
+        row = t * Hq + kvh * group + i - t * group
+        qp = q_pos[t]
+        so = r * _BLOCK
+        mb = neg
+        for j in range(n):  # branch-free: vectorized
+            a = _logit(sc[so + j], scale, softcap)
+            a = a if _visible(kpos[b0 + j], qp, window) else neg
+            sc[so + j] = a
+            mb = max(mb, a)
+        m = rows[0, row]
+        if mb > m:
+            if m != neg:
+                f = exp32(m - mb)
+                rows[1, row] *= f
+                for d in range(Dv):
+                    o[row * Dv + d] *= f
+            m = mb
+            rows[0, row] = m
+        tot = np.float32(0.0)
+        if m == neg:  # nothing visible yet
+            for j in range(_BLOCK):
+                sc[so + j] = 0.0
+        else:
+            for j in range(n, _BLOCK):
+                sc[so + j] = neg
+            for j in range(_BLOCK):  # exp(-inf - m) = 0
+                p = exp32(sc[so + j] - m)
+                sc[so + j] = p
+                tot += p
+        rows[1, row] += tot
+    _cols(o, offs[1], sc, offs[2], buf, D * _BLOCK, Dv, n, True, Dv)  # out += P V
+
+
+@kernel
+def _walk(out, q, src, buf, offs, rows, u, U, kvh, q_pos, params, qmax):
+    """Unit u's tiles of kv head kvh against every block of key source src."""
+    T, Hq, D = q.shape
+    Dv = out.shape[2]
+    group = Hq // src[0].shape[1]
+    nrows = T * group
+    ntiles = (nrows + MR - 1) // MR
+    window = params[1]
+    kpos = src[4]
+    for b0 in range(0, kpos.shape[0], _BLOCK):
+        n = min(_BLOCK, kpos.shape[0] - b0)
+        lo = np.int64(1) << 62
+        for j in range(b0, b0 + n):
+            if kpos[j] >= 0:
+                lo = min(lo, kpos[j])
+        if lo > qmax:  # no key of the block visible to any query of the chunk
+            continue
+        kmin, kmax = _stage(buf, src, kvh, b0, n, D, Dv)
+        for tile in range(u, ntiles, U):
+            nreal = _tile_rows(offs, tile, kvh, nrows, group, Hq, D, Dv)
+            t0 = (tile * MR) // group
+            t1 = (tile * MR + nreal - 1) // group
+            qlo, qhi = q_pos[t0], q_pos[t0]
+            for t in range(t0 + 1, t1 + 1):
+                qlo = min(qlo, q_pos[t])
+                qhi = max(qhi, q_pos[t])
+            if kmin > qhi or (window > 0 and qlo - kmax >= window):
+                continue
+            _block(out, q, kpos, b0, n, buf, offs, rows, (tile, nreal, kvh, group, q_pos),
+                   params, D, Dv)
+
+
+@kernel(parallel=True)
+def attention_tiles(out, q, cache, new, params, stage, rows, offs):
+    """attend.attention (same out, q, cache, new, params) in float tiles, for chunks of many
+    queries (`usable`); stage, rows, offs: the scratch of the module doc (U = stage.shape[0]
+    work units)."""
+    k_new, v_new, q_pos = new
+    fresh = (k_new, v_new, cache[2], cache[3], q_pos)
+    T, Hq, _ = q.shape
+    Hkv = k_new.shape[1]
+    Dv = out.shape[2]
+    group = Hq // Hkv
+    nrows = T * group
+    ntiles = (nrows + MR - 1) // MR
+    U = min(stage.shape[0], ntiles)
+    scale, window, softcap = params
+    prm = (np.float32(scale), window, np.float32(softcap))
+    qmax = q_pos[0]
+    for t in range(T):
+        qmax = max(qmax, q_pos[t])
+    neg = np.float32(-np.inf)
+    o = out.reshape(-1)
+    for u in prange(U):
+        buf = stage[u]
+        of = offs[u]
+        for kvh in range(Hkv):
+            for i in range(u * MR, nrows, U * MR):  # the unit's rows: tiles u, u + U, ...
+                for r in range(i, min(nrows, i + MR)):
+                    t = r // group
+                    row = t * Hq + kvh * group + r - t * group
+                    rows[0, row] = neg
+                    rows[1, row] = 0.0
+                    for d in range(Dv):
+                        o[row * Dv + d] = 0.0
+            _walk(out, q, cache, buf, of, rows, u, U, kvh, q_pos, prm, qmax)
+            _walk(out, q, fresh, buf, of, rows, u, U, kvh, q_pos, prm, qmax)
+            for i in range(u * MR, nrows, U * MR):
+                for r in range(i, min(nrows, i + MR)):
+                    t = r // group
+                    row = t * Hq + kvh * group + r - t * group
+                    inv = np.float32(1.0) / rows[1, row] if rows[1, row] > 0 else np.float32(0)
+                    for d in range(Dv):
+                        o[row * Dv + d] *= inv
