@@ -157,6 +157,24 @@ def test_layer_norm(n, groups):
     np.testing.assert_array_equal(x, out)
 
 
+def test_norms_split_over_threads_for_long_chunks():
+    """A prefill-sized chunk (past the parallel threshold) takes the split path: the twin's
+    numbers, bit-identical row by row to the serial path (one row at a time)."""
+    r = rng(77)
+    x = randn(r, 300, 640, scale=2.0) + 0.5
+    w, b = randn(r, 1, 640), randn(r, 1, 640)
+    assert x.size >= 1 << 16
+    for norm, args, ref in ((K.rms_norm, (w, 1e-6, True), naive.rms_norm(x, w, 1e-6, True)),
+                            (K.layer_norm, (w, b, 1e-5), naive.layer_norm(x, w, b, 1e-5))):
+        out = np.empty_like(x)
+        norm(out, x, *args)
+        np.testing.assert_allclose(out, ref, rtol=2e-6, atol=2e-6)
+        rows = np.empty_like(x)
+        for i in range(x.shape[0]):
+            norm(rows[i:i + 1], x[i:i + 1], *args)
+        np.testing.assert_array_equal(out, rows)
+
+
 # ----------------------------------------------------------------------------- rope
 
 def rope_tables(npairs, n_pos, base=10000.0):
@@ -190,6 +208,24 @@ def test_rope_apply(d, kind):
                                atol=1e-6)
     untouched = np.setdiff1d(np.arange(d), np.concatenate([ia, ib]))
     assert np.array_equal(y[..., untouched], x[..., untouched])
+
+
+def test_rope_apply_long_chunk_splits_tokens():
+    """Past the parallel threshold (a prefill chunk) tokens are split over the threads: the
+    twin's numbers, bit-identical to rotating one token at a time."""
+    ia, ib = (a.astype(np.int64) for a in pairings(64)["half"])
+    cos, sin, _ = rope_tables(len(ia), 600)
+    r = rng(3)
+    x = randn(r, 300, 4, 64)
+    pos = r.permutation(600)[:300].astype(np.int64)
+    y = x.copy()
+    K.rope_apply(y, pos, cos, sin, ia, ib)
+    np.testing.assert_allclose(y, naive.rope_apply(x, pos, cos, sin, ia, ib), rtol=1e-6,
+                               atol=1e-6)
+    z = x.copy()
+    for t in range(300):
+        K.rope_apply(z[t:t + 1], pos[t:t + 1], cos, sin, ia, ib)
+    np.testing.assert_array_equal(y, z)
 
 
 @pytest.mark.parametrize("kind", ["half", "interleaved", "partial"])
@@ -525,6 +561,16 @@ def test_attention_tiles_query_seeing_nothing_and_overflow():
     keep = [t for t in range(40) if t != 3]
     np.testing.assert_allclose(out[keep][:, [0, 1, 3]], ref[keep][:, [0, 1, 3]], rtol=1e-5,
                                atol=1e-5)
+
+
+def test_attention_tiles_refuse_short_scratch():
+    """A staging row too short for the head dims raises instead of writing past it."""
+    q, kc, vc, cpos, kn, vn, qpos = attention_case(3, T=40, S=0, Hq=4, Hkv=1, D=32, Dv=32)
+    out = np.zeros((40, 4, 32), np.float32)
+    with pytest.raises(ValueError, match="scratch too small"):
+        K.attention_tiles(out, q, (kc, vc, _NO_SCALES, _NO_SCALES, cpos), (kn, vn, qpos),
+                          (0.2, 0, 0.0), np.zeros((2, K.att_stage_len(16, 16)), np.float32),
+                          np.zeros((2, 160), np.float32), np.zeros((2, 3, 8), np.int64))
 
 
 def test_attention_tiles_not_taken_for_few_rows():

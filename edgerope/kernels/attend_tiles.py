@@ -199,6 +199,14 @@ def attention_tiles(out, q, cache, new, params, stage, rows, offs):
     group = Hq // Hkv
     nrows = T * group
     ntiles = (nrows + MR - 1) // MR
+    D = q.shape[2]
+    if (Dv % 16 or stage.shape[1] < D * _BLOCK + _BLOCK * Dv + MR * _BLOCK
+            or offs.shape[0] < stage.shape[0] or offs.shape[1] < 3 or offs.shape[2] < MR
+            or rows.shape[0] < 2 or rows.shape[1] < T * Hq or q.strides[2] != 4
+            or q.strides[1] != 4 * D or q.strides[0] != 4 * Hq * D or out.strides[2] != 4
+            or out.strides[1] != 4 * Dv or out.strides[0] != 4 * Hq * Dv):
+        raise ValueError("attention_tiles: scratch too small, Dv not a multiple of 16, or "
+                         "q / out not contiguous")
     U = min(stage.shape[0], ntiles)
     scale, window, softcap = params
     prm = (np.float32(scale), window, np.float32(softcap))

@@ -5,20 +5,23 @@ so G = 1 is an ordinary norm and G = H normalizes a (T * H, D) view with per-hea
 Statistics are accumulated in float64 (Hugging Face uses float32; float64 is at least as
 accurate and removes the dependence on summation order), the output is float32.
 `out` may alias `x`: each row's statistics are taken before the row is written.
-Serial on purpose: a norm costs O(M n), negligible next to the matmul that follows it.
+Rows are independent: a small call (decoding) runs serially, no parallel region; from
+PARALLEL_MIN elements on (prefill chunks) the rows are split over the threads -- the same
+numbers either way.
 """
 import numpy as np
 
-from edgerope.kernels.jit import kernel
+from edgerope.kernels.jit import kernel, prange
+
+PARALLEL_MIN = 1 << 16  # elements: below, a parallel region costs more than it saves
+_CHUNK = 16  # rows per parallel task
 
 
 @kernel
-def rms_norm(out, x, w, eps, add_one):
-    """out = x / sqrt(mean(x^2) + eps) * (w or 1 + w), row r scaled by w[r % G]."""
-    M, n = x.shape
+def _rms_rows(out, x, w, eps, one, r0, r1):
+    n = x.shape[1]
     G = w.shape[0]
-    one = np.float32(1.0) if add_one else np.float32(0.0)
-    for r in range(M):
+    for r in range(r0, r1):
         ss = 0.0
         for i in range(n):
             v = np.float64(x[r, i])
@@ -29,12 +32,23 @@ def rms_norm(out, x, w, eps, add_one):
             out[r, i] = (x[r, i] * inv) * (w[g, i] + one)
 
 
-@kernel
-def layer_norm(out, x, w, b, eps):
-    """out = (x - mean) / sqrt(var + eps) * w + b (population variance), grouped like rms_norm."""
+@kernel(parallel=True)
+def rms_norm(out, x, w, eps, add_one):
+    """out = x / sqrt(mean(x^2) + eps) * (w or 1 + w), row r scaled by w[r % G]."""
     M, n = x.shape
+    one = np.float32(1.0) if add_one else np.float32(0.0)
+    if M * n < PARALLEL_MIN:
+        _rms_rows(out, x, w, eps, one, 0, M)
+        return
+    for c in prange((M + _CHUNK - 1) // _CHUNK):
+        _rms_rows(out, x, w, eps, one, c * _CHUNK, min(M, c * _CHUNK + _CHUNK))
+
+
+@kernel
+def _layer_rows(out, x, w, b, eps, r0, r1):
+    n = x.shape[1]
     G = w.shape[0]
-    for r in range(M):
+    for r in range(r0, r1):
         s = 0.0
         for i in range(n):
             s += np.float64(x[r, i])
@@ -47,3 +61,14 @@ def layer_norm(out, x, w, b, eps):
         g = r % G
         for i in range(n):
             out[r, i] = np.float32((np.float64(x[r, i]) - mean) * inv) * w[g, i] + b[g, i]
+
+
+@kernel(parallel=True)
+def layer_norm(out, x, w, b, eps):
+    """out = (x - mean) / sqrt(var + eps) * w + b (population variance), grouped like rms_norm."""
+    M, n = x.shape
+    if M * n < PARALLEL_MIN:
+        _layer_rows(out, x, w, b, eps, 0, M)
+        return
+    for c in prange((M + _CHUNK - 1) // _CHUNK):
+        _layer_rows(out, x, w, b, eps, c * _CHUNK, min(M, c * _CHUNK + _CHUNK))

@@ -7,15 +7,14 @@ ia = 0, 2, 4.., ib = 1, 3, 5.., and partial rotary uses R < D; channels outside 
 never written, so they stay bit-identical. Building the tables (frequencies, scaling) is the
 caller's job.
 """
-from edgerope.kernels.jit import kernel
+from edgerope.kernels.jit import kernel, prange
 
 
 @kernel
-def rope_apply(x, pos, cos, sin, ia, ib):
-    """Rotate x (T, H, D) in place; token t uses table row pos[t]."""
-    T, H, _ = x.shape
+def _rope_rows(x, pos, cos, sin, ia, ib, t0, t1):
+    H = x.shape[1]
     npairs = ia.shape[0]
-    for t in range(T):
+    for t in range(t0, t1):
         p = pos[t]
         for h in range(H):
             for j in range(npairs):
@@ -25,6 +24,18 @@ def rope_apply(x, pos, cos, sin, ia, ib):
                 b = x[t, h, ib[j]]
                 x[t, h, ia[j]] = a * c - b * s
                 x[t, h, ib[j]] = b * c + a * s
+
+
+@kernel(parallel=True)
+def rope_apply(x, pos, cos, sin, ia, ib):
+    """Rotate x (T, H, D) in place; token t uses table row pos[t] (tokens split over the
+    threads for a long chunk: the same numbers)."""
+    T, H, _ = x.shape
+    if T * H * ia.shape[0] < 1 << 15:
+        _rope_rows(x, pos, cos, sin, ia, ib, 0, T)
+        return
+    for c in prange((T + 7) // 8):
+        _rope_rows(x, pos, cos, sin, ia, ib, 8 * c, min(T, 8 * c + 8))
 
 
 @kernel
