@@ -116,7 +116,17 @@ def _block(out, q, kpos, b0, n, buf, offs, rows, at, params, D, Dv):
     neg = np.float32(-np.inf)
     sc = buf[D * _BLOCK + _BLOCK * Dv:]
     o = out.reshape(-1)
-    _cols(sc, offs[2], q.reshape(-1), offs[0], buf, 0, _BLOCK, D, False, _BLOCK)  # Q K^T
+    # keys past the last one at or before the tile's latest position are masked for every row
+    # (on the causal diagonal, about half the block): neither scored nor summed
+    qhi = q_pos[(tile * MR + nreal - 1) // group]
+    for t in range((tile * MR) // group, (tile * MR + nreal - 1) // group):
+        qhi = max(qhi, q_pos[t])
+    live = 0
+    for j in range(n):
+        if kpos[b0 + j] >= 0 and kpos[b0 + j] <= qhi:
+            live = j + 1
+    ncols = min(_BLOCK, (live + 15) // 16 * 16)
+    _cols(sc, offs[2], q.reshape(-1), offs[0], buf, 0, _BLOCK, D, False, ncols)  # Q K^T
     for r in range(nreal):
         i = tile * MR + r
         t = i // group
@@ -124,7 +134,7 @@ def _block(out, q, kpos, b0, n, buf, offs, rows, at, params, D, Dv):
         qp = q_pos[t]
         so = r * _BLOCK
         mb = neg
-        for j in range(n):  # branch-free: vectorized
+        for j in range(live):
             a = _logit(sc[so + j], scale, softcap)
             a = a if _visible(kpos[b0 + j], qp, window) else neg
             sc[so + j] = a
@@ -143,14 +153,14 @@ def _block(out, q, kpos, b0, n, buf, offs, rows, at, params, D, Dv):
             for j in range(_BLOCK):
                 sc[so + j] = 0.0
         else:
-            for j in range(n, _BLOCK):
+            for j in range(live, _BLOCK):
                 sc[so + j] = neg
             for j in range(_BLOCK):  # exp(-inf - m) = 0
                 p = exp32(sc[so + j] - m)
                 sc[so + j] = p
                 tot += p
         rows[1, row] += tot
-    _cols(o, offs[1], sc, offs[2], buf, D * _BLOCK, Dv, n, True, Dv)  # out += P V
+    _cols(o, offs[1], sc, offs[2], buf, D * _BLOCK, Dv, live, True, Dv)  # out += P V
 
 
 @kernel
