@@ -401,7 +401,7 @@ class Session:
                 U = min(_ATT_CHUNKS, 2 * K.get_threads())
                 op("attention", K.attention_tiles, att, q, c.arrays, (k, v, pos),
                    (cfg.attn_scale, window, cfg.attn_softcap or 0.0),
-                   b.stage[:U, :K.att_stage_len(D, D)], b.rowstate[:, :T * Hq], b.offs[:U])
+                   b.stage[:U], b.rowstate, b.offs[:U])  # whole rows: one array type
             elif T == 1 and c.capacity > K.DECODE_SPLIT:  # long cache: parts in parallel
                 op("attention", K.attention_decode, att, q, c.arrays, (k, v, pos),
                    (cfg.attn_scale, window, cfg.attn_softcap or 0.0), b.scratch,
