@@ -46,10 +46,10 @@ def tiles_usable(T, Hq, Hkv, Dv, q, out):
 def _cols(c, coff, a, aoff, b, boff, ldb, kdim, acc, ncols):
     """ncols (a multiple of 16) columns of C (+)= A B in NR- then 16-wide tiles."""
     j = 0
-    while j + NR <= ncols:
-        simd.tile_fma32(c, coff + j, a, aoff, b, boff + j, ldb, kdim, acc) if NR == 32 else \
-            simd.tile_fma16(c, coff + j, a, aoff, b, boff + j, ldb, kdim, acc)
-        j += NR
+    if NR == 32:
+        while j + 32 <= ncols:
+            simd.tile_fma32(c, coff + j, a, aoff, b, boff + j, ldb, kdim, acc)
+            j += 32
     while j < ncols:
         simd.tile_fma16(c, coff + j, a, aoff, b, boff + j, ldb, kdim, acc)
         j += 16
@@ -59,17 +59,12 @@ def _cols(c, coff, a, aoff, b, boff, ldb, kdim, acc, ncols):
 def _stage(buf, src, kvh, b0, n, D, Dv):
     """Keys b0..b0+n-1 of src (kv head kvh) into buf: K^T at [0, D * _BLOCK) (column j =
     key b0 + j, times its block scale), V at [D * _BLOCK, + _BLOCK * Dv) (row j, scaled);
-    columns / rows of empty slots (position < 0) and past n are zeros. Returns (kmin, kmax)
-    of the block's filled positions (kmin > kmax: none)."""
+    columns / rows of empty slots (position < 0) and past n are zeros."""
     kk, vv, ks, vs, kpos = src
-    kmin = np.int64(1) << 62
-    kmax = np.int64(-1)
     vbase = D * _BLOCK
     for j in range(_BLOCK):
         s = b0 + j
         if j < n and kpos[s] >= 0:
-            kmin = min(kmin, kpos[s])
-            kmax = max(kmax, kpos[s])
             for d in range(Dv):
                 buf[vbase + j * Dv + d] = kv_load(vv, s, kvh, d) * kv_scale(
                     vv, vs, s, kvh, d // KV_BLOCK)
@@ -87,7 +82,13 @@ def _stage(buf, src, kvh, b0, n, D, Dv):
             else:
                 for d in range(d0, d1):
                     buf[d * _BLOCK + j] = 0.0
-    return kmin, kmax
+
+
+@kernel
+def _row(i, kvh, group, Hq):
+    """(t, row of q / out flattened to (T * Hq, .)) of query row i of kv head kvh."""
+    t = i // group
+    return t, t * Hq + kvh * group + i - t * group
 
 
 @kernel
@@ -97,20 +98,19 @@ def _tile_rows(offs, tile, kvh, nrows, group, Hq, D, Dv):
     number of real rows."""
     n = min(MR, nrows - tile * MR)
     for r in range(MR):
-        i = tile * MR + min(r, n - 1)
-        t = i // group
-        h = kvh * group + i - t * group
-        offs[0, r] = (t * Hq + h) * D
-        offs[1, r] = (t * Hq + h) * Dv
+        row = _row(tile * MR + min(r, n - 1), kvh, group, Hq)[1]
+        offs[0, r] = row * D
+        offs[1, r] = row * Dv
         offs[2, r] = min(r, n - 1) * _BLOCK
     return n
 
 
 @kernel
 def _block(out, q, kpos, b0, n, buf, offs, rows, at, params, D, Dv):
-    """One tile (rows in offs, at = (tile, real rows, kv head, group, q_pos)) against the
-    staged block of keys b0..b0+n-1 (positions kpos[b0:]): scores, mask, online softmax, PV."""
-    tile, nreal, kvh, group, q_pos = at
+    """One tile (rows in offs, at = (tile, real rows, kv head, group, q_pos, the tile's latest
+    position qhi)) against the staged block of keys b0..b0+n-1 (positions kpos[b0:]):
+    scores, mask, online softmax, PV."""
+    tile, nreal, kvh, group, q_pos, qhi = at
     scale, window, softcap = params
     Hq = q.shape[1]
     neg = np.float32(-np.inf)
@@ -118,9 +118,6 @@ def _block(out, q, kpos, b0, n, buf, offs, rows, at, params, D, Dv):
     o = out.reshape(-1)
     # keys past the last one at or before the tile's latest position are masked for every row
     # (on the causal diagonal, about half the block): neither scored nor summed
-    qhi = q_pos[(tile * MR + nreal - 1) // group]
-    for t in range((tile * MR) // group, (tile * MR + nreal - 1) // group):
-        qhi = max(qhi, q_pos[t])
     live = 0
     for j in range(n):
         if kpos[b0 + j] >= 0 and kpos[b0 + j] <= qhi:
@@ -128,9 +125,7 @@ def _block(out, q, kpos, b0, n, buf, offs, rows, at, params, D, Dv):
     ncols = min(_BLOCK, (live + 15) // 16 * 16)
     _cols(sc, offs[2], q.reshape(-1), offs[0], buf, 0, _BLOCK, D, False, ncols)  # Q K^T
     for r in range(nreal):
-        i = tile * MR + r
-        t = i // group
-        row = t * Hq + kvh * group + i - t * group
+        t, row = _row(tile * MR + r, kvh, group, Hq)
         qp = q_pos[t]
         so = r * _BLOCK
         mb = neg
@@ -175,13 +170,15 @@ def _walk(out, q, src, buf, offs, rows, u, U, kvh, q_pos, params, qmax):
     kpos = src[4]
     for b0 in range(0, kpos.shape[0], _BLOCK):
         n = min(_BLOCK, kpos.shape[0] - b0)
-        lo = np.int64(1) << 62
+        kmin = np.int64(1) << 62  # the block's filled positions (kmin > kmax: none)
+        kmax = np.int64(-1)
         for j in range(b0, b0 + n):
             if kpos[j] >= 0:
-                lo = min(lo, kpos[j])
-        if lo > qmax:  # no key of the block visible to any query of the chunk
+                kmin = min(kmin, kpos[j])
+                kmax = max(kmax, kpos[j])
+        if kmin > qmax:  # no key of the block visible to any query of the chunk
             continue
-        kmin, kmax = _stage(buf, src, kvh, b0, n, D, Dv)
+        _stage(buf, src, kvh, b0, n, D, Dv)
         for tile in range(u, ntiles, U):
             nreal = _tile_rows(offs, tile, kvh, nrows, group, Hq, D, Dv)
             t0 = (tile * MR) // group
@@ -192,14 +189,14 @@ def _walk(out, q, src, buf, offs, rows, u, U, kvh, q_pos, params, qmax):
                 qhi = max(qhi, q_pos[t])
             if kmin > qhi or (window > 0 and qlo - kmax >= window):
                 continue
-            _block(out, q, kpos, b0, n, buf, offs, rows, (tile, nreal, kvh, group, q_pos),
-                   params, D, Dv)
+            _block(out, q, kpos, b0, n, buf, offs, rows,
+                   (tile, nreal, kvh, group, q_pos, qhi), params, D, Dv)
 
 
 @kernel(parallel=True)
 def attention_tiles(out, q, cache, new, params, stage, rows, offs):
     """attend.attention (same out, q, cache, new, params) in float tiles, for chunks of many
-    queries (`usable`); stage, rows, offs: the scratch of the module doc (U = stage.shape[0]
+    queries (`tiles_usable`); stage, rows, offs: the scratch of the module doc (U = stage.shape[0]
     work units)."""
     k_new, v_new, q_pos = new
     fresh = (k_new, v_new, cache[2], cache[3], q_pos)
@@ -231,8 +228,7 @@ def attention_tiles(out, q, cache, new, params, stage, rows, offs):
         for kvh in range(Hkv):
             for i in range(u * MR, nrows, U * MR):  # the unit's rows: tiles u, u + U, ...
                 for r in range(i, min(nrows, i + MR)):
-                    t = r // group
-                    row = t * Hq + kvh * group + r - t * group
+                    row = _row(r, kvh, group, Hq)[1]
                     rows[0, row] = neg
                     rows[1, row] = 0.0
                     for d in range(Dv):
@@ -241,8 +237,7 @@ def attention_tiles(out, q, cache, new, params, stage, rows, offs):
             _walk(out, q, fresh, buf, of, rows, u, U, kvh, q_pos, prm, qmax)
             for i in range(u * MR, nrows, U * MR):
                 for r in range(i, min(nrows, i + MR)):
-                    t = r // group
-                    row = t * Hq + kvh * group + r - t * group
+                    row = _row(r, kvh, group, Hq)[1]
                     inv = np.float32(1.0) / rows[1, row] if rows[1, row] > 0 else np.float32(0)
                     for d in range(Dv):
                         o[row * Dv + d] *= inv
