@@ -332,22 +332,23 @@ def test_cancelled_reply_leaves_no_trace(model):
     assert replies == want
 
 
-def test_interrupted_prefill_does_not_corrupt_the_cache(model):
+def test_interrupted_prefill_does_not_corrupt_the_cache(model, monkeypatch):
     """Ctrl-C inside a forward pass leaves keys beyond session.pos in the cache; the next turn
     must start from a clean session."""
+    from edgerope.engine import model as model_mod
     chat = Chat(model, system="You are terse.", **GREEDY)
     "".join(chat.send(TURNS[0]))
-    sess, real_mlp, n = chat.session, chat.session._mlp, [0]
+    real_mlp, n = model_mod._mlp, [0]
 
     def mlp(*a):
         n[0] += 1
         if n[0] == 2:  # layer 1 of the prefill: layers 0 and 1 already stored their keys
             raise KeyboardInterrupt
         return real_mlp(*a)
-    sess._mlp = mlp
+    monkeypatch.setattr(model_mod, "_mlp", mlp)
     with pytest.raises(KeyboardInterrupt):
         "".join(chat.send(TURNS[1]))
-    del sess._mlp
+    monkeypatch.setattr(model_mod, "_mlp", real_mlp)
     assert len(chat.messages) == 3
     replies, logits, convs = run_turns(chat, TURNS[1:])
     assert chat.reprefills == 1

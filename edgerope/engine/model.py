@@ -67,6 +67,7 @@ class Model:
             raise ConfigError(f"unsupported hidden_act {config.hidden_act!r} "
                               f"(supported: {', '.join(sorted(K.ACT_KINDS))})")
         self._tables: dict = {}
+        self._partners: dict = {}
         self._units: dict = {}
         self._lock = threading.Lock()
 
@@ -89,6 +90,16 @@ class Model:
                 ia, ib = spec.pairs()
                 self._tables[key] = (cos, sin, ia.astype(np.int64), ib.astype(np.int64))
             return self._tables[key]
+
+    def partner(self, layer_type: str) -> np.ndarray:
+        """The rotary pairing of a layer type's keys, as the KV store takes it (kvstore)."""
+        with self._lock:
+            if layer_type not in self._partners:
+                spec = self.config.rope[layer_type]
+                ia, ib = spec.pairs()
+                self._partners[layer_type] = K.partners(spec.head_dim, ia.astype(np.int64),
+                                                        ib.astype(np.int64))
+            return self._partners[layer_type]
 
     def default_ctx(self) -> int:
         """The default context: the model's trained length, at most 4096."""
@@ -118,8 +129,8 @@ class _Buffers:
     differs between layers (Gemma 4: head sizes, KV heads, MLP widths) are flat, sized for the
     widest layer; a layer takes a contiguous prefix view of its own shape (`view`)."""
 
-    def __init__(self, cfg: ModelConfig, B: int, att_len: int):
-        for name, (shape, dtype) in self.layout(cfg, B, att_len).items():
+    def __init__(self, cfg: ModelConfig, B: int, att_len: int, n_logits: int = 1):
+        for name, (shape, dtype) in self.layout(cfg, B, att_len, n_logits).items():
             setattr(self, name, np.zeros(shape, dtype))
         self.shared = {p: (np.zeros(shape, np.float32), np.zeros(shape, np.float32))
                        for p, shape in self.shared_layout(cfg, B).items()}
@@ -130,7 +141,7 @@ class _Buffers:
         self._views: dict = {}
 
     @staticmethod
-    def layout(cfg: ModelConfig, B: int, att_len: int) -> dict:
+    def layout(cfg: ModelConfig, B: int, att_len: int, n_logits: int = 1) -> dict:
         """name -> (shape, dtype) of the buffers (`nbytes_of` sums them)."""
         H, f, i8 = cfg.hidden_size, np.float32, np.int64
         hd = max(cfg.layer_head_dims)
@@ -139,7 +150,7 @@ class _Buffers:
                "qkv": ((B * (cfg.q_dim + 2 * cfg.kv_dim),), f), "q": ((B * cfg.q_dim,), f),
                "k": ((B * cfg.kv_dim,), f), "v": ((B * cfg.kv_dim,), f),
                "att": ((B * cfg.q_dim,), f), "inner": ((B * gate * cfg.max_ffn,), f),
-               "act": ((B * cfg.max_ffn,), f), "logits": ((1, cfg.vocab_size), f),
+               "act": ((B * cfg.max_ffn,), f), "logits": ((n_logits, cfg.vocab_size), f),
                "ids": ((B,), i8), "iota": ((B,), i8), "pos": ((B,), i8),
                "scratch": ((_ATT_CHUNKS, att_len), f),
                "stage": ((_ATT_CHUNKS, K.att_stage_len(hd, hd)), f),
@@ -174,10 +185,11 @@ class _Buffers:
         return widths
 
     @classmethod
-    def nbytes_of(cls, cfg: ModelConfig, B: int, att_len: int, dtype: str = "int8") -> int:
+    def nbytes_of(cls, cfg: ModelConfig, B: int, att_len: int, dtype: str = "int8",
+                  n_logits: int = 1) -> int:
         """Bytes of the buffers of a session (once every matmul ran), without allocating."""
         size = lambda shape, dt: int(np.prod(shape)) * np.dtype(dt).itemsize  # noqa: E731
-        total = sum(size(*v) for v in cls.layout(cfg, B, att_len).values())
+        total = sum(size(*v) for v in cls.layout(cfg, B, att_len, n_logits).values())
         total += sum(2 * size(shape, np.float32) for shape in cls.shared_layout(cfg, B).values())
         if dtype != "float32":  # a GGUF file's own types (auto) may take Q8_K activations too
             total += Activations.nbytes_of(B, cls.act_widths(cfg), ("q8_0", "q8_k")
@@ -227,15 +239,21 @@ class Session:
         self.cache = KVCache(cfg, n_ctx, kv_type, sinks=n_keep if context_shift else 0)
         # with context shift a chunk must fit beside the sinks
         self._step = max(1, min(self.n_batch, n_ctx - n_keep)) if context_shift else self.n_batch
-        self.buf = _Buffers(cfg, self.n_batch, self._att_len())
+        self._buf = None  # allocated at the first eval (a Batch's sessions use the batch's)
         self.tokens: list[int] = []
         self._rope = {t: model.rope_table(t, n_ctx) for t in set(cfg.layer_types)}
-        self._partner = {t: K.partners(cfg.rope[t].head_dim, ia, ib)
-                         for t, (_, _, ia, ib) in self._rope.items()}
         self.profiler = None  # an edgerope.engine.profile.Profiler times every kernel call
 
     def _run(self):
         return self.profiler or direct
+
+    @property
+    def buf(self) -> "_Buffers":
+        """The session's buffers (made at first use: a session evaluated only in a Batch
+        never allocates its own)."""
+        if self._buf is None:
+            self._buf = _Buffers(self.model.config, self.n_batch, self._att_len())
+        return self._buf
 
     @property
     def pos(self) -> int:
@@ -260,8 +278,8 @@ class Session:
                 self.cache = None  # drop the old buffers before allocating the new ones
                 self.cache = KVCache(self.model.config, self.n_ctx, cache.kv_type, n_keep)
                 self._step = max(1, min(self.n_batch, self.n_ctx - n_keep))
-                if self.cache.max_capacity > cache.max_capacity:
-                    self.buf.scratch = np.zeros((_ATT_CHUNKS, self._att_len()), np.float32)
+                if self._buf is not None and self.cache.max_capacity > cache.max_capacity:
+                    self._buf.scratch = np.zeros((_ATT_CHUNKS, self._att_len()), np.float32)
 
     def _att_len(self) -> int:
         """Length of an attention scratch row: the scores of every key a chunk sees, and room
@@ -343,194 +361,30 @@ class Session:
         cfg, W, b = self.model.config, self.model.weights, self.buf
         T = len(ids)
         self._make_room(T)
-        p0 = self.pos
-        Hq = cfg.num_attention_heads
         b.ids[:T] = ids
-        np.add(b.iota[:T], p0, out=b.pos[:T])
-        pos = b.pos[:T]
-        rope = self._rope_rows(pos)
-        x, h, o, mo = b.x[:T], b.h[:T], b.o[:T], b.m[:T]
+        np.add(b.iota[:T], self.pos, out=b.pos[:T])
         op = self._run()
-        op("embed", W.embed.embed, x, b.ids[:T], cfg.embed_scale)
-        if W.ple is not None:
-            self._per_layer_inputs(op, W.ple, x, T)
-        parallel = cfg.residual == "parallel"
-        deferred = []  # KV-sharing producers store after the layers that read them
-        for li, lw in enumerate(W.layers):
-            D, Hkv, src = cfg.layer_head_dims[li], cfg.layer_kv_heads[li], cfg.kv_source[li]
-            qd, kvd = Hq * D, Hkv * D
-            q, att = b.view("q", T, Hq, D), b.view("att", T, Hq, D)
-            cos, sin, ia, ib, rows = rope[cfg.layer_types[li]]
-            if lw.attn_norm is not None:
-                op("norm", apply_norm, lw.attn_norm, h, x)
-            else:
-                op("add", np.copyto, h, x)
-            if src == li:
-                if li in b.shared:
-                    k, v = b.shared[li][0][:T], b.shared[li][1][:T]
-                else:
-                    k, v = b.view("k", T, Hkv, D), b.view("v", T, Hkv, D)
-                kq_eq_v = cfg.k_eq_v[li]
-                qkv = b.view("qkv", T, qd + (1 if kq_eq_v else 2) * kvd)
-                op("matmul.qkv", lw.wqkv, qkv, h, b.acts)
-                q.reshape(T, qd)[:] = qkv[:, :qd]
-                k.reshape(T, kvd)[:] = qkv[:, qd:qd + kvd]
-                v.reshape(T, kvd)[:] = qkv[:, qd + kvd:] if not kq_eq_v else qkv[:, qd:]
-                if lw.q_norm is not None:  # per head, or over the whole projection
-                    full = cfg.qk_norm == "rms_full"
-                    qf = q.reshape(T, qd) if full else q.reshape(T * Hq, D)
-                    kf = k.reshape(T, kvd) if full else k.reshape(T * Hkv, D)
-                    op("norm", apply_norm, lw.q_norm, qf, qf)
-                    op("norm", apply_norm, lw.k_norm, kf, kf)
-                if cfg.v_norm:
-                    vf = v.reshape(T * Hkv, D)
-                    op("norm", apply_norm, self.model.unit_norm(D), vf, vf)
-                if cfg.rope_layers[li]:
-                    op("rope", K.rope_apply, k, rows, cos, sin, ia, ib)
-            else:  # reads the cache (and this chunk's keys) of layer src
-                op("matmul.qkv", lw.wqkv, q.reshape(T, qd), h, b.acts)
-                if lw.q_norm is not None:
-                    qf = q.reshape(T * Hq, D)
-                    op("norm", apply_norm, lw.q_norm, qf, qf)
-                k, v = b.shared[src][0][:T], b.shared[src][1][:T]
-            if cfg.rope_layers[li]:
-                op("rope", K.rope_apply, q, rows, cos, sin, ia, ib)
-            c = self.cache.layers[src]
-            window = cfg.window(li) or 0
-            if K.tiles_usable(T, Hq, Hkv, D, q, att):  # many queries: float tiles
-                U = min(_ATT_CHUNKS, 2 * K.get_threads())
-                op("attention", K.attention_tiles, att, q, c.arrays, (k, v, pos),
-                   (cfg.attn_scale, window, cfg.attn_softcap or 0.0),
-                   b.stage[:U], b.rowstate, b.offs[:U])  # whole rows: one array type
-            elif T == 1 and c.capacity > K.DECODE_SPLIT:  # long cache: parts in parallel
-                op("attention", K.attention_decode, att, q, c.arrays, (k, v, pos),
-                   (cfg.attn_scale, window, cfg.attn_softcap or 0.0), b.scratch,
-                   min(c.n, c.capacity))
-            else:
-                op("attention", K.attention, att, q, c.arrays, (k, v, pos),
-                   (cfg.attn_scale, window, cfg.attn_softcap or 0.0), b.scratch)
-            partner = self._partner[cfg.layer_types[li]]
-            if src == li and li in b.shared:
-                deferred.append((c, k, v, partner))
-            elif src == li:
-                op("kv store", c.store, k, v, pos, partner)
-            op("matmul.o", lw.wo, o, att.reshape(T, qd), b.acts)
-            if lw.post_attn_norm is not None:
-                op("norm", apply_norm, lw.post_attn_norm, o, o)
-            if cfg.residual_scale != 1.0:
-                op("scale", np.multiply, o, np.float32(cfg.residual_scale), o)
-            if parallel:
-                if lw.ffn_norm is not None:
-                    op("norm", apply_norm, lw.ffn_norm, h, x)
-                self._mlp(op, lw, mo, h, T, cfg.layer_ffn[li])
-                op("add", K.add, x, x, o)
-            else:
-                op("add", K.add, x, x, o)
-                if lw.ffn_norm is not None:
-                    op("norm", apply_norm, lw.ffn_norm, h, x)
-                else:
-                    op("add", np.copyto, h, x)
-                self._mlp(op, lw, mo, h, T, cfg.layer_ffn[li])
-                if lw.moe is not None:
-                    self._experts(op, lw.moe, mo, x, T)
-                if lw.post_ffn_norm is not None:
-                    op("norm", apply_norm, lw.post_ffn_norm, mo, mo)
-            if cfg.residual_scale != 1.0:
-                op("scale", np.multiply, mo, np.float32(cfg.residual_scale), mo)
-            op("add", K.add, x, x, mo)
-            if lw.ple_gate is not None:
-                self._per_layer_branch(op, lw, li, x, T)
-            if cfg.layer_scalar:
-                op("scale", np.multiply, x, lw.layer_scalar, x)
-        for c, k, v, partner in deferred:
-            op("kv store", c.store, k, v, pos, partner)
+        run_layers(self.model, b, T, ((self.cache, 0, T),), self.rope_rows(b.pos[:T], b.iota),
+                   op)
         self.tokens.extend(ids.tolist())
+        x, h = b.x[:T], b.h[:T]
         if logits_out is not None:
             op("norm", apply_norm, W.out_norm, h[r0:], x[r0:])
             op("matmul.lm_head", W.lm_head, logits_out, h[r0:], b.acts)
             last = logits_out[-1]
-            if cfg.logit_scale != 1.0:
-                op("scale", np.divide, logits_out, np.float32(cfg.logit_scale), logits_out)
-            if cfg.final_softcap:
-                op("softcap", K.softcap_, logits_out, cfg.final_softcap)
+            finish_logits(op, cfg, logits_out)
         elif r0 == 0:
             op("norm", apply_norm, W.out_norm, h[:1], x[T - 1:T])
-            op("matmul.lm_head", W.lm_head, b.logits, h[:1], b.acts)
-            if cfg.logit_scale != 1.0:
-                op("scale", np.divide, b.logits, np.float32(cfg.logit_scale), b.logits)
-            if cfg.final_softcap:
-                op("softcap", K.softcap_, b.logits, cfg.final_softcap)
+            op("matmul.lm_head", W.lm_head, b.logits[:1], h[:1], b.acts)
+            finish_logits(op, cfg, b.logits[:1])
             last = b.logits_view
         else:
             last = None  # a chunk before the requested logits
         return last
 
-    def _per_layer_inputs(self, op, ple, x, T) -> None:
-        """Gemma 4 PLE: (table[ids] sqrt(P) + norm(x W_proj H^-1/2)) / sqrt(2), for every
-        layer at once (x: the scaled token embedding)."""
-        cfg, b = self.model.config, self.buf
-        P, H = cfg.ple_dim, cfg.hidden_size
-        pe, proj = b.ple[:T], b.ple_proj[:T]
-        op("embed", ple.embed.embed, pe, b.ids[:T], float(P) ** 0.5)
-        op("matmul.ple", ple.proj, proj, x, b.acts)
-        op("scale", np.multiply, proj, np.float32(H ** -0.5), proj)
-        flat = proj.reshape(T * cfg.num_hidden_layers, P)
-        op("norm", apply_norm, ple.norm, flat, flat)
-        op("add", K.add, pe, pe, proj)
-        op("scale", np.multiply, pe, np.float32(2 ** -0.5), pe)
-
-    def _per_layer_branch(self, op, lw, li, x, T) -> None:
-        """x += post_norm(W_out (gelu(W_gate x) * ple[layer]))."""
-        cfg, b = self.model.config, self.buf
-        P = cfg.ple_dim
-        g, out = b.ple_gate[:T], b.o[:T]
-        op("matmul.ple", lw.ple_gate, g, x, b.acts)
-        op("activation", K.act, g, g, self.model._act)
-        op("scale", np.multiply, g, b.ple[:T, li * P:(li + 1) * P], g)
-        op("matmul.ple", lw.ple_out, out, g, b.acts)
-        op("norm", apply_norm, lw.ple_post_norm, out, out)
-        op("add", K.add, x, x, out)
-
-    def _experts(self, op, moe, mo, x, T) -> None:
-        """Gemma 4 MoE beside the dense MLP: mo = post_norm_1(mo) + post_norm_2(experts).
-        The router reads the post-attention stream x: softmax over all experts, top-k,
-        renormalised, times the per-expert scales. Each chosen expert runs on the tokens that
-        chose it only (its weights are read once per chunk, never for tokens not routed)."""
-        cfg, b, model = self.model.config, self.buf, self.model
-        H, k = cfg.hidden_size, cfg.moe.top_k
-        op("norm", apply_norm, moe.post_norm_1, mo, mo)
-        r_in, logits = b.router_in[:T], b.router[:T]
-        op("norm", apply_norm, model.unit_norm(H), r_in, x)
-        op("scale", np.multiply, r_in, moe.router_in_scale, r_in)
-        # row by row: a GEMM sums in another order than a GEMV, and with int8 activations
-        # after it those last bits could grow, so decode and prefill route alike this way
-        for t in range(T):
-            op("matmul.router", moe.router, logits[t:t + 1], r_in[t:t + 1], b.acts)
-        top = np.argsort(-logits, axis=1, kind="stable")[:, :k]
-        probs = np.exp(logits - logits.max(axis=1, keepdims=True))
-        probs /= probs.sum(axis=1, keepdims=True)
-        w = np.take_along_axis(probs, top, axis=1)
-        w /= w.sum(axis=1, keepdims=True)
-        w *= moe.expert_scale[top]
-        h2, out = b.h[:T], b.moe_out[:T]
-        op("norm", apply_norm, moe.pre_norm_2, h2, x)
-        out[:] = 0.0
-        for e in np.unique(top).tolist():
-            rows, slot = np.nonzero(top == e)
-            n = len(rows)
-            xe, ye = b.expert_x[:n], b.expert_y[:n]
-            gu, act = b.expert_in[:n], b.expert_act[:n]
-            np.take(h2, rows, axis=0, out=xe)
-            op("matmul.experts", moe.w_in[e], gu, xe, b.acts)
-            op("activation", K.act_mul, act, gu, model._act)
-            op("matmul.experts", moe.w_down[e], ye, act, b.acts)
-            ye *= w[rows, slot][:, None]
-            out[rows] += ye
-        op("norm", apply_norm, moe.post_norm_2, out, out)
-        op("add", K.add, mo, mo, out)
-
-    def _rope_rows(self, pos: np.ndarray) -> dict:
-        """Per layer type: (cos, sin, ia, ib, rows) where rows index the cos/sin tables.
+    def rope_rows(self, pos: np.ndarray, iota: np.ndarray) -> dict:
+        """Per layer type: (cos, sin, ia, ib, rows) where rows index the cos/sin tables, for
+        tokens at positions `pos` of this session (`iota`: 0, 1, 2, ... at least len(pos)).
 
         Most RoPE types have fixed frequencies: one table for the whole context, indexed by
         position. `dynamic` and `longrope` frequencies depend on the sequence length seen so far
@@ -540,19 +394,204 @@ class Session:
             spec = self.model.config.rope[t]
             if spec.rope_type in ("dynamic", "longrope"):
                 cos, sin = spec.cos_sin(pos, seq_len=int(pos[-1]) + 1)
-                out[t] = (cos, sin, ia, ib, self.buf.iota[:len(pos)])
+                out[t] = (cos, sin, ia, ib, iota[:len(pos)])
             else:
                 out[t] = (cos, sin, ia, ib, pos)
         return out
 
-    def _mlp(self, op, lw, out, h, T, width) -> None:
-        b = self.buf
-        gated = self.model.config.mlp == "gated"
-        inner = b.view("inner", T, 2 * width if gated else width)
-        act = b.view("act", T, width)
-        op("matmul.ffn_in", lw.w_in, inner, h, b.acts)
-        if gated:
-            op("activation", K.act_mul, act, inner, self.model._act)
+
+def finish_logits(op, cfg: ModelConfig, logits: np.ndarray) -> None:
+    """The output head's last steps, in place: logit scale (Granite), final soft-cap (Gemma 2)."""
+    if cfg.logit_scale != 1.0:
+        op("scale", np.divide, logits, np.float32(cfg.logit_scale), logits)
+    if cfg.final_softcap:
+        op("softcap", K.softcap_, logits, cfg.final_softcap)
+
+
+def run_layers(model: Model, b: _Buffers, T: int, segs, rope: dict, op) -> None:
+    """Every layer over the T tokens of buffer b (ids in b.ids, positions in b.pos), leaving
+    the last hidden states in b.x[:T]. `segs`: (KVCache, start, end) per sequence, the
+    tokens start..end-1 being consecutive tokens of that sequence: everything but attention
+    and the cache writes runs on all T rows at once (one read of the weights), attention and
+    the stores per sequence. `rope`: Session.rope_rows of the T positions."""
+    cfg, W = model.config, model.weights
+    Hq = cfg.num_attention_heads
+    pos = b.pos[:T]
+    x, h, o, mo = b.x[:T], b.h[:T], b.o[:T], b.m[:T]
+    op("embed", W.embed.embed, x, b.ids[:T], cfg.embed_scale)
+    if W.ple is not None:
+        _per_layer_inputs(model, b, op, W.ple, x, T)
+    parallel = cfg.residual == "parallel"
+    deferred = []  # KV-sharing producers store after the layers that read them
+    for li, lw in enumerate(W.layers):
+        D, Hkv, src = cfg.layer_head_dims[li], cfg.layer_kv_heads[li], cfg.kv_source[li]
+        qd, kvd = Hq * D, Hkv * D
+        q, att = b.view("q", T, Hq, D), b.view("att", T, Hq, D)
+        cos, sin, ia, ib, rows = rope[cfg.layer_types[li]]
+        if lw.attn_norm is not None:
+            op("norm", apply_norm, lw.attn_norm, h, x)
         else:
-            op("activation", K.act, act, inner, self.model._act)
-        op("matmul.ffn_down", lw.w_down, out, act, b.acts)
+            op("add", np.copyto, h, x)
+        if src == li:
+            if li in b.shared:
+                k, v = b.shared[li][0][:T], b.shared[li][1][:T]
+            else:
+                k, v = b.view("k", T, Hkv, D), b.view("v", T, Hkv, D)
+            kq_eq_v = cfg.k_eq_v[li]
+            qkv = b.view("qkv", T, qd + (1 if kq_eq_v else 2) * kvd)
+            op("matmul.qkv", lw.wqkv, qkv, h, b.acts)
+            q.reshape(T, qd)[:] = qkv[:, :qd]
+            k.reshape(T, kvd)[:] = qkv[:, qd:qd + kvd]
+            v.reshape(T, kvd)[:] = qkv[:, qd + kvd:] if not kq_eq_v else qkv[:, qd:]
+            if lw.q_norm is not None:  # per head, or over the whole projection
+                full = cfg.qk_norm == "rms_full"
+                qf = q.reshape(T, qd) if full else q.reshape(T * Hq, D)
+                kf = k.reshape(T, kvd) if full else k.reshape(T * Hkv, D)
+                op("norm", apply_norm, lw.q_norm, qf, qf)
+                op("norm", apply_norm, lw.k_norm, kf, kf)
+            if cfg.v_norm:
+                vf = v.reshape(T * Hkv, D)
+                op("norm", apply_norm, model.unit_norm(D), vf, vf)
+            if cfg.rope_layers[li]:
+                op("rope", K.rope_apply, k, rows, cos, sin, ia, ib)
+        else:  # reads the cache (and this chunk's keys) of layer src
+            op("matmul.qkv", lw.wqkv, q.reshape(T, qd), h, b.acts)
+            if lw.q_norm is not None:
+                qf = q.reshape(T * Hq, D)
+                op("norm", apply_norm, lw.q_norm, qf, qf)
+            k, v = b.shared[src][0][:T], b.shared[src][1][:T]
+        if cfg.rope_layers[li]:
+            op("rope", K.rope_apply, q, rows, cos, sin, ia, ib)
+        params = (cfg.attn_scale, cfg.window(li) or 0, cfg.attn_softcap or 0.0)
+        partner = model.partner(cfg.layer_types[li])
+        for cache, s, e in segs:
+            c = cache.layers[src]
+            new = (k[s:e], v[s:e], pos[s:e])
+            _attend(op, b, att[s:e], q[s:e], c, new, params, Hq, Hkv, D)
+            if src == li and li in b.shared:
+                deferred.append((c, new, partner))
+            elif src == li:
+                op("kv store", c.store, *new, partner)
+        op("matmul.o", lw.wo, o, att.reshape(T, qd), b.acts)
+        if lw.post_attn_norm is not None:
+            op("norm", apply_norm, lw.post_attn_norm, o, o)
+        if cfg.residual_scale != 1.0:
+            op("scale", np.multiply, o, np.float32(cfg.residual_scale), o)
+        if parallel:
+            if lw.ffn_norm is not None:
+                op("norm", apply_norm, lw.ffn_norm, h, x)
+            _mlp(model, b, op, lw, mo, h, T, cfg.layer_ffn[li])
+            op("add", K.add, x, x, o)
+        else:
+            op("add", K.add, x, x, o)
+            if lw.ffn_norm is not None:
+                op("norm", apply_norm, lw.ffn_norm, h, x)
+            else:
+                op("add", np.copyto, h, x)
+            _mlp(model, b, op, lw, mo, h, T, cfg.layer_ffn[li])
+            if lw.moe is not None:
+                _experts(model, b, op, lw.moe, mo, x, T)
+            if lw.post_ffn_norm is not None:
+                op("norm", apply_norm, lw.post_ffn_norm, mo, mo)
+        if cfg.residual_scale != 1.0:
+            op("scale", np.multiply, mo, np.float32(cfg.residual_scale), mo)
+        op("add", K.add, x, x, mo)
+        if lw.ple_gate is not None:
+            _per_layer_branch(model, b, op, lw, li, x, T)
+        if cfg.layer_scalar:
+            op("scale", np.multiply, x, lw.layer_scalar, x)
+    for c, new, partner in deferred:
+        op("kv store", c.store, *new, partner)
+
+
+def _attend(op, b, att, q, c, new, params, Hq, Hkv, D) -> None:
+    """One sequence's queries against its cache and its own new keys: float register tiles
+    for many queries, parts of a long cache in parallel for one, else row by row."""
+    T = q.shape[0]
+    if K.tiles_usable(T, Hq, Hkv, D, q, att):
+        U = min(_ATT_CHUNKS, 2 * K.get_threads())
+        op("attention", K.attention_tiles, att, q, c.arrays, new, params,
+           b.stage[:U], b.rowstate, b.offs[:U])  # whole rows: one array type
+    elif T == 1 and c.capacity > K.DECODE_SPLIT:
+        op("attention", K.attention_decode, att, q, c.arrays, new, params, b.scratch,
+           min(c.n, c.capacity))
+    else:
+        op("attention", K.attention, att, q, c.arrays, new, params, b.scratch)
+
+
+def _per_layer_inputs(model, b, op, ple, x, T) -> None:
+    """Gemma 4 PLE: (table[ids] sqrt(P) + norm(x W_proj H^-1/2)) / sqrt(2), for every
+    layer at once (x: the scaled token embedding)."""
+    cfg = model.config
+    P, H = cfg.ple_dim, cfg.hidden_size
+    pe, proj = b.ple[:T], b.ple_proj[:T]
+    op("embed", ple.embed.embed, pe, b.ids[:T], float(P) ** 0.5)
+    op("matmul.ple", ple.proj, proj, x, b.acts)
+    op("scale", np.multiply, proj, np.float32(H ** -0.5), proj)
+    flat = proj.reshape(T * cfg.num_hidden_layers, P)
+    op("norm", apply_norm, ple.norm, flat, flat)
+    op("add", K.add, pe, pe, proj)
+    op("scale", np.multiply, pe, np.float32(2 ** -0.5), pe)
+
+
+def _per_layer_branch(model, b, op, lw, li, x, T) -> None:
+    """x += post_norm(W_out (gelu(W_gate x) * ple[layer]))."""
+    P = model.config.ple_dim
+    g, out = b.ple_gate[:T], b.o[:T]
+    op("matmul.ple", lw.ple_gate, g, x, b.acts)
+    op("activation", K.act, g, g, model._act)
+    op("scale", np.multiply, g, b.ple[:T, li * P:(li + 1) * P], g)
+    op("matmul.ple", lw.ple_out, out, g, b.acts)
+    op("norm", apply_norm, lw.ple_post_norm, out, out)
+    op("add", K.add, x, x, out)
+
+
+def _experts(model, b, op, moe, mo, x, T) -> None:
+    """Gemma 4 MoE beside the dense MLP: mo = post_norm_1(mo) + post_norm_2(experts).
+    The router reads the post-attention stream x: softmax over all experts, top-k,
+    renormalised, times the per-expert scales. Each chosen expert runs on the tokens that
+    chose it only (its weights are read once per chunk, never for tokens not routed)."""
+    cfg = model.config
+    H, k = cfg.hidden_size, cfg.moe.top_k
+    op("norm", apply_norm, moe.post_norm_1, mo, mo)
+    r_in, logits = b.router_in[:T], b.router[:T]
+    op("norm", apply_norm, model.unit_norm(H), r_in, x)
+    op("scale", np.multiply, r_in, moe.router_in_scale, r_in)
+    # row by row: a GEMM sums in another order than a GEMV, and with int8 activations
+    # after it those last bits could grow, so decode and prefill route alike this way
+    for t in range(T):
+        op("matmul.router", moe.router, logits[t:t + 1], r_in[t:t + 1], b.acts)
+    top = np.argsort(-logits, axis=1, kind="stable")[:, :k]
+    probs = np.exp(logits - logits.max(axis=1, keepdims=True))
+    probs /= probs.sum(axis=1, keepdims=True)
+    w = np.take_along_axis(probs, top, axis=1)
+    w /= w.sum(axis=1, keepdims=True)
+    w *= moe.expert_scale[top]
+    h2, out = b.h[:T], b.moe_out[:T]
+    op("norm", apply_norm, moe.pre_norm_2, h2, x)
+    out[:] = 0.0
+    for e in np.unique(top).tolist():
+        rows, slot = np.nonzero(top == e)
+        n = len(rows)
+        xe, ye = b.expert_x[:n], b.expert_y[:n]
+        gu, act = b.expert_in[:n], b.expert_act[:n]
+        np.take(h2, rows, axis=0, out=xe)
+        op("matmul.experts", moe.w_in[e], gu, xe, b.acts)
+        op("activation", K.act_mul, act, gu, model._act)
+        op("matmul.experts", moe.w_down[e], ye, act, b.acts)
+        ye *= w[rows, slot][:, None]
+        out[rows] += ye
+    op("norm", apply_norm, moe.post_norm_2, out, out)
+    op("add", K.add, mo, mo, out)
+
+
+def _mlp(model, b, op, lw, out, h, T, width) -> None:
+    gated = model.config.mlp == "gated"
+    inner = b.view("inner", T, 2 * width if gated else width)
+    act = b.view("act", T, width)
+    op("matmul.ffn_in", lw.w_in, inner, h, b.acts)
+    if gated:
+        op("activation", K.act_mul, act, inner, model._act)
+    else:
+        op("activation", K.act, act, inner, model._act)
+    op("matmul.ffn_down", lw.w_down, out, act, b.acts)
