@@ -93,7 +93,11 @@ _SAMPLING = (
     (("--min-p",), 0.05, float, "Drop tokens below this fraction of the top probability."),
     (("--repeat-penalty",), 1.0, float, "Penalty for tokens among the last --repeat-last-n "
                                         "(1 = off)."),
-    (("--repeat-last-n",), 64, int, "Tokens the repeat penalty looks back over."),
+    (("--repeat-last-n",), 64, int, "Tokens the penalties look back over."),
+    (("--presence-penalty",), 0.0, float, "Lower a repeated token's logit by this once "
+                                          "(0 = off)."),
+    (("--frequency-penalty",), 0.0, float, "Lower a token's logit by this per repeat "
+                                           "(0 = off)."),
     (("-s", "--seed"), None, int, "RNG seed (default: random)."),
 )
 
@@ -184,7 +188,8 @@ _FORCE_HELP = "Start even if the model does not seem to fit in the available mem
 @_run_options
 @handle_errors
 def generate(model_path, prompt, prompt_file, n_predict, threads, ctx_size, batch_size, temp,
-             top_k, top_p, min_p, repeat_penalty, repeat_last_n, seed, stop, dtype, kv_type,
+             top_k, top_p, min_p, repeat_penalty, repeat_last_n, presence_penalty,
+             frequency_penalty, seed, stop, dtype, kv_type,
              keep, context_shift, profile, verbose, force, debug, quiet):
     """Generate text from a prompt, streaming to stdout; timings on stderr."""
     from edgerope.engine.generate import GenerationStats, generate as gen
@@ -213,6 +218,8 @@ def generate(model_path, prompt, prompt_file, n_predict, threads, ctx_size, batc
         for piece in gen(model, prompt, max_tokens=n_predict, temperature=temp, top_k=top_k,
                          top_p=top_p, min_p=min_p, repeat_penalty=repeat_penalty,
                          repeat_last_n=repeat_last_n, seed=seed, stop=list(stop),
+                         presence_penalty=presence_penalty,
+                         frequency_penalty=frequency_penalty,
                          session=session, stats=stats, keep=keep):
             if verbose and not shown:
                 _print_memory(model, session)
@@ -260,7 +267,8 @@ def generate(model_path, prompt, prompt_file, n_predict, threads, ctx_size, batc
 @_run_options
 @handle_errors
 def chat(model_path, system, chat_template, n_predict, threads, ctx_size, batch_size, temp,
-         top_k, top_p, min_p, repeat_penalty, repeat_last_n, seed, stop, dtype, kv_type, keep,
+         top_k, top_p, min_p, repeat_penalty, repeat_last_n, presence_penalty, frequency_penalty,
+         seed, stop, dtype, kv_type, keep,
          context_shift, force, debug, quiet):
     """Interactive chat with the model's chat template; /reset clears, /exit or Ctrl-D ends.
     Reads one user turn per line when stdin is not a terminal."""
@@ -278,8 +286,62 @@ def chat(model_path, system, chat_template, n_predict, threads, ctx_size, batch_
                       template=chat_template, max_tokens=None if n_predict < 0 else n_predict,
                       temperature=temp, top_k=top_k, top_p=top_p, min_p=min_p,
                       repeat_penalty=repeat_penalty, repeat_last_n=repeat_last_n, seed=seed,
+                      presence_penalty=presence_penalty, frequency_penalty=frequency_penalty,
                       stop=list(stop), kv_type=kv_type, keep=keep,
                       context_shift=context_shift))
+
+
+@main.command()
+@click.option("-m", "--model", "model_path", default=None, help="Model (as for generate).")
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to listen on (0.0.0.0: every interface).")
+@click.option("--port", default=8080, show_default=True, type=int)
+@click.option("-np", "--parallel", "n_slots", default=4, show_default=True, type=int,
+              help="Sequences decoded together (slots), each with its own KV cache.")
+@click.option("-c", "--ctx-size", default=None, type=int,
+              help="Context of all slots together; each gets ctx-size / parallel "
+                   "(default: min(model's, 4096)).")
+@click.option("-b", "--batch-size", default=512, show_default=True, type=int,
+              help="Tokens evaluated per step, all slots together.")
+@click.option("-t", "--threads", default=None, type=int, help=_THREADS_HELP)
+@click.option("--api-key", default=None, envvar="EDGEROPE_API_KEY",
+              help="Require 'Authorization: Bearer KEY' (also $EDGEROPE_API_KEY).")
+@click.option("-a", "--alias", default=None,
+              help="Model name the API reports and accepts (default: the -m argument).")
+@click.option("--chat-template", default=None,
+              help="Jinja template source or a built-in name; default: the model's own.")
+@click.option("--max-queue", default=64, show_default=True, type=int,
+              help="Requests waiting for a slot before new ones get 503.")
+@click.option("--dtype", type=click.Choice(DTYPES), default="auto", show_default=True)
+@click.option("--kv-type", type=click.Choice(KV_TYPES), default=DEFAULT_KV_TYPE,
+              show_default=True, help="KV cache element type.")
+@click.option("--force", is_flag=True, help=_FORCE_HELP)
+@_run_options
+@handle_errors
+def serve(model_path, host, port, n_slots, ctx_size, batch_size, threads, api_key, alias,
+          chat_template, max_queue, dtype, kv_type, force, debug, quiet):
+    """OpenAI-compatible HTTP server (/v1/chat/completions, /v1/completions, /v1/models,
+    /health) decoding up to --parallel requests together. Needs the `server` extra."""
+    from edgerope.server.app import _imports, serve as run
+    _imports()
+    if not 0 <= port < 65536:
+        raise EdgeropeError(f"--port must be in [0, 65535], got {port}")
+    if n_slots < 1:
+        raise EdgeropeError(f"--parallel must be >= 1, got {n_slots}")
+    _threads(threads)
+    _check_memory(force, model_path, dtype, ctx_size, kv_type, batch_size, 4)
+    model = _load(model_path, dtype)
+    if model.tokenizer is None:
+        raise EdgeropeError("this model has no tokenizer: a server needs one")
+    if alias is None:
+        from edgerope.io.registry import default_model
+        alias = os.path.basename(os.path.normpath(model_path or default_model()))
+
+    def ready(h, p):
+        click.echo(f"edgerope: serving {alias} on http://{h}:{p} ({n_slots} slots)", err=True)
+    sys.exit(run(model, alias, host=host, port=port, n_slots=n_slots, n_ctx=ctx_size,
+                 n_batch=batch_size, api_key=api_key, kv_type=kv_type, max_queue=max_queue,
+                 chat_template=chat_template, ready=ready))
 
 
 def _int_list(ctx, param, value):

@@ -96,3 +96,25 @@ def test_bad_parts_are_one_line_errors(built):
     with pytest.raises(ContextFullError):
         b.eval([(0, [1])])
     assert b.sessions[0].pos == 16 and b.sessions[1].pos == 0
+
+
+@pytest.mark.parametrize("name", ["llama", "gemma3"])
+def test_truncate_then_evaluate_equals_a_fresh_evaluation(built, name):
+    """A prompt cache keeps a shared prefix: truncating to it and evaluating the new suffix
+    gives the logits of the whole new prompt evaluated from scratch."""
+    path, _ = built(name)
+    m = edgerope.load(path, dtype="int8", tokenizer=False)
+    r = np.random.default_rng(3)
+    old, new = r.integers(3, 100, 7).tolist(), r.integers(3, 100, 3).tolist()
+    s = m.new_session(n_ctx=32)
+    s.eval(old)
+    assert s.truncate(4) and s.pos == 4 and s.tokens == old[:4]
+    got = s.eval(new).copy()
+    want = m.new_session(n_ctx=32).eval(old[:4] + new)
+    np.testing.assert_array_equal(got, want)
+    # a sliding-window ring (gemma3: 8 slots) that wrapped past the cut cannot go back
+    s.eval(r.integers(3, 100, 9).tolist())
+    wrapped = any(c.n > c.capacity for _, c in s.cache.owned())
+    assert s.truncate(5) is (not wrapped) and s.pos == (5 if not wrapped else 16)
+    with pytest.raises(ParameterError):
+        s.truncate(s.pos + 1)

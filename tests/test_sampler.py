@@ -225,3 +225,21 @@ def test_degenerate_logits():
     x = np.array([0.0, -np.inf, 0.5, -np.inf], np.float32)
     counts = draw(SamplingParams(temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, seed=2), x, 500)
     assert counts[1] == counts[3] == 0
+
+
+def test_presence_and_frequency_penalties():
+    """As llama.cpp's penalties sampler: after the repeat penalty, each token in the window
+    loses frequency_penalty per occurrence and presence_penalty once."""
+    x = np.array([3.0, 2.0, 1.0, 0.5], dtype=np.float32)
+    hist = [0, 0, 0, 1, 3]
+    s = Sampler(SamplingParams(temperature=0.0, frequency_penalty=0.6, presence_penalty=0.25))
+    got = s._penalize(x, hist)
+    np.testing.assert_allclose(got, [3.0 - 1.8 - 0.25, 2.0 - 0.6 - 0.25, 1.0, 0.5 - 0.85],
+                               rtol=1e-6)
+    assert s(x, hist) == 1
+    both = Sampler(SamplingParams(repeat_penalty=2.0, frequency_penalty=1.0, repeat_last_n=2))
+    np.testing.assert_allclose(both._penalize(x, hist), [3.0, 0.0, 1.0, 0.25 - 1.0])
+    np.testing.assert_array_equal(x, [3.0, 2.0, 1.0, 0.5])  # the caller's logits untouched
+    for bad in (2.5, float("nan"), "1"):
+        with pytest.raises(ValueError, match="presence_penalty"):
+            SamplingParams(presence_penalty=bad).validate()

@@ -65,7 +65,7 @@ class Batch:
         """Evaluate [(i, ids), ...] (each i at most once, ids non-empty, at most n_batch
         tokens in all) as one forward; returns the logits (len(parts), vocab) of each part's
         last token: a read-only view valid until the next eval."""
-        cfg, b = self.model.config, self.buf
+        cfg = self.model.config
         if not parts or len(parts) > self.n_seq:
             raise ParameterError(f"a batch step takes 1 to {self.n_seq} parts, got {len(parts)}")
         chunks = []

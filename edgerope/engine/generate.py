@@ -71,6 +71,7 @@ class _StopMatcher:
 def generate(model, prompt, max_tokens: int = 128, temperature: float = 0.8, top_k: int = 40,
              top_p: float = 0.95, min_p: float = 0.05, repeat_penalty: float = 1.0,
              repeat_last_n: int = 64, seed: int | None = None, stop=None, add_bos: bool = True,
+             presence_penalty: float = 0.0, frequency_penalty: float = 0.0,
              n_ctx: int | None = None, session=None, stats: GenerationStats | None = None,
              context_shift: bool = True, keep: int = 4, kv_type: str = DEFAULT_KV_TYPE):
     """Yield text pieces of the continuation of `prompt` (a string or a list of token ids).
@@ -86,7 +87,9 @@ def generate(model, prompt, max_tokens: int = 128, temperature: float = 0.8, top
     t_start = time.perf_counter()
     tok = model.tokenizer
     params = SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
-                            repeat_penalty=repeat_penalty, repeat_last_n=repeat_last_n, seed=seed)
+                            repeat_penalty=repeat_penalty, repeat_last_n=repeat_last_n, seed=seed,
+                            presence_penalty=presence_penalty,
+                            frequency_penalty=frequency_penalty)
     params.validate()
     if max_tokens < 0:
         raise EdgeropeError(f"max_tokens must be >= 0, got {max_tokens}")

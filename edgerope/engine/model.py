@@ -264,6 +264,23 @@ class Session:
         self.cache.clear()
         self.n_shifted = 0
 
+    def truncate(self, n: int) -> bool:
+        """Forget every token after the first n, so that evaluation goes on from position n
+        (a prompt cache reusing a shared prefix). Returns False, changing nothing, when the
+        cache no longer holds what those n tokens leave behind: a ring that wrapped past them
+        (a sliding-window layer that stored more than its slots), or a context shift."""
+        if not 0 <= n <= self.pos:
+            raise ParameterError(f"truncate: n must be in [0, {self.pos}], got {n}")
+        if n == self.pos:
+            return True
+        if self.n_shifted or any(c.n > c.capacity for _, c in self.cache.owned()):
+            return False
+        for _, c in self.cache.owned():
+            c.pos[c.pos >= n] = -1
+            c.n = n
+        del self.tokens[n:]
+        return True
+
     def set_keep(self, n_keep: int) -> None:
         """Change the number of attention sinks of an empty session (re-allocates the cache
         when the sinks' slots change; generate() uses it for --keep -1 = the whole prompt)."""

@@ -3,9 +3,10 @@
 Owns: `SamplingParams` (and their validation) and `Sampler`, which turns one float logits vector
 (plus the token history) into one token id. The chain, in llama.cpp's default order:
 
-  1. repetition penalty: every distinct token among the last `repeat_last_n` of `history`
-     (-1 = the whole history, 0 = off) has its logit divided by `repeat_penalty` if the logit
-     is > 0, else multiplied by it (1.0 = off);
+  1. penalties: every distinct token among the last `repeat_last_n` of `history` (-1 = the
+     whole history, 0 = off) has its logit divided by `repeat_penalty` if the logit is > 0,
+     else multiplied by it (1.0 = off), then lowered by `frequency_penalty` times its count
+     there and by `presence_penalty` once (OpenAI's penalties, 0.0 = off);
   2. temperature <= 0: greedy, argmax of the penalized logits (steps 3-7 skipped);
   3. top-k: keep the `top_k` largest logits (0 = off);
   4. top-p: softmax of the survivors at temperature 1, keep the smallest highest-probability
@@ -42,6 +43,8 @@ class SamplingParams:
     repeat_penalty: float = 1.0
     repeat_last_n: int = 64
     seed: int | None = None
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
 
     def validate(self) -> None:
         """Raise ValueError (one-line message naming the option) for values llama.cpp rejects or
@@ -69,6 +72,11 @@ class SamplingParams:
         number("repeat_penalty", self.repeat_penalty)
         if self.repeat_penalty <= 0:
             raise ParameterError(f"repeat_penalty must be > 0 (1 = off), got {self.repeat_penalty}")
+        for name in ("presence_penalty", "frequency_penalty"):
+            number(name, getattr(self, name))
+            if not -2.0 <= getattr(self, name) <= 2.0:
+                raise ParameterError(f"{name} must be in [-2, 2] (0 = off), "
+                                     f"got {getattr(self, name)}")
         integer("repeat_last_n", self.repeat_last_n)
         if self.repeat_last_n < -1:
             raise ParameterError(f"repeat_last_n must be >= -1 (-1 = whole history, 0 = off), "
@@ -77,6 +85,11 @@ class SamplingParams:
             integer("seed", self.seed)
             if not 0 <= self.seed < 2**64:
                 raise ParameterError(f"seed must be in [0, 2**64) or None (random), got {self.seed}")
+
+    @property
+    def penalized(self) -> bool:
+        return (self.repeat_penalty != 1.0 or self.presence_penalty != 0.0
+                or self.frequency_penalty != 0.0)
 
     @property
     def greedy(self) -> bool:
@@ -104,7 +117,7 @@ class Sampler:
         if n == 0:
             raise ParameterError("cannot sample from an empty logits vector")
 
-        if p.repeat_penalty != 1.0 and p.repeat_last_n != 0 and len(history):
+        if p.penalized and p.repeat_last_n != 0 and len(history):
             x = self._penalize(x, history)  # returns a copy: the caller's logits stay untouched
 
         if p.temperature <= 0:
@@ -156,12 +169,16 @@ class Sampler:
         h = np.asarray(history, dtype=np.int64).reshape(-1)
         if p.repeat_last_n > 0:
             h = h[-p.repeat_last_n:]
-        toks = np.unique(h)
-        toks = toks[(toks >= 0) & (toks < x.shape[0])]
+        toks, counts = np.unique(h, return_counts=True)
+        ok = (toks >= 0) & (toks < x.shape[0])
+        toks, counts = toks[ok], counts[ok]
         x = x.astype(np.promote_types(x.dtype, np.float32))  # a copy, float even for int logits
         v = x[toks]
         r = x.dtype.type(p.repeat_penalty)
-        x[toks] = np.where(v > 0, v / r, v * r)
+        v = np.where(v > 0, v / r, v * r)
+        if p.frequency_penalty or p.presence_penalty:
+            v = v - (counts * p.frequency_penalty + p.presence_penalty).astype(x.dtype)
+        x[toks] = v
         return x
 
     @staticmethod

@@ -33,7 +33,7 @@ from edgerope.engine.sampler import Sampler, SamplingParams
 from edgerope.errors import ContextFullError, EdgeropeError, ParameterError
 from edgerope.text.template import pick_template, render_chat, template_origin, template_source
 
-__all__ = ["Chat"]
+__all__ = ["Chat", "encode_rendered"]
 
 
 def _common_prefix(a, b) -> int:
@@ -48,6 +48,20 @@ def _has_stale_keys(session) -> bool:
     """True if the KV cache holds keys at or beyond session.pos, as an eval() interrupted in the
     middle of its layers leaves them (later evals would attend to them)."""
     return any(bool((c.pos >= session.pos).any()) for c in session.cache.layers)
+
+
+def encode_rendered(tok, text: str) -> list[int]:
+    """Token ids of a rendered chat: special tokens parsed, one BOS in front when the template
+    writes it or the tokenizer adds one by default (as llama.cpp does)."""
+    ids, bos, bos_text = [], tok.bos_id, tok.bos_token or ""
+    if bos is not None and bos_text and text.startswith(bos_text):
+        text = text[len(bos_text):]
+        ids.append(bos)
+    elif bos is not None and tok.add_bos_default:
+        ids.append(bos)
+    if not text:
+        return ids
+    return ids + tok.encode(text, add_bos=False, special=True)
 
 
 _SAMPLING = {f for f in SamplingParams.__dataclass_fields__}
@@ -142,18 +156,8 @@ class Chat:
                            **self.template_kwargs)
 
     def encode(self, text: str) -> list[int]:
-        """Token ids of rendered text: special tokens parsed, one BOS in front when the template
-        writes it or the tokenizer adds one by default (as llama.cpp does)."""
-        tok, ids = self.tokenizer, []
-        bos = tok.bos_id
-        if bos is not None and self._bos_text and text.startswith(self._bos_text):
-            text = text[len(self._bos_text):]
-            ids.append(bos)
-        elif bos is not None and tok.add_bos_default:
-            ids.append(bos)
-        if not text:
-            return ids
-        return ids + tok.encode(text, add_bos=False, special=True)
+        """Token ids of rendered text (`encode_rendered`)."""
+        return encode_rendered(self.tokenizer, text)
 
     @staticmethod
     def _check_max_tokens(n):
