@@ -578,3 +578,47 @@ def test_attention_tiles_not_taken_for_few_rows():
     assert not K.tiles_usable(3, 4, 1, 16, q, q)           # 12 query rows
     assert not K.tiles_usable(64, 4, 1, 24, q, q)          # Dv not a multiple of 16
     assert not K.tiles_usable(64, 4, 1, 16, q[:, ::2], q)  # strided q
+
+
+# ------------------------------------------------------- several sequences in one call
+
+@pytest.mark.parametrize("hq,hkv,d", [(4, 1, 64), (8, 2, 24), (4, 4, 16), (12, 2, 40)])
+@pytest.mark.parametrize("window,softcap", [(0, 0.0), (5, 0.0), (0, 20.0)])
+@pytest.mark.parametrize("lens", [(1, 1, 1), (1, 3), (2, 1, 1, 4)])
+def test_attention_rows_equal_the_twin_per_sequence(hq, hkv, d, window, softcap, lens):
+    """attention_rows (a batch step): rows of several sequences, each against its own cache
+    (stacked on a leading axis, with holes and different fill) and its own new rows only;
+    equals the twin per sequence and `attention` of that sequence alone, bit for bit."""
+    r = rng(hq + d + window + len(lens))
+    N, S = len(lens), 24
+    kc, vc = randn(r, N, S, hkv, d), randn(r, N, S, hkv, d)
+    cpos = np.full((N, S), -1, np.int64)
+    for i in range(N):
+        n = 6 + 5 * i
+        cpos[i, :n] = r.permutation(n)
+    T = sum(lens)
+    q, kn, vn = randn(r, T, hq, d), randn(r, T, hkv, d), randn(r, T, hkv, d)
+    qpos = np.zeros(T, np.int64)
+    seq, seg = np.zeros(T, np.int64), np.zeros((T, 2), np.int64)
+    s = 0
+    for i, n in enumerate(lens):
+        p0 = int(cpos[i].max()) + 1
+        qpos[s:s + n] = np.arange(p0, p0 + n)
+        seq[s:s + n], seg[s:s + n] = i, (s, s + n)
+        s += n
+    scales = np.ones((N, 1, 1), np.float32)
+    out = np.full((T, hq, d), np.nan, np.float32)
+    scratch = np.zeros((16, S + T + hq * d), np.float32)
+    K.attention_rows(out, q, (kc, vc, scales, scales, cpos), (kn, vn, qpos),
+                     (0.2, window, softcap), scratch, seq, seg)
+    s = 0
+    for i, n in enumerate(lens):
+        rows = slice(s, s + n)
+        args = (q[rows], kc[i], vc[i], cpos[i], kn[rows], vn[rows], qpos[rows])
+        ref = naive.attention(*args, 0.2, window, softcap)
+        np.testing.assert_allclose(out[rows], ref, rtol=1e-5, atol=1e-5)
+        alone = np.full((n, hq, d), np.nan, np.float32)
+        _attention(alone, *args, 0.2, window, softcap, np.zeros((16, S + T + hq * d),
+                                                                 np.float32))
+        np.testing.assert_array_equal(out[rows], alone)
+        s += n

@@ -244,3 +244,36 @@ def test_attention_tiles_over_quantized_cache(kv_type):
     kv_dequant(vd, c.v, c.vs, np.arange(S))
     ref = naive.attention(q, kd, vd, c.pos, kn, vn, qpos, 0.2, 60, 0.0)
     np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("kv_type", ["f16", "int8"])
+def test_attention_rows_over_quantized_caches(kv_type):
+    """A batch's decode step: one query per sequence, each over its own f16 / int8 cache
+    (stacked on a leading axis, as engine.batch lays them out): the twin per sequence over
+    the dequantized cache."""
+    r = np.random.default_rng(5)
+    N, S, Hq, Hkv, D = 3, 50, 8, 2, 80
+    layout = LayerCache.layout(S, Hkv, D, kv_type)
+    stacked = {n: np.zeros((N,) + shape, dt) for n, (shape, dt) in layout.items()}
+    caches = [LayerCache(S, Hkv, D, None, kv_type, storage={n: a[i] for n, a in
+                                                            stacked.items()})
+              for i in range(N)]
+    ia, ib = pairs(SPECS["prefix"])
+    for i, c in enumerate(caches):
+        c.pos.fill(-1)
+        n = 10 + 15 * i
+        c.store(randn(r, n, Hkv, D), randn(r, n, Hkv, D), np.arange(n, dtype=np.int64),
+                partners(D, ia, ib))
+    q, kn, vn = randn(r, N, Hq, D), randn(r, N, Hkv, D), randn(r, N, Hkv, D)
+    qpos = np.array([c.n for c in caches], np.int64)
+    out = np.empty((N, Hq, D), np.float32)
+    K.attention_rows(out, q, tuple(stacked[n] for n in ("k", "v", "ks", "vs", "pos")),
+                     (kn, vn, qpos), (0.2, 0, 0.0), np.zeros((16, S + N + Hq * D), np.float32),
+                     np.arange(N, dtype=np.int64), np.array([(i, i + 1) for i in range(N)]))
+    for i, c in enumerate(caches):
+        kd, vd = np.empty((S, Hkv, D), np.float32), np.empty((S, Hkv, D), np.float32)
+        kv_dequant(kd, c.k, c.ks, np.arange(S))
+        kv_dequant(vd, c.v, c.vs, np.arange(S))
+        ref = naive.attention(q[i:i + 1], kd, vd, c.pos, kn[i:i + 1], vn[i:i + 1],
+                              qpos[i:i + 1], 0.2, 0, 0.0)
+        np.testing.assert_allclose(out[i:i + 1], ref, rtol=1e-5, atol=1e-5)

@@ -131,6 +131,11 @@ def test_a_lone_request_gives_generates_text(srv, model):
     prompt = "Once upon a time, in a small village,"
     want = "".join(model.generate(prompt, max_tokens=24, n_ctx=CTX, **opts))
     c = srv.client()
+    # a prompt sharing only its first tokens (BOS) with what slots hold is evaluated anew
+    r = c.completions.create(model=MODEL, prompt=prompt, max_tokens=24, temperature=0.9,
+                             top_p=0.9, seed=1234, extra_body=dict(top_k=20, min_p=0.02))
+    assert r.choices[0].text == want
+    assert r.usage.prompt_tokens_details.cached_tokens == 0
     c.completions.create(model=MODEL, prompt=prompt, max_tokens=2)  # now in a slot's cache
     for _ in range(2):
         r = c.completions.create(model=MODEL, prompt=prompt, max_tokens=24, temperature=0.9,

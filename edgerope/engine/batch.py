@@ -22,7 +22,7 @@ import numpy as np
 
 from edgerope import kernels as K
 from edgerope import runtime
-from edgerope.engine.cache import DEFAULT_KV_TYPE
+from edgerope.engine.cache import DEFAULT_KV_TYPE, LayerCache
 from edgerope.engine.model import (Model, Session, _Buffers, apply_norm, finish_logits,
                                    run_layers)
 from edgerope.engine.profile import direct
@@ -41,12 +41,28 @@ class Batch:
         if n_seq < 1:
             raise ParameterError(f"a batch needs at least one sequence, got {n_seq}")
         n_ctx = n_ctx or model.default_ctx()
+        cfg = model.config
         self.model, self.n_seq = model, n_seq
-        self.sessions = [Session(model, n_ctx, n_batch, kv_type=kv_type) for _ in range(n_seq)]
+        # every layer's caches of all sequences in one array each (a leading sequence axis),
+        # so that a decode step attends for all rows in one kernel call (attention_rows)
+        stacked = {}
+        for li in range(cfg.num_hidden_layers):
+            if cfg.kv_source[li] == li:
+                stacked[li] = {name: np.zeros((n_seq,) + shape, dt) for name, (shape, dt)
+                               in LayerCache.layout_of(cfg, li, n_ctx, kv_type).items()}
+        self.sessions = [Session(model, n_ctx, n_batch, kv_type=kv_type,
+                                 kv_storage={li: {n: a[i] for n, a in d.items()}
+                                             for li, d in stacked.items()})
+                         for i in range(n_seq)]
+        self._stacked = [None] * cfg.num_hidden_layers
+        for li, d in stacked.items():
+            self._stacked[li] = (d["k"], d["v"], d["ks"], d["vs"], d["pos"])
         first = self.sessions[0]
         self.n_ctx, self.n_batch = n_ctx, first.n_batch
-        self.buf = _Buffers(model.config, self.n_batch, first._att_len(), n_logits=n_seq)
+        self.buf = _Buffers(cfg, self.n_batch, first._att_len(), n_logits=n_seq)
         self._last = np.zeros(n_seq, np.int64)  # the row of each part's last token
+        self._seq = np.zeros(self.n_batch, np.int64)  # decode steps: each row's sequence
+        self._seg = np.zeros((self.n_batch, 2), np.int64)  # ... and its rows
         self.logits = self.buf.logits.view()
         self.logits.flags.writeable = False
 
@@ -103,8 +119,12 @@ class Batch:
             segs.append((sess.cache, s, e))
             ropes.append(sess.rope_rows(b.pos[s:e], b.iota))
             self._last[j] = e - 1
+            self._seq[s:e] = self.sessions.index(sess)
+            self._seg[s:e] = (s, e)
         rope = ropes[0] if len(ropes) == 1 else _join_rope(ropes, b.pos[:T], b.iota[:T])
-        run_layers(model, b, T, segs, rope, op)
+        # several sequences each decoding one token: one attention call for all rows
+        together = (self._stacked, self._seq, self._seg) if 1 < len(chunks) == T else None
+        run_layers(model, b, T, segs, rope, op, together)
         for sess, ids, _ in chunks:
             sess.tokens.extend(ids.tolist())
         n = len(chunks)

@@ -43,15 +43,17 @@ class LayerCache:
                  "arrays")
 
     def __init__(self, capacity: int, n_kv: int, head_dim: int, window: int | None,
-                 kv_type: str = "f32", sinks: int = 0):
+                 kv_type: str = "f32", sinks: int = 0, storage: dict | None = None):
         if kv_type not in KV_DTYPES:
             raise ConfigError(f"unknown KV cache type {kv_type!r} (supported: "
                               f"{', '.join(KV_TYPES)})")
         if not 0 <= sinks < capacity:
             raise ParameterError(f"sinks must be in [0, {capacity}), got {sinks}")
         self.capacity, self.window, self.sinks, self.kv_type = capacity, window, sinks, kv_type
+        # storage: name -> array of the layout's shape and type (a view of a Batch's stacked
+        # caches), else arrays of its own
         for name, (shape, dt) in self.layout(capacity, n_kv, head_dim, kv_type).items():
-            setattr(self, name, np.zeros(shape, dt))
+            setattr(self, name, np.zeros(shape, dt) if storage is None else storage[name])
         self.pos.fill(-1)
         self.arrays = (self.k, self.v, self.ks, self.vs, self.pos)  # as kernels.attention reads
         self.n = 0  # tokens stored so far (the ring cursor)
@@ -64,6 +66,12 @@ class LayerCache:
         scales = (scale_shape(kv_type, capacity, n_kv, head_dim), np.float32)
         return {"k": ((capacity, n_kv, head_dim), dt), "v": ((capacity, n_kv, head_dim), dt),
                 "ks": scales, "vs": scales, "pos": ((capacity,), np.int64)}
+
+    @staticmethod
+    def layout_of(cfg, layer: int, n_ctx: int, kv_type: str, sinks: int = 0) -> dict:
+        """`layout` of layer `layer`'s cache in a KVCache(cfg, n_ctx, kv_type, sinks)."""
+        return LayerCache.layout(layer_capacity(cfg.window(layer), n_ctx, sinks),
+                                 cfg.layer_kv_heads[layer], cfg.layer_head_dims[layer], kv_type)
 
     @staticmethod
     def nbytes_of(capacity: int, n_kv: int, head_dim: int, kv_type: str) -> int:
@@ -114,7 +122,8 @@ class KVCache:
     reads another's cache has no cache of its own: `layers[i]` is its source's, and only the
     `owned()` caches hold memory, store keys and shift."""
 
-    def __init__(self, cfg, n_ctx: int, kv_type: str = "f32", sinks: int = 0):
+    def __init__(self, cfg, n_ctx: int, kv_type: str = "f32", sinks: int = 0,
+                 storage: dict | None = None):
         self.n_ctx, self.kv_type, self.sinks = n_ctx, kv_type, sinks
         self.layers: list[LayerCache] = []
         for i in range(cfg.num_hidden_layers):
@@ -125,7 +134,8 @@ class KVCache:
             w = cfg.window(i)
             self.layers.append(LayerCache(layer_capacity(w, n_ctx, sinks),
                                           cfg.layer_kv_heads[i], cfg.layer_head_dims[i], w,
-                                          kv_type, sinks))
+                                          kv_type, sinks,
+                                          None if storage is None else storage[i]))
         self._owned = [(i, c) for i, c in enumerate(self.layers) if cfg.kv_source[i] == i]
 
     def owned(self) -> list[tuple[int, LayerCache]]:

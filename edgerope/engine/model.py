@@ -226,7 +226,8 @@ class Session:
     tokens), so `pos == len(tokens)` always; `n_shifted` counts the tokens dropped."""
 
     def __init__(self, model: Model, n_ctx: int, n_batch: int = 512, *,
-                 kv_type: str = DEFAULT_KV_TYPE, n_keep: int = 4, context_shift: bool = False):
+                 kv_type: str = DEFAULT_KV_TYPE, n_keep: int = 4, context_shift: bool = False,
+                 kv_storage: dict | None = None):
         if n_ctx <= 0 or n_batch <= 0:
             raise ParameterError("n_ctx and n_batch must be positive")
         if n_keep < 0 or (context_shift and n_keep >= n_ctx):
@@ -236,7 +237,8 @@ class Session:
         self.n_keep, self.context_shift, self.n_shifted = n_keep, context_shift, 0
         cfg = model.config
         # sinks keep their slots only when a shift can happen (no shift: a plain ring)
-        self.cache = KVCache(cfg, n_ctx, kv_type, sinks=n_keep if context_shift else 0)
+        self.cache = KVCache(cfg, n_ctx, kv_type, sinks=n_keep if context_shift else 0,
+                             storage=kv_storage)  # kv_storage: a Batch's (engine.batch)
         # with context shift a chunk must fit beside the sinks
         self._step = max(1, min(self.n_batch, n_ctx - n_keep)) if context_shift else self.n_batch
         self._buf = None  # allocated at the first eval (a Batch's sessions use the batch's)
@@ -425,12 +427,16 @@ def finish_logits(op, cfg: ModelConfig, logits: np.ndarray) -> None:
         op("softcap", K.softcap_, logits, cfg.final_softcap)
 
 
-def run_layers(model: Model, b: _Buffers, T: int, segs, rope: dict, op) -> None:
+def run_layers(model: Model, b: _Buffers, T: int, segs, rope: dict, op,
+               together=None) -> None:
     """Every layer over the T tokens of buffer b (ids in b.ids, positions in b.pos), leaving
     the last hidden states in b.x[:T]. `segs`: (KVCache, start, end) per sequence, the
     tokens start..end-1 being consecutive tokens of that sequence: everything but attention
     and the cache writes runs on all T rows at once (one read of the weights), attention and
-    the stores per sequence. `rope`: Session.rope_rows of the T positions."""
+    the stores per sequence. `rope`: Session.rope_rows of the T positions. `together` (a Batch's
+    decode steps): (stacked, seq, seg) -- per layer the caches of all sequences stacked
+    (kernels.attention_rows), each row's sequence and its rows -- to attend for every row
+    in one call."""
     cfg, W = model.config, model.weights
     Hq = cfg.num_attention_heads
     pos = b.pos[:T]
@@ -481,10 +487,15 @@ def run_layers(model: Model, b: _Buffers, T: int, segs, rope: dict, op) -> None:
             op("rope", K.rope_apply, q, rows, cos, sin, ia, ib)
         params = (cfg.attn_scale, cfg.window(li) or 0, cfg.attn_softcap or 0.0)
         partner = model.partner(cfg.layer_types[li])
+        if together is not None:
+            stacked, seq, seg = together
+            op("attention", K.attention_rows, att, q, stacked[src], (k, v, pos), params,
+               b.scratch, seq[:T], seg[:T])
         for cache, s, e in segs:
             c = cache.layers[src]
             new = (k[s:e], v[s:e], pos[s:e])
-            _attend(op, b, att[s:e], q[s:e], c, new, params, Hq, Hkv, D)
+            if together is None:
+                _attend(op, b, att[s:e], q[s:e], c, new, params, Hq, Hkv, D)
             if src == li and li in b.shared:
                 deferred.append((c, new, partner))
             elif src == li:

@@ -18,7 +18,7 @@ _MODULES = {
     "activations": ("ACT_GELU", "ACT_GELU_TANH", "ACT_KINDS", "ACT_RELU", "ACT_RELU2",
                     "ACT_SILU", "act", "act_mul", "add", "add_bias", "scale_", "softcap_",
                     "softmax_"),
-    "attend": ("DECODE_SPLIT", "attention", "attention_decode"),
+    "attend": ("DECODE_SPLIT", "attention", "attention_decode", "attention_rows"),
     "attend_tiles": ("attention_tiles", "tiles_usable"),
     "matmul": ("QK", "dequantize_q8", "f32_embed", "f32_gemm", "f32_gemv", "q8_blocks",
                "quantize_q8"),

@@ -381,6 +381,48 @@ def _split_merge(out, scratch, G, R, off, Hkv, runs_per_kv):
             out[0, h, d] *= inv
 
 
+@kernel
+def _one_run(out, q, run, cache, fresh, lo, hi, mask_of, plan, buf):
+    """Run `run` (query t, one kv head, up to R query heads) of `attention` over the cache and
+    keys lo..hi-1 of fresh (the new keys its sequence adds this step), with scratch row buf;
+    mask_of = (q_pos, scale, window, softcap)."""
+    q_pos, sc_, window, cap = mask_of
+    R, rows, bk, runs_per_kv = plan
+    Hq = q.shape[1]
+    Hkv = fresh[0].shape[1]
+    Dv = out.shape[2]
+    group = Hq // Hkv
+    neg = np.float32(-np.inf)
+    S = cache[0].shape[0]
+    u = run // runs_per_kv
+    t = u // Hkv
+    kvh = u - t * Hkv
+    h0 = kvh * group + (run - u * runs_per_kv) * R
+    nh = min(R, (kvh + 1) * group - h0)
+    at, mask = (t, h0, kvh), (q_pos[t], sc_, window, cap)
+    for h in range(h0, h0 + nh):
+        for d in range(Dv):
+            out[t, h, d] = 0.0
+    if R == 1:
+        sc = buf[:bk]
+        m, l = _run_source(out, q, at, cache, mask, sc, neg, np.float32(0.0))
+        own = (fresh[0][lo:hi], fresh[1][lo:hi], fresh[2], fresh[3], fresh[4][lo:hi])
+        m, l = _run_source(out, q, at, own, mask, sc, m, l)
+        _finish(out, t, h0, l)
+        return
+    scores = buf[:rows * bk]
+    mx = buf[rows * bk:rows * bk + R]
+    sm = buf[rows * bk + R:rows * bk + 2 * R]
+    for i in range(nh):
+        mx[i] = neg
+        sm[i] = 0.0
+    work = (scores, mx, sm)
+    _run_blocks(out, q, at, nh, cache, 0, S, bk, mask, work)
+    _run_blocks(out, q, at, nh, fresh, lo, hi, bk, mask, work)
+    for i in range(nh):
+        _finish(out, t, h0 + i, sm[i])
+
+
 @kernel(parallel=True)
 def attention(out, q, cache, new, params, scratch):
     """out (T, Hq, Dv) = softmax(q k^T * scale [softcapped], masked) v.
@@ -397,50 +439,46 @@ def attention(out, q, cache, new, params, scratch):
     the group size only, so results never depend on the thread count. A query that sees no
     key gets zeros.
     """
-    k_scale, v_scale = cache[2], cache[3]
     k_new, v_new, q_pos = new
-    fresh = (k_new, v_new, k_scale, v_scale, q_pos)  # the chunk as a key source
+    fresh = (k_new, v_new, cache[2], cache[3], q_pos)  # the chunk as a key source
     scale, window, softcap = params
-    S = cache[0].shape[0]
     T, Hq, _ = q.shape
     Hkv = k_new.shape[1]
-    Dv = out.shape[2]
-    group = Hq // Hkv
-    R, rows, bk, runs_per_kv = _plan(Hq, Hkv, scratch.shape[1])
-    nrun = T * Hkv * runs_per_kv
+    plan = _plan(Hq, Hkv, scratch.shape[1])
+    nrun = T * Hkv * plan[3]
     C = min(scratch.shape[0], nrun)
-    sc_ = np.float32(scale)
-    cap = np.float32(softcap)
-    neg = np.float32(-np.inf)
+    mask_of = (q_pos, np.float32(scale), window, np.float32(softcap))
     for c in prange(C):
-        buf = scratch[c]
-        sc = buf[:bk]
         for run in range(c * nrun // C, (c + 1) * nrun // C):
-            u = run // runs_per_kv
-            t = u // Hkv
-            kvh = u - t * Hkv
-            h0 = kvh * group + (run - u * runs_per_kv) * R
-            nh = min(R, (kvh + 1) * group - h0)
-            at, mask = (t, h0, kvh), (q_pos[t], sc_, window, cap)
-            for h in range(h0, h0 + nh):
-                for d in range(Dv):
-                    out[t, h, d] = 0.0
-            if R == 1:
-                m, l = _run_source(out, q, at, cache, mask, sc, neg, np.float32(0.0))
-                m, l = _run_source(out, q, at, fresh, mask, sc, m, l)
-                _finish(out, t, h0, l)
-                continue
-            scores = buf[:rows * bk]
-            mx = buf[rows * bk:rows * bk + R]
-            sm = buf[rows * bk + R:rows * bk + 2 * R]
-            for i in range(nh):
-                mx[i] = neg
-                sm[i] = 0.0
-            work = (scores, mx, sm)
-            _run_blocks(out, q, at, nh, cache, 0, S, bk, mask, work)
-            _run_blocks(out, q, at, nh, fresh, 0, T, bk, mask, work)
-            for i in range(nh):
-                _finish(out, t, h0 + i, sm[i])
+            _one_run(out, q, run, cache, fresh, 0, T, mask_of, plan, scratch[c])
+
+
+@kernel(parallel=True)
+def attention_rows(out, q, caches, new, params, scratch, seq, seg):
+    """`attention` for the rows of several sequences evaluated together (a batch step):
+    row t reads the cache of sequence seq[t] -- caches is the cache tuple with a leading
+    sequence axis, k (N, S, Hkv, D), v (N, S, Hkv, Dv), k_scale / v_scale (N, S, Hkv, nb),
+    pos (N, S) -- and, of the new keys, rows seg[t, 0]..seg[t, 1]-1 (its own sequence's
+    rows this step). Row t's numbers are those of `attention` over that cache and those
+    rows; all rows' work is spread over the scratch rows at once."""
+    kk, vv, ks, vs, kpos = caches
+    k_new, v_new, q_pos = new
+    fresh = (k_new, v_new, ks[0], vs[0], q_pos)
+    scale, window, softcap = params
+    T, Hq, _ = q.shape
+    Hkv = k_new.shape[1]
+    plan = _plan(Hq, Hkv, scratch.shape[1])
+    runs = Hkv * plan[3]
+    nrun = T * runs
+    C = min(scratch.shape[0], nrun)
+    mask_of = (q_pos, np.float32(scale), window, np.float32(softcap))
+    for c in prange(C):
+        for run in range(c * nrun // C, (c + 1) * nrun // C):
+            t = run // runs
+            i = seq[t]
+            cache = (kk[i], vv[i], ks[i], vs[i], kpos[i])
+            _one_run(out, q, run, cache, fresh, seg[t, 0], seg[t, 1], mask_of, plan,
+                     scratch[c])
 
 
 @kernel

@@ -390,17 +390,25 @@ def _prefetch(builder, p, woff):
     a 0.6-1.1 GB matrix, 2 threads; the K-quants' slower cores gain from the second, far
     request too (Q4_K 23.3 -> 25.4, Q6_K 21.1 -> 25.7; bench/RESULTS.md, 2026-12-07).
     Distances are the measured best per format."""
-    if not p["prefetch"]:
+    pf = p["prefetch"]
+    if pf is False:
         return
     fmt = p["fmt"]
     near, far = fmt.prefetch
     fn = _fn(builder, "llvm.prefetch.p0i8", ir.VoidType(), [I8P, I32, I32, I32])
-    for i in range(0, fmt.block_bytes, 64):
-        at = builder.gep(p["wp"], [builder.add(woff, I64(near + i))])
-        builder.call(fn, [at, I32(0), I32(3), I32(1)])  # read, keep in all levels, data
-        if far:
-            at = builder.gep(p["wp"], [builder.add(woff, I64(far + i))])
-            builder.call(fn, [at, I32(0), I32(2), I32(1)])  # read, L2 and beyond, data
+
+    def ask():
+        for i in range(0, fmt.block_bytes, 64):
+            at = builder.gep(p["wp"], [builder.add(woff, I64(near + i))])
+            builder.call(fn, [at, I32(0), I32(3), I32(1)])  # read, keep in all levels, data
+            if far:
+                at = builder.gep(p["wp"], [builder.add(woff, I64(far + i))])
+                builder.call(fn, [at, I32(0), I32(2), I32(1)])  # read, L2 and beyond, data
+    if pf is True:
+        ask()
+    else:  # a GEMM of at most one tile of tokens streams its weights as a GEMV does
+        with builder.if_then(pf, likely=False):
+            ask()
 
 
 # Exact integer dots of 16 rows: `idot(builder, p, steps, xo, xrow, chains, ncols)` ->
@@ -686,9 +694,11 @@ def _packed_intrinsic(fmt, idot, unsigned, tile, gemv_chains, gemm_chains, doc, 
                                types.int64) for i in range(6)]
             p.update(nb=st[0], n_out=st[1], o_stride=st[2], x_stride=st[3], s_stride=st[4],
                      m_stride=st[5], x_float=ty[3].dtype == types.float32, fmt=fmt,
-                     prefetch=gemv, unsigned=unsigned)
+                     prefetch=True, unsigned=unsigned)
             g0v, g1v, t0v, t1v = (context.cast(builder, args[6 + i], ty[6 + i], types.int64)
                                   for i in range(4))
+            if not gemv:  # a few tokens (batched decoding): the weights stream once
+                p["prefetch"] = builder.icmp_signed("<=", builder.sub(t1v, t0v), I64(tile))
             with cgutils.for_range(builder, g1v, start=g0v) as gl:
                 g = gl.index
                 if gemv:  # one token (t0): independent accumulator chains

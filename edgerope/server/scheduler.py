@@ -43,6 +43,8 @@ from edgerope.text.conversation import _common_prefix
 __all__ = ["Job", "Scheduler", "QueueFull"]
 
 _SHOWN = 32  # prompt tokens given to the stream decoder as context (the joining space)
+MIN_REUSE = 16  # a cached prefix shorter than this is evaluated anew (a shared BOS or
+# template header saves nothing worth a prompt split differently from a fresh evaluation)
 
 
 class QueueFull(Exception):
@@ -211,6 +213,7 @@ class Scheduler:
             job = self._queue.pop(0)
             shared = [_common_prefix(s.session.tokens, job.ids) if job.cache_prompt else 0
                       for s in free]
+            shared = [n if n >= MIN_REUSE else 0 for n in shared]
             best = max(range(len(free)), key=lambda i: (shared[i], -free[i].used))
             slot, n = free[best], min(shared[best], len(job.ids) - 1)
             if not slot.session.truncate(n):
