@@ -8,7 +8,7 @@ import os
 import edgerope
 
 ROOT = os.path.dirname(os.path.abspath(edgerope.__file__))
-ORDER = ["cli", "apps", "io", "text", "engine", "archs", "formats", "kernels"]
+ORDER = ["cli", "apps", "server", "io", "text", "engine", "archs", "formats", "kernels"]
 SHARED = {"errors", "system", "runtime", "__init__"}
 # what the shared modules themselves may import
 SHARED_DEPS = {"errors": set(), "system": {"errors"}, "runtime": {"errors", "system", "kernels"},

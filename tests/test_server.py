@@ -318,13 +318,14 @@ def test_load_8_clients_25_requests_each(model):
     """Every request completes with the right token count (streamed pieces = usage), none lost
     or duplicated, batches really hold several sequences, RSS flat over the run."""
     srv = Server(model, n_slots=4)
-    rss = []
+    rss, done, lock = [], [0], threading.Lock()
     try:
         def client(k):
             c, out = srv.client(timeout=120), []
             for j in range(25):
                 n = 2 + (k * 25 + j) % 9
-                prompt = f"Request {k}-{j}: say something about the number {j}."
+                prompt = (f"Request {k}-{j}: " + "tell me more, " * ((k + 3 * j) % 7 * 5)
+                          + f"say something about the number {j}.")  # 10 to 120 tokens
                 if (k + j) % 2:
                     parts = list(c.completions.create(model=MODEL, prompt=prompt, max_tokens=n,
                                                       temperature=0.7, seed=j, stream=True))
@@ -339,8 +340,10 @@ def test_load_8_clients_25_requests_each(model):
                 assert (reason == "length") == (usage.completion_tokens == n), (reason, usage)
                 assert usage.completion_tokens <= n
                 out.append((k, j, usage.completion_tokens))
-                if len(rss) in (0, 99, 199):
-                    rss.append(_rss())
+                with lock:
+                    done[0] += 1
+                    if done[0] in (100, 200):  # after the first and the last hundred
+                        rss.append(_rss())
             return out
         steps0, tokens0 = srv.scheduler.steps, srv.scheduler.tokens_evaluated
         with ThreadPoolExecutor(8) as ex:
@@ -351,7 +354,7 @@ def test_load_8_clients_25_requests_each(model):
         per_step = (srv.scheduler.tokens_evaluated - tokens0) / steps
         assert per_step > 2.0, per_step  # several sequences per forward
         assert srv.scheduler.status() == {"slots_idle": 4, "slots_processing": 0, "queued": 0}
-        assert rss[-1] - rss[0] < 64 << 20, [r >> 20 for r in rss]
+        assert len(rss) == 2 and rss[1] - rss[0] < 32 << 20, [r >> 20 for r in rss]
     finally:
         srv.close()
 
@@ -379,3 +382,55 @@ def test_sigterm_stops_the_cli_server_cleanly(tmp_path):
     finally:
         if p.poll() is None:
             p.kill()
+
+
+def test_a_long_prompt_does_not_stall_decoding(model):
+    """Continuous batching: while a 400-token prompt is read, a decoding sequence gets its
+    token in every step, and the prompt advances at most prefill_chunk tokens a step."""
+    from edgerope.server.scheduler import Job
+    sch = Scheduler(model, 2, CTX, 512, prefill_chunk=128)
+    steps, real = [], sch.batch.eval
+
+    def spy(parts):
+        steps.append([(i, len(ids)) for i, ids in parts])
+        return real(parts)
+    sch.batch.eval = spy
+    events = {0: [], 1: []}
+    tok = model.tokenizer
+    a = Job(ids=tok.encode("Hello there, how", add_bos=True), emit=events[0].append,
+            max_tokens=40, ignore_eos=True)
+    long_ids = tok.encode(" ".join(["lighthouse"] * 400), add_bos=True)[:400]
+    b = Job(ids=long_ids, emit=events[1].append, max_tokens=3, ignore_eos=True)
+    sch.start()
+    try:
+        sch.submit(a)
+        deadline = time.time() + 60
+        while sum(e[0] == "token" for e in events[0]) < 3:
+            assert time.time() < deadline
+            time.sleep(0.005)
+        sch.submit(b)
+        while not (events[0] and events[0][-1][0] == "done" and events[1]
+                   and events[1][-1][0] == "done"):
+            assert time.time() < deadline
+            time.sleep(0.01)
+    finally:
+        sch.stop()
+    reading = [s for s in steps if any(n > 1 for _, n in s)]
+    assert len(reading) >= 3  # the prompt came in chunks ...
+    for s in reading:
+        sizes = dict(s)
+        assert max(sizes.values()) <= 128  # ... of at most prefill_chunk tokens ...
+        if a.n_generated < 40:
+            assert sizes.get(0) == 1  # ... each beside the decoding sequence's token
+    assert a.n_generated == 40 and b.n_generated == 3
+    assert events[0][-1] == ("done", "length", a.usage())
+
+
+def test_serve_cli_bad_flags_are_one_line_errors():
+    from click.testing import CliRunner
+    from edgerope.cli import main
+    for args, msg in [(["-np", "0"], "--parallel must be >= 1"),
+                      (["--port", "70000"], "--port must be in")]:
+        r = CliRunner().invoke(main, ["serve", *args])
+        assert r.exit_code == 1 and r.output.strip().splitlines()[-1].startswith("error: ")
+        assert msg in r.output

@@ -66,17 +66,6 @@ class Batch:
         self.logits = self.buf.logits.view()
         self.logits.flags.writeable = False
 
-    @staticmethod
-    def nbytes_of(model: Model, n_seq: int, n_ctx: int, n_batch: int = 512,
-                  kv_type: str = DEFAULT_KV_TYPE) -> int:
-        """Bytes of such a batch's buffers and KV caches, without allocating them."""
-        from edgerope.engine.cache import kv_bytes
-        from edgerope.engine.model import session_bytes
-        cfg = model.config
-        vocab = 4 * cfg.vocab_size * (n_seq - 1)
-        return n_seq * kv_bytes(cfg, n_ctx, kv_type) + vocab + \
-            session_bytes(cfg, n_ctx, n_batch, dtype=model.dtype)
-
     def eval(self, parts) -> np.ndarray:
         """Evaluate [(i, ids), ...] (each i at most once, ids non-empty, at most n_batch
         tokens in all) as one forward; returns the logits (len(parts), vocab) of each part's
