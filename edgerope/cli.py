@@ -141,6 +141,15 @@ def _read_text(path: str) -> str:
     return _decode(data, path)
 
 
+def _text_or_file(value, option: str):
+    """An option given as text or as the path of a file holding it."""
+    if value is None:
+        return None
+    if os.path.isfile(value):
+        return _read_text(value)
+    return _arg_text(value, option)
+
+
 def _arg_text(text, option: str):
     """An argument given on the command line: bytes that were not UTF-8 (Python keeps them as
     lone surrogates) become U+FFFD, with a warning."""
@@ -173,6 +182,11 @@ _FORCE_HELP = "Start even if the model does not seem to fit in the available mem
               help="Read the prompt from a file (- = stdin).")
 @click.option("-n", "--n-predict", default=128, show_default=True, type=int,
               help="Number of tokens to generate.")
+@click.option("-j", "--json-schema", default=None,
+              help="Output must match this JSON schema (JSON text or a file).")
+@click.option("--grammar", default=None,
+              help="Output must follow this GBNF (or Lark) grammar (a file or the text).")
+@click.option("--json", "json_object", is_flag=True, help="Output must be a JSON object.")
 @click.option("-t", "--threads", default=None, type=int, help=_THREADS_HELP)
 @click.option("-c", "--ctx-size", default=None, type=int,
               help="Context size in tokens (default: min(model's, 4096)).")
@@ -187,7 +201,8 @@ _FORCE_HELP = "Start even if the model does not seem to fit in the available mem
 @click.option("--force", is_flag=True, help=_FORCE_HELP)
 @_run_options
 @handle_errors
-def generate(model_path, prompt, prompt_file, n_predict, threads, ctx_size, batch_size, temp,
+def generate(model_path, prompt, prompt_file, n_predict, json_schema, grammar, json_object,
+             threads, ctx_size, batch_size, temp,
              top_k, top_p, min_p, repeat_penalty, repeat_last_n, presence_penalty,
              frequency_penalty, seed, stop, dtype, kv_type,
              keep, context_shift, profile, verbose, force, debug, quiet):
@@ -197,6 +212,8 @@ def generate(model_path, prompt, prompt_file, n_predict, threads, ctx_size, batc
     if prompt_file is not None:
         prompt = _read_text(prompt_file)
     prompt = _arg_text(prompt, "-p") or ""
+    json_schema = _text_or_file(json_schema, "--json-schema")
+    grammar = _text_or_file(grammar, "--grammar")
     n_threads = _threads(threads)
     _check_memory(force, model_path, dtype, ctx_size, kv_type, batch_size, keep)
     model = _load(model_path, dtype)
@@ -219,7 +236,8 @@ def generate(model_path, prompt, prompt_file, n_predict, threads, ctx_size, batc
                          top_p=top_p, min_p=min_p, repeat_penalty=repeat_penalty,
                          repeat_last_n=repeat_last_n, seed=seed, stop=list(stop),
                          presence_penalty=presence_penalty,
-                         frequency_penalty=frequency_penalty,
+                         frequency_penalty=frequency_penalty, json_schema=json_schema,
+                         grammar=grammar, json_object=json_object,
                          session=session, stats=stats, keep=keep):
             if verbose and not shown:
                 _print_memory(model, session)
@@ -241,6 +259,10 @@ def generate(model_path, prompt, prompt_file, n_predict, threads, ctx_size, batc
         click.echo(f"context full ({session.n_ctx} tokens): generation stopped "
                    f"(--context-shift goes on past it, or raise --ctx-size)", err=True)
     _print_timings(stats, n_threads, session)
+    if stats.incomplete:
+        _fail(f"the output stopped after {stats.n_generated} tokens, before it matched the "
+              f"{'grammar' if grammar else 'JSON schema' if json_schema else 'JSON'} "
+              f"(raise -n)")
     if prof is not None and prof.calls:
         prof.tokens = prof.calls.get("matmul.lm_head", 0)
         # decode wall time over the profiled tokens (gen_seconds spans n_generated - 1 evals)

@@ -434,3 +434,40 @@ def test_serve_cli_bad_flags_are_one_line_errors():
         r = CliRunner().invoke(main, ["serve", *args])
         assert r.exit_code == 1 and r.output.strip().splitlines()[-1].startswith("error: ")
         assert msg in r.output
+
+
+def test_structured_output(srv):
+    """response_format (json_schema, json_object) and llama-server's grammar field."""
+    pytest.importorskip("llguidance")
+    jsonschema = pytest.importorskip("jsonschema")
+    c = srv.client()
+    schema = {"type": "object", "properties": {"device": {"enum": ["lamp", "fan"]},
+                                               "on": {"type": "boolean"}},
+              "required": ["device", "on"], "additionalProperties": False}
+    msgs = [{"role": "user", "content": "Switch the lamp on. Answer in JSON."}]
+    r = c.chat.completions.create(model=MODEL, messages=msgs, max_tokens=60, temperature=0,
+                                  response_format={"type": "json_schema", "json_schema": {
+                                      "name": "switch", "schema": schema}})
+    assert r.choices[0].finish_reason == "stop"
+    jsonschema.validate(json.loads(r.choices[0].message.content), schema)
+    parts = list(c.chat.completions.create(
+        model=MODEL, messages=msgs, max_tokens=60, temperature=0, stream=True,
+        response_format={"type": "json_schema", "json_schema": {"name": "s", "schema": schema}}))
+    jsonschema.validate(json.loads("".join(p.choices[0].delta.content or "" for p in parts)),
+                        schema)
+    r = c.completions.create(model=MODEL, prompt="Lamp:", max_tokens=20, temperature=0.8,
+                             seed=1, extra_body={"grammar": 'root ::= ("on" | "off") "!"'})
+    assert r.choices[0].text in ("on!", "off!")
+    r = c.chat.completions.create(model=MODEL, messages=msgs, max_tokens=3,
+                                  response_format={"type": "json_schema", "json_schema": {
+                                      "name": "switch", "schema": schema}})
+    assert r.choices[0].finish_reason == "length"  # cut: says so, not "stop"
+    r = c.chat.completions.create(model=MODEL, messages=msgs, max_tokens=80, temperature=0,
+                                  response_format={"type": "json_object"})
+    if r.choices[0].finish_reason == "stop":
+        assert isinstance(json.loads(r.choices[0].message.content), dict)
+    with pytest.raises(openai.BadRequestError, match="response_format"):
+        c.chat.completions.create(model=MODEL, messages=msgs, response_format={
+            "type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "objekt"}}})
+    status, _, err = srv.raw("POST", "/v1/completions", {"prompt": "x", "grammar": "root ::= ?"})
+    assert status == 400 and err["error"]["param"] == "grammar"

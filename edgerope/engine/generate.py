@@ -25,6 +25,7 @@ class GenerationStats:
     first_token_seconds: float = 0.0   # from the call to the first generated token
     stop_reason: str = ""              # "length" | "eos" | "stop" | "context"
     token_ids: list = field(default_factory=list)  # the generated ids (an end token excluded)
+    incomplete: bool = False           # stopped before a constraint (JSON, grammar) was met
 
     @property
     def prompt_tps(self) -> float:
@@ -72,6 +73,7 @@ def generate(model, prompt, max_tokens: int = 128, temperature: float = 0.8, top
              top_p: float = 0.95, min_p: float = 0.05, repeat_penalty: float = 1.0,
              repeat_last_n: int = 64, seed: int | None = None, stop=None, add_bos: bool = True,
              presence_penalty: float = 0.0, frequency_penalty: float = 0.0,
+             json_schema=None, grammar: str | None = None, json_object: bool = False,
              n_ctx: int | None = None, session=None, stats: GenerationStats | None = None,
              context_shift: bool = True, keep: int = 4, kv_type: str = DEFAULT_KV_TYPE):
     """Yield text pieces of the continuation of `prompt` (a string or a list of token ids).
@@ -83,6 +85,11 @@ def generate(model, prompt, max_tokens: int = 128, temperature: float = 0.8, top
     A prompt longer than the context streams through it with context shift; without, it is
     cut from the left (its first `keep` tokens stay) with a warning. `session` (optional)
     brings its own n_ctx / kv_type / context_shift; `keep` -1 then applies to it if empty.
+    Constrained output (edgerope.text.constrain, the `structured` extra): `json_schema` (a
+    dict or JSON text), `grammar` (GBNF or Lark) or `json_object` (any JSON object); checked
+    before the prompt is evaluated; the text then always follows it, and generation ends
+    when it is complete (stop_reason "stop"); `stats.incomplete` says it was not (max_tokens
+    or a full context came first).
     """
     t_start = time.perf_counter()
     tok = model.tokenizer
@@ -93,6 +100,11 @@ def generate(model, prompt, max_tokens: int = 128, temperature: float = 0.8, top
     params.validate()
     if max_tokens < 0:
         raise EdgeropeError(f"max_tokens must be >= 0, got {max_tokens}")
+    guide = None
+    if json_schema is not None or grammar is not None or json_object:
+        from edgerope.text.constrain import Constraint
+        guide = Constraint.build(tok, json_schema=json_schema, grammar=grammar,
+                                 any_json=json_object, vocab=model.config.vocab_size).start()
     if isinstance(prompt, str):
         if tok is None:
             raise EdgeropeError("this model has no tokenizer: pass token ids, not text")
@@ -127,7 +139,7 @@ def generate(model, prompt, max_tokens: int = 128, temperature: float = 0.8, top
     logits = sess.eval(ids)
     stats.prompt_seconds = time.perf_counter() - t_start
     yield from sample_tokens(model, sess, logits, sampler, max_tokens=max_tokens, stop=stop,
-                             stats=stats, t_start=t_start, shown=ids)
+                             stats=stats, t_start=t_start, shown=ids, guide=guide)
 
 
 def _fit_prompt(ids, sess, max_tokens):
@@ -148,7 +160,7 @@ def _fit_prompt(ids, sess, max_tokens):
 
 def sample_tokens(model, session, logits, sampler: Sampler, max_tokens: int | None = None,
                   stop=None, stats: GenerationStats | None = None, t_start: float | None = None,
-                  shown=()):
+                  shown=(), guide=None):
     """The per-token loop of `generate`, for a session that has already evaluated its prompt.
 
     `logits` are what `session.eval()` last returned (the last token's). Samples a token,
@@ -156,7 +168,9 @@ def sample_tokens(model, session, logits, sampler: Sampler, max_tokens: int | No
     end-of-sequence token, a stop string (not emitted) or a full context; the last sampled
     token is not evaluated. `shown` = ids whose text is already on screen (stream context, so
     that a leading "▁word" streams as " word"). Fills `stats` from n_generated on; times count
-    from `t_start` (default: now). A session with context shift never fills up.
+    from `t_start` (default: now). A session with context shift never fills up. `guide`
+    (edgerope.text.constrain.Guide): tokens the constraint forbids are never sampled, and
+    generation stops once it is complete (stop_reason "stop").
     """
     t_start = time.perf_counter() if t_start is None else t_start
     stats = stats if stats is not None else GenerationStats()
@@ -167,18 +181,19 @@ def sample_tokens(model, session, logits, sampler: Sampler, max_tokens: int | No
 
     t_prompt = time.perf_counter()
     history = list(sess.tokens)
+    cut = False  # a stop string ended it: what it held back is not shown
     while True:
+        t_s = time.perf_counter()
+        token = sampler(logits if guide is None else guide.mask(logits), history)
         if session.profiler is not None:
-            t_s = time.perf_counter()
-            token = sampler(logits, history)
             session.profiler.add("sampling", time.perf_counter() - t_s)
-        else:
-            token = sampler(logits, history)
         if stats.n_generated == 0:
             stats.first_token_seconds = time.perf_counter() - t_start
         if token in eos:
             stats.stop_reason = "eos"
             break
+        if guide is not None:
+            guide.consume(token)
         stats.n_generated += 1
         stats.token_ids.append(token)
         history.append(token)
@@ -188,7 +203,11 @@ def sample_tokens(model, session, logits, sampler: Sampler, max_tokens: int | No
                 yield text
             if stopped:
                 stats.stop_reason = "stop"
+                cut = True
                 break
+        if guide is not None and guide.done:
+            stats.stop_reason = "stop"
+            break
         if max_tokens is not None and stats.n_generated >= max_tokens:
             stats.stop_reason = "length"
             break
@@ -197,9 +216,10 @@ def sample_tokens(model, session, logits, sampler: Sampler, max_tokens: int | No
             break
         logits = sess.eval([token])
         stats.gen_seconds = time.perf_counter() - t_prompt
-    if stream is not None and stats.stop_reason != "stop":
+    if stream is not None and not cut:
         text, _ = stopper.feed(stream.flush())
         text += stopper.flush()
         if text:
             yield text
+    stats.incomplete = guide is not None and not guide.accepting
     stats.gen_seconds = time.perf_counter() - t_prompt

@@ -213,6 +213,51 @@ class Api:
                                 f"{self.n_ctx} (raise -c, or lower -np)",
                            param="messages", code="context_length_exceeded")
 
+    def constraint(self, body):
+        """The output constraint of a request (edgerope.text.constrain): OpenAI's
+        response_format (json_object, json_schema), llama-server's json_schema and grammar
+        fields; None without one. A bad schema or grammar is a 400 naming it."""
+        schema = grammar = None
+        any_json = False
+        fmt = body.get("response_format")
+        if fmt is not None:
+            kind = fmt.get("type") if isinstance(fmt, dict) else None
+            if kind == "json_object":
+                any_json = True
+            elif kind == "json_schema":
+                spec = fmt.get("json_schema")
+                if not isinstance(spec, dict) or not isinstance(spec.get("schema", {}), dict):
+                    raise _bad("response_format.json_schema",
+                               "must be an object with a schema")
+                schema = spec.get("schema", {})
+            elif kind != "text":
+                raise _bad("response_format.type",
+                           f"must be text, json_object or json_schema, got {kind!r}")
+        for name in ("json_schema", "grammar"):
+            v = body.get(name)
+            if v is None:
+                continue
+            if schema is not None or grammar is not None or any_json:
+                raise _bad(name, "give one of response_format, json_schema, grammar")
+            if name == "grammar":
+                if not isinstance(v, str):
+                    raise _bad("grammar", "must be GBNF text")
+                grammar = v
+            elif not isinstance(v, dict):
+                raise _bad("json_schema", "must be an object")
+            else:
+                schema = v
+        if schema is None and grammar is None and not any_json:
+            return None
+        from edgerope.text.constrain import Constraint
+        try:
+            return Constraint.build(self.tokenizer, json_schema=schema, grammar=grammar,
+                                    any_json=any_json, vocab=self.model.config.vocab_size)
+        except EdgeropeError as e:
+            param = "grammar" if grammar is not None else \
+                "response_format" if fmt is not None else "json_schema"
+            raise ApiError(400, f"{param}: {str(e).splitlines()[0]}", param=param) from None
+
     @staticmethod
     def flag(body, name: str, default: bool) -> bool:
         """llama-server's switches: cache_prompt (False: evaluate the whole prompt anew,

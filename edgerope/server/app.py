@@ -88,6 +88,7 @@ def build_app(scheduler: Scheduler, api: Api, api_key: str | None = None):
                 ids = await asyncio.to_thread(api.chat_prompt, body)
             else:
                 ids = await asyncio.to_thread(api.completion_prompt, body)
+            constraint = await asyncio.to_thread(api.constraint, body)
             api.check_length(ids)
             stream = body.get("stream", False)
             if not isinstance(stream, bool):
@@ -100,7 +101,7 @@ def build_app(scheduler: Scheduler, api: Api, api_key: str | None = None):
                       if chat else api.max_tokens(body, "max_tokens"),
                       n_probs=api.logprobs(body, chat),
                       cache_prompt=api.flag(body, "cache_prompt", True),
-                      ignore_eos=api.flag(body, "ignore_eos", False))
+                      ignore_eos=api.flag(body, "ignore_eos", False), constraint=constraint)
             job.params.validate()
             try:
                 scheduler.submit(job)

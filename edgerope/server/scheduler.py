@@ -62,6 +62,7 @@ class Job:
     n_probs: int = -1                  # -1: no logprobs; k >= 0: the token's and the top k
     cache_prompt: bool = True          # reuse a slot's cached prefix (False: evaluate anew)
     ignore_eos: bool = False           # go on past end tokens (llama-server's; benchmarks)
+    constraint: object = None          # edgerope.text.constrain.Constraint (JSON, grammar)
     cancelled: bool = False            # set from any thread: the scheduler drops the job
     # filled in by the scheduler
     n_cached: int = 0                  # prompt tokens found in the slot's cache
@@ -83,7 +84,7 @@ class _Slot:
         self.job: Job | None = None
         self.pending: list = []        # prompt ids still to evaluate
         self.next: int | None = None   # the sampled token to evaluate next step
-        self.sampler = self.stream = self.stopper = None
+        self.sampler = self.stream = self.stopper = self.guide = None
         self.eos: set = set()
         self.used = 0.0                # when it last finished (least recently used first)
 
@@ -229,6 +230,7 @@ class Scheduler:
         slot.stream = tok.stream(prefix=job.ids[-_SHOWN:])
         slot.stopper = _StopMatcher(job.stop)
         slot.eos = set() if job.ignore_eos else set(tok.eos_ids)
+        slot.guide = None if job.constraint is None else job.constraint.start()
 
     def _plan(self) -> list:
         """This step's parts: every decoding slot's next token, then prompt chunks."""
@@ -252,17 +254,22 @@ class Scheduler:
         job = s.job
         if job.cancelled:
             return  # dropped at the next step
-        token = s.sampler(logits, s.session.tokens)
+        g = s.guide
+        token = s.sampler(logits if g is None else g.mask(logits), s.session.tokens)
         if job.n_generated == 0:
             job.t_first = time.perf_counter()
         if token in s.eos:
             return self._finish(s, "stop")
+        if g is not None:
+            g.consume(token)
         job.n_generated += 1
         text, stopped = s.stopper.feed(s.stream.push(token))
         lp = _logprob(logits, token, job.n_probs) if job.n_probs >= 0 else None
         job.emit(("token", text, lp))
         if stopped:
             return self._finish(s, "stop", flush=False)
+        if g is not None and g.done:
+            return self._finish(s, "stop")
         if job.max_tokens is not None and job.n_generated >= job.max_tokens:
             return self._finish(s, "length")
         if s.session.pos >= self.n_ctx:

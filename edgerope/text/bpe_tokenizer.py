@@ -134,6 +134,11 @@ class BPETokenizer(Tokenizer):
     def token_id(self, text: str) -> int | None:
         return self.hf.token_to_id(text)
 
+    def _token_bytes(self) -> list[bytes]:
+        if self._bytes is None:
+            return super()._token_bytes()
+        return [b"\xff" + b if i in self.special_ids else b for i, b in enumerate(self._bytes)]
+
     def is_incomplete(self, ids: list[int]) -> bool:
         if self._bytes is None:
             return super().is_incomplete(ids)

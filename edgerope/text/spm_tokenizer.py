@@ -149,6 +149,18 @@ class SentencePieceTokenizer(Tokenizer):
                                        for t, i in self._extra_control}
         write_json(os.path.join(directory, "tokenizer_config.json"), cfg)
 
+    def _token_bytes(self) -> list[bytes]:
+        sp, out = self.sp, []
+        for i in range(self.vocab_size):
+            piece = sp.id_to_piece(i)
+            if i in self._byte_of:
+                out.append(bytes([self._byte_of[i]]))
+            elif i in self.special_ids or i in self._control:
+                out.append(b"\xff" + piece.encode("utf-8"))
+            else:
+                out.append(piece.replace("\u2581", " ").encode("utf-8"))
+        return out
+
     def is_incomplete(self, ids: list[int]) -> bool:
         # Look at the trailing run of byte pieces only: a normal piece always ends a complete
         # character, and sentencepiece's decoder restarts its UTF-8 parse at every lead byte.

@@ -118,6 +118,28 @@ class Tokenizer:
         multi-byte character at the end). Subclasses with exact byte knowledge override this."""
         return self.decode(ids).endswith("\ufffd")
 
+    def token_bytes(self) -> list[bytes]:
+        """Per id, the bytes the token adds to a text in the middle of a stream (a leading
+        space included); special ids as b"\xff" + their text, as llguidance marks them (for
+        edgerope.text.constrain). Made once, kept. This generic form decodes each id after
+        a reference token; subclasses that know their bytes exactly override `_token_bytes`."""
+        table = getattr(self, "_token_bytes_table", None)
+        if table is None:
+            table = self._token_bytes_table = self._token_bytes()
+        return table
+
+    def _token_bytes(self) -> list[bytes]:
+        ref = self.encode("a", add_bos=False)
+        base = self.decode(ref).encode("utf-8")
+        out = []
+        for i in range(self.vocab_size):
+            if i in self.special_ids:
+                out.append(b"\xff" + self.token_text(i).encode("utf-8"))
+            else:
+                text = self.decode(ref + [i]).encode("utf-8")
+                out.append(text[len(base):] if text.startswith(base) else text)
+        return out
+
     @property
     def bos_token(self) -> str | None:
         """Text of `bos_id` ("<bos>", "<s>"), for chat templates."""
