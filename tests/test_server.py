@@ -471,3 +471,63 @@ def test_structured_output(srv):
             "type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "objekt"}}})
     status, _, err = srv.raw("POST", "/v1/completions", {"prompt": "x", "grammar": "root ::= ?"})
     assert status == 400 and err["error"]["param"] == "grammar"
+
+
+WEATHER = {"type": "function", "function": {
+    "name": "get_weather", "description": "Current weather in a city",
+    "parameters": {"type": "object", "properties": {
+        "city": {"type": "string", "maxLength": 30},
+        "unit": {"enum": ["celsius", "fahrenheit"]}},
+        "required": ["city", "unit"], "additionalProperties": False}}}
+CLOCK = {"type": "function", "function": {"name": "get_time", "parameters": {
+    "type": "object", "properties": {}, "additionalProperties": False}}}
+
+
+def test_tool_call_round_trip(srv):
+    """tools through the openai client: a call constrained to a tool and its schema, the
+    result sent back as a `tool` message, then the model's reply; streaming alike."""
+    pytest.importorskip("llguidance")
+    jsonschema = pytest.importorskip("jsonschema")
+    c = srv.client()
+    msgs = [{"role": "user", "content": "What is the weather in Paris?"}]
+    r = c.chat.completions.create(model=MODEL, messages=msgs, tools=[WEATHER, CLOCK],
+                                  tool_choice="required", max_tokens=80, temperature=0)
+    choice = r.choices[0]
+    assert choice.finish_reason == "tool_calls" and choice.message.content is None
+    call = choice.message.tool_calls[0]
+    assert call.type == "function" and call.function.name in ("get_weather", "get_time")
+    params = {t["function"]["name"]: t["function"]["parameters"] for t in (WEATHER, CLOCK)}
+    jsonschema.validate(json.loads(call.function.arguments), params[call.function.name])
+    r = c.chat.completions.create(
+        model=MODEL, messages=msgs, tools=[WEATHER, CLOCK], max_tokens=80, temperature=0,
+        tool_choice={"type": "function", "function": {"name": "get_weather"}})
+    call = r.choices[0].message.tool_calls[0]
+    assert call.function.name == "get_weather"
+    msgs += [{"role": "assistant", "content": None, "tool_calls": [call.model_dump()]},
+             {"role": "tool", "tool_call_id": call.id, "content": '{"temp": 21}'}]
+    r = c.chat.completions.create(model=MODEL, messages=msgs, tools=[WEATHER],
+                                  max_tokens=120, temperature=0)
+    choice = r.choices[0]
+    assert choice.finish_reason in ("stop", "tool_calls", "length")
+    if choice.finish_reason == "stop":
+        assert isinstance(choice.message.content, str)
+    parts = list(c.chat.completions.create(model=MODEL, messages=msgs[:1], tools=[WEATHER],
+                                           tool_choice="required", max_tokens=80,
+                                           temperature=0, stream=True))
+    calls = [tc for p in parts for tc in (p.choices[0].delta.tool_calls or [])]
+    assert parts[-1].choices[0].finish_reason == "tool_calls" and len(calls) == 1
+    jsonschema.validate(json.loads(calls[0].function.arguments),
+                        WEATHER["function"]["parameters"])
+    r = c.chat.completions.create(model=MODEL, messages=msgs[:1], tools=[WEATHER],
+                                  tool_choice="none", max_tokens=8)
+    assert r.choices[0].message.tool_calls is None
+    for bad, param in [([{"type": "function"}], "tools[0]"),
+                       ([WEATHER, WEATHER], "tools"),
+                       ([{"type": "function", "function": {"name": ""}}],
+                        "tools[0].function.name")]:
+        status, _, err = srv.raw("POST", "/v1/chat/completions",
+                                 {"messages": msgs[:1], "tools": bad})
+        assert status == 400 and err["error"]["param"] == param, err
+    status, _, err = srv.raw("POST", "/v1/chat/completions", {
+        "messages": msgs[:1], "tools": [WEATHER], "tool_choice": "sometimes"})
+    assert status == 400 and err["error"]["param"] == "tool_choice"

@@ -147,8 +147,9 @@ class Api:
                 return _integer(body, name, None, 1)
         return None
 
-    def chat_prompt(self, body) -> list:
-        """The conversation rendered with the model's chat template, as token ids."""
+    def chat_prompt(self, body):
+        """(token ids of the conversation rendered with the model's chat template, the
+        request's Tools or None)."""
         msgs = body.get("messages")
         if not isinstance(msgs, list) or not msgs:
             raise _bad("messages", "must be a non-empty list of messages")
@@ -173,11 +174,36 @@ class Api:
                 content = ""
             elif not isinstance(content, str):
                 raise _bad(f"{where}.content", "must be a string or a list of text parts")
-            out.append({"role": "system" if role == "developer" else role,
-                        "content": content})
+            msg = {"role": "system" if role == "developer" else role, "content": content}
+            if role == "assistant" and m.get("tool_calls"):
+                calls = m["tool_calls"]
+                if not isinstance(calls, list) or not all(
+                        isinstance(c, dict) and isinstance(c.get("function"), dict)
+                        for c in calls):
+                    raise _bad(f"{where}.tool_calls", "must be a list of function calls")
+                msg["tool_calls"] = calls
+            if role == "tool":
+                msg["tool_call_id"] = m.get("tool_call_id")
+            out.append(msg)
         kwargs = body.get("chat_template_kwargs") or {}
         if not isinstance(kwargs, dict):
             raise _bad("chat_template_kwargs", "must be an object")
+        tools = None
+        if body.get("tools") is not None:
+            from edgerope.text.tools import Tools
+            try:
+                tools = Tools(body["tools"], body.get("tool_choice") or "auto")
+            except EdgeropeError as e:
+                msg = str(e).splitlines()[0]
+                raise ApiError(400, msg, param=msg.split(":")[0]) from None
+            if tools.active:
+                has = "tools" in self.template
+                out = tools.messages(out, has)
+                if has:
+                    kwargs = {**kwargs, "tools": [{"type": "function", "function": f}
+                                                  for f in tools.functions]}
+            else:
+                tools = None
         tok = self.tokenizer
         try:
             text = render_chat(self.template, out, add_generation_prompt=True,
@@ -185,7 +211,7 @@ class Api:
                                eos_token=tok.eos_token or "", **kwargs)
         except EdgeropeError as e:
             raise ApiError(400, str(e).splitlines()[0], param="messages") from None
-        return encode_rendered(tok, text)
+        return encode_rendered(tok, text), tools
 
     def completion_prompt(self, body) -> list:
         p = body.get("prompt")
@@ -213,12 +239,24 @@ class Api:
                                 f"{self.n_ctx} (raise -c, or lower -np)",
                            param="messages", code="context_length_exceeded")
 
-    def constraint(self, body):
+    def constraint(self, body, tools=None):
         """The output constraint of a request (edgerope.text.constrain): OpenAI's
         response_format (json_object, json_schema), llama-server's json_schema and grammar
-        fields; None without one. A bad schema or grammar is a 400 naming it."""
+        fields, the tool-call format of `tools` (edgerope.text.tools); None without one. A bad
+        schema or grammar is a 400 naming it."""
         schema = grammar = None
         any_json = False
+        if tools is not None:
+            if any(body.get(k) is not None for k in ("json_schema", "grammar")) or \
+                    (body.get("response_format") or {}).get("type", "text") != "text":
+                raise _bad("tools", "cannot be combined with response_format, json_schema "
+                                    "or grammar")
+            from edgerope.text.constrain import Constraint
+            try:
+                return Constraint.build(self.tokenizer, json_schema=tools.schema(),
+                                        vocab=self.model.config.vocab_size)
+            except EdgeropeError as e:
+                raise _bad("tools", str(e).splitlines()[0]) from None
         fmt = body.get("response_format")
         if fmt is not None:
             kind = fmt.get("type") if isinstance(fmt, dict) else None
@@ -301,11 +339,13 @@ class Api:
                                  for e in entries],
                 "text_offset": []}
 
-    def response(self, rid, chat, text, reason, usage, entries=None) -> dict:
+    def response(self, rid, chat, text, reason, usage, entries=None, calls=None) -> dict:
         lp = None if entries is None else self.logprob_content(entries, chat)
         if chat:
-            choice = {"index": 0, "message": {"role": "assistant", "content": text},
-                      "logprobs": lp, "finish_reason": reason}
+            message = {"role": "assistant", "content": text}
+            if calls:
+                message["tool_calls"] = calls
+            choice = {"index": 0, "message": message, "logprobs": lp, "finish_reason": reason}
         else:
             choice = {"index": 0, "text": text, "logprobs": lp, "finish_reason": reason}
         return {"id": rid, "object": "chat.completion" if chat else "text_completion",
@@ -313,7 +353,7 @@ class Api:
                 "usage": usage}
 
     def chunk(self, rid, chat, text=None, reason=None, usage=None, entries=None,
-              role=False) -> dict:
+              role=False, calls=None) -> dict:
         lp = None if entries is None else self.logprob_content(entries, chat)
         if chat:
             delta = {}
@@ -321,6 +361,8 @@ class Api:
                 delta["role"] = "assistant"
             if text is not None:
                 delta["content"] = text
+            if calls:
+                delta["tool_calls"] = [{"index": i, **c} for i, c in enumerate(calls)]
             choice = {"index": 0, "delta": delta, "logprobs": lp, "finish_reason": reason}
         else:
             choice = {"index": 0, "text": text or "", "logprobs": lp, "finish_reason": reason}

@@ -84,11 +84,12 @@ def build_app(scheduler: Scheduler, api: Api, api_key: str | None = None):
             authorize(request)
             body = await read_json(request)
             api.check_body(body)
+            tools = None
             if chat:
-                ids = await asyncio.to_thread(api.chat_prompt, body)
+                ids, tools = await asyncio.to_thread(api.chat_prompt, body)
             else:
                 ids = await asyncio.to_thread(api.completion_prompt, body)
-            constraint = await asyncio.to_thread(api.constraint, body)
+            constraint = await asyncio.to_thread(api.constraint, body, tools)
             api.check_length(ids)
             stream = body.get("stream", False)
             if not isinstance(stream, bool):
@@ -114,10 +115,10 @@ def build_app(scheduler: Scheduler, api: Api, api_key: str | None = None):
             return error(e)
         rid = api.new_id(chat)
         if stream:
-            return StreamingResponse(_sse(api, scheduler, job, events, rid, chat),
+            return StreamingResponse(_sse(api, scheduler, job, events, rid, chat, tools),
                                      media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache"})
-        return await _blocking(api, scheduler, job, events, rid, chat, request)
+        return await _blocking(api, scheduler, job, events, rid, chat, request, tools)
 
     async def chat_completions(request):
         return await completion(request, True)
@@ -150,9 +151,20 @@ def build_app(scheduler: Scheduler, api: Api, api_key: str | None = None):
     return Starlette(routes=routes, exception_handlers={HTTPException: http_error})
 
 
-async def _sse(api, scheduler, job, events, rid, chat):
-    """Server-sent events of one job; cancelling the stream (a disconnect) cancels the job."""
+def _tool_reply(text: str, reason: str, tools):
+    """(content, tool_calls, finish_reason) of a reply under `tools` (text.tools)."""
+    if tools is None or reason != "stop":
+        return text, None, reason
+    content, calls = tools.parse(text)
+    return content, calls, "tool_calls" if calls else reason
+
+
+async def _sse(api, scheduler, job, events, rid, chat, tools=None):
+    """Server-sent events of one job; cancelling the stream (a disconnect) cancels the job.
+    With tools the reply is JSON to parse: it goes out whole at the end, as content or
+    tool_calls."""
     done = False
+    held = []
     try:
         if chat:
             yield _event(api.chunk(rid, chat, text="", role=True))
@@ -160,11 +172,17 @@ async def _sse(api, scheduler, job, events, rid, chat):
             ev = await events.get()
             if ev[0] == "token":
                 _, text, lp = ev
-                if text or lp is not None:
+                if tools is not None:
+                    held.append(text)
+                elif text or lp is not None:
                     yield _event(api.chunk(rid, chat, text=text,
                                            entries=None if lp is None else [lp]))
             elif ev[0] == "done":
-                yield _event(api.chunk(rid, chat, reason=ev[1], usage=ev[2]))
+                reason = ev[1]
+                if tools is not None:
+                    content, calls, reason = _tool_reply("".join(held), reason, tools)
+                    yield _event(api.chunk(rid, chat, text=content, calls=calls))
+                yield _event(api.chunk(rid, chat, reason=reason, usage=ev[2]))
                 break
             else:
                 yield _event(error_body(ev[1], ev[2]))
@@ -180,7 +198,7 @@ def _event(obj) -> bytes:
     return b"data: " + json.dumps(obj, ensure_ascii=False).encode() + b"\n\n"
 
 
-async def _blocking(api, scheduler, job, events, rid, chat, request):
+async def _blocking(api, scheduler, job, events, rid, chat, request, tools=None):
     from starlette.responses import JSONResponse
     pieces, entries = [], []
     try:
@@ -197,8 +215,10 @@ async def _blocking(api, scheduler, job, events, rid, chat, request):
                 if ev[2] is not None:
                     entries.append(ev[2])
             elif ev[0] == "done":
-                return JSONResponse(api.response(rid, chat, "".join(pieces), ev[1], ev[2],
-                                                 entries if job.n_probs >= 0 else None))
+                content, calls, reason = _tool_reply("".join(pieces), ev[1], tools)
+                return JSONResponse(api.response(rid, chat, content, reason, ev[2],
+                                                 entries if job.n_probs >= 0 else None,
+                                                 calls))
             else:
                 return JSONResponse(error_body(ev[1], ev[2]), status_code=ev[1])
     except asyncio.CancelledError:
