@@ -622,3 +622,16 @@ def test_attention_rows_equal_the_twin_per_sequence(hq, hkv, d, window, softcap,
                                                                  np.float32))
         np.testing.assert_array_equal(out[rows], alone)
         s += n
+
+
+@pytest.mark.parametrize("vocab,n", [(100, 100), (70, 64), (262144, 262140)])
+def test_mask_bits_equals_unpacked_bits(vocab, n):
+    """A grammar's token mask: x where bit i is set (and i < n), else -inf."""
+    r = rng(vocab)
+    bits = r.integers(-2**31, 2**31, (n + 31) // 32, dtype=np.int64).astype(np.int32)
+    x = randn(r, vocab)
+    out = np.full(vocab, np.nan, np.float32)
+    K.mask_bits(out, x, bits, n)
+    allowed = np.zeros(vocab, bool)
+    allowed[:n] = np.unpackbits(bits.view(np.uint8), bitorder="little")[:n].astype(bool)
+    np.testing.assert_array_equal(out, np.where(allowed, x, -np.inf).astype(np.float32))

@@ -151,3 +151,15 @@ def softmax_(x):
         inv = np.float32(1.0 / tot)
         for i in range(n):
             x[r, i] *= inv
+
+
+@kernel
+def mask_bits(out, x, bits, n):
+    """out = x where bit i of the packed mask `bits` (int32 words, bit i % 32 of word i // 32)
+    is set and i < n, else -inf: a grammar's allowed tokens (edgerope.text.constrain)."""
+    neg = np.float32(-np.inf)
+    for i in range(out.shape[0]):
+        if i < n and (bits[i >> 5] >> (i & 31)) & 1:
+            out[i] = x[i]
+        else:
+            out[i] = neg

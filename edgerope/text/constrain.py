@@ -150,7 +150,6 @@ class Guide:
             raise ParameterError(f"{c.what}: {_line(self.m.get_error())}")
         self._bits = allocate_token_bitmask(1, c._ll.vocab_size)
         self._out = np.empty(c.vocab, np.float32)
-        self._allowed = np.zeros(c.vocab, bool)
 
     def mask(self, logits: np.ndarray) -> np.ndarray:
         """The logits with every token the grammar forbids at -inf (a buffer of the guide's,
@@ -159,14 +158,9 @@ class Guide:
         fill_next_token_bitmask(self.m, self._bits, 0)
         if self.m.is_error():
             raise RuntimeError(f"constraint: {self.m.get_error()}")
-        n = self.c._ll.vocab_size
-        bits = np.unpackbits(self._bits[0].view(np.uint8), bitorder="little")[:n]
-        allowed = self._allowed
-        allowed[:n] = bits.astype(bool)
-        out = self._out
-        np.copyto(out, logits)
-        out[~allowed] = -np.inf
-        return out
+        from edgerope import kernels as K
+        K.mask_bits(self._out, logits, self._bits[0], self.c._ll.vocab_size)
+        return self._out
 
     def consume(self, token: int) -> None:
         if not self.m.consume_token(int(token)):
