@@ -359,7 +359,8 @@ def test_load_8_clients_25_requests_each(model):
         srv.close()
 
 
-def test_sigterm_stops_the_cli_server_cleanly(tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_signals_stop_the_cli_server_cleanly(sig):
     try:
         locate(MODEL)
     except EdgeropeError as e:
@@ -375,7 +376,7 @@ def test_sigterm_stops_the_cli_server_cleanly(tmp_path):
         port = int(re.search(r":(\d+) ", line).group(1))
         s = _open_stream(port, 100000)
         t0 = time.time()
-        p.send_signal(signal.SIGTERM)
+        p.send_signal(sig)
         assert p.wait(30) == 0
         assert time.time() - t0 < 15
         s.close()
