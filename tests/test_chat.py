@@ -8,6 +8,7 @@ is an end-of-sequence id. Its lm_head can only score word-start pieces ("▁the"
 which re-tokenize to themselves, so greedy replies survive the text round trip every turn.
 """
 import io
+import json
 import types
 
 import numpy as np
@@ -486,3 +487,32 @@ def test_run_chat_full_context_message(model):
     assert lines[0].startswith("context full (40 tokens)")
     assert lines[1].startswith("error: context full")
     assert out.count("\n") == 1
+
+
+def test_tools_in_chat():
+    """Chat(tools=...): a reply constrained to a tool call (recorded with its tool_calls),
+    the result given back, the next reply."""
+    pytest.importorskip("llguidance")
+    jsonschema = pytest.importorskip("jsonschema")
+    from edgerope.errors import EdgeropeError
+    from edgerope.io.registry import load_any, locate
+    try:
+        locate("smollm2-135m")
+    except EdgeropeError as e:
+        pytest.skip(str(e))
+    m = load_any("smollm2-135m")
+    params = {"type": "object", "properties": {"city": {"type": "string", "maxLength": 20}},
+              "required": ["city"], "additionalProperties": False}
+    tools = [{"type": "function", "function": {"name": "get_weather", "parameters": params}}]
+    chat = Chat(m, tools=tools, tool_choice="required", temperature=0, max_tokens=60)
+    assert "".join(chat.send("Weather in Paris?")) == ""
+    call = chat.tool_calls[0]
+    assert call["function"]["name"] == "get_weather"
+    jsonschema.validate(json.loads(call["function"]["arguments"]), params)
+    assert chat.messages[-1]["tool_calls"] == chat.tool_calls
+    chat.set_tools(tools, "auto")  # the next reply may answer
+    reply = "".join(chat.send_tool_result(call["id"], '{"temp": 21}'))
+    assert [x["role"] for x in chat.messages] == ["user", "assistant", "tool", "assistant"]
+    assert chat.tool_calls is not None or isinstance(reply, str)
+    with pytest.raises(EdgeropeError):
+        Chat(m, tools=[{"type": "function", "function": {"name": ""}}])

@@ -84,7 +84,7 @@ class Chat:
     than the whole context is a runaway). `kv_type`, `keep` (attention sinks kept when the
     context shifts; -1 = the system prompt and the first turn's header), `context_shift`
     configure the session. One sampler (one random stream) serves the whole conversation, so
-    a seed makes a whole chat reproducible.
+    a seed makes a whole chat reproducible. `tools`, `tool_choice`: see `set_tools`.
 
     Attributes: `messages` (the conversation, system prompt first if any; a reply is recorded
     as the text that was streamed), `stats` (GenerationStats of the last turn; `n_prompt` counts
@@ -95,7 +95,8 @@ class Chat:
     def __init__(self, model, system: str | None = None, n_ctx: int | None = None,
                  template: str | None = None, *, n_batch: int = 512,
                  template_kwargs: dict | None = None, kv_type: str = DEFAULT_KV_TYPE,
-                 keep: int = -1, context_shift: bool = True, **sampling):
+                 keep: int = -1, context_shift: bool = True, tools=None,
+                 tool_choice="auto", **sampling):
         tok = model.tokenizer
         if tok is None:
             raise EdgeropeError("this model has no tokenizer: chat needs one")
@@ -108,6 +109,8 @@ class Chat:
             else pick_template(model)
         self.template_origin = template_origin(model, template)
         self.template_kwargs = dict(template_kwargs or {})
+        self.tool_calls = None  # the last reply's calls (OpenAI's shape), or None
+        self.set_tools(tools, tool_choice)
         self._params = SamplingParams(**{k: v for k, v in sampling.items() if k in _SAMPLING})
         self._params.validate()
         self._stop = list(sampling.get("stop") or [])
@@ -136,6 +139,25 @@ class Chat:
             keep = _common_prefix(first, other)
         self.session.set_keep(min(keep, self.session.n_ctx // 2))
 
+    def set_tools(self, tools=None, tool_choice="auto") -> None:
+        """Tools (OpenAI's `tools` list) the next replies may call (edgerope.text.tools):
+        each reply is then constrained to a tool call -- recorded in `tool_calls` and in
+        the assistant message -- or a response, streamed as text; `send_tool_result` gives
+        a call's result back. None: plain replies."""
+        self.tools = self._constraint = None
+        self.template_kwargs.pop("tools", None)
+        if not tools:
+            return
+        from edgerope.text.constrain import Constraint
+        from edgerope.text.tools import Tools
+        self.tools = Tools(tools, tool_choice)
+        if self.tools.active:
+            self._constraint = Constraint.build(self.tokenizer, json_schema=self.tools.schema(),
+                                                vocab=self.model.config.vocab_size)
+            if "tools" in self.template:
+                self.template_kwargs["tools"] = [{"type": "function", "function": f}
+                                                 for f in self.tools.functions]
+
     @property
     def n_ctx(self) -> int:
         return self.session.n_ctx
@@ -149,7 +171,10 @@ class Chat:
 
     def render(self, messages=None, add_generation_prompt: bool = True) -> str:
         """The conversation (default: `messages`) as the template writes it."""
-        return render_chat(self.template, self.messages if messages is None else messages,
+        messages = self.messages if messages is None else messages
+        if self._constraint is not None:
+            messages = self.tools.messages(messages, "tools" in self.template)
+        return render_chat(self.template, messages,
                            add_generation_prompt=add_generation_prompt,
                            origin=self.template_origin,
                            bos_token=self._bos_text, eos_token=self._eos_text,
@@ -186,19 +211,34 @@ class Chat:
             params = replace(self._params, **sampling_overrides)
             params.validate()
             sampler = Sampler(params)
-        return self._turn(str(user_text), sampler, max_tokens, stop)
+        return self._turn({"role": "user", "content": str(user_text)}, sampler, max_tokens,
+                          stop)
 
-    def _turn(self, user_text, sampler, max_tokens, stop):
+    def send_tool_result(self, tool_call_id: str, content: str, max_tokens: int | None = None):
+        """Give the result of a tool the last reply called (`tool_calls`) and stream the
+        next reply, as `send` does."""
+        if not self.messages or not self.messages[-1].get("tool_calls") and \
+                self.messages[-1]["role"] != "tool":
+            raise ParameterError("send_tool_result: the last reply called no tool")
+        max_tokens = self._check_max_tokens(max_tokens) or self._max_tokens
+        if max_tokens is None and self.session.context_shift:
+            max_tokens = self.session.n_ctx
+        return self._turn({"role": "tool", "tool_call_id": tool_call_id,
+                           "content": str(content)}, self._sampler, max_tokens, self._stop)
+
+    def _turn(self, message, sampler, max_tokens, stop):
         if self._busy:
             raise RuntimeError("Chat.send: the previous reply is still streaming; "
                                "exhaust or close() it first")
         self._busy = True
         t_start = time.perf_counter()
         n_before = len(self.messages)
-        self.messages.append({"role": "user", "content": user_text})
+        self.messages.append(message)
         self.stats = stats = GenerationStats()
+        self.tool_calls = None
         pieces: list[str] = []
         done = False
+        guide = None if self._constraint is None else self._constraint.start()
         try:
             ids = self.encode(self.render())
             logits = self._prefill(ids)
@@ -208,15 +248,25 @@ class Chat:
             try:
                 for piece in sample_tokens(self.model, self.session, logits, sampler,
                                            max_tokens=max_tokens, stop=stop, stats=stats,
-                                           t_start=t_start, shown=ids[-_SHOWN:]):
+                                           t_start=t_start, shown=ids[-_SHOWN:], guide=guide):
                     pieces.append(piece)
-                    yield piece
+                    if guide is None:
+                        yield piece
             finally:  # the sampled tokens the session evaluated (all but the last)
                 self._history += stats.token_ids[:self._evaluated() - evaluated]
+            reply = {"role": "assistant", "content": "".join(pieces)}
+            if guide is not None:  # a JSON reply: a tool call, or the text for the user
+                content, calls = self.tools.parse(reply["content"]) \
+                    if not stats.incomplete else (reply["content"], None)
+                reply = {"role": "assistant", "content": content}
+                if calls:
+                    reply["tool_calls"] = self.tool_calls = calls
+                elif content:
+                    yield content
             done = True
         finally:
             if done:
-                self.messages.append({"role": "assistant", "content": "".join(pieces)})
+                self.messages.append(reply)
             else:
                 del self.messages[n_before:]
                 if _has_stale_keys(self.session) or len(self._history) != self._evaluated():

@@ -6,9 +6,10 @@ or  {"response": "<text for the user>"}
 
 so a call always names a real tool with arguments that match its schema, whatever the model
 was trained on. The conversation goes to the chat template with a system instruction saying
-so and listing the tools (and `tools=` for templates that use them); an assistant turn that
-called a tool is written back as the JSON it produced, and `tool` messages (the results) as
-a user turn `{"tool_response": ...}`, which every template accepts.
+so and listing the tools (and `tools=` for templates that use them); assistant turns are
+written back as the JSON the model produced (so a cached prefix stays valid), and `tool`
+messages (the results) as a user turn `{"tool_response": ...}`, which every template
+accepts.
 
 Owns: checking `tools` / `tool_choice`, the messages the template sees, the reply's schema,
 parsing a reply into OpenAI's message. Not: rendering, sampling, HTTP.
@@ -24,6 +25,11 @@ __all__ = ["Tools"]
 
 INSTRUCTION = ("Respond in JSON format, either with `tool_call` (a request to call tools) or "
                "with `response` reply to the user's request")
+
+
+def _compact(obj) -> str:
+    """JSON as the constrained replies are written (no spaces, UTF-8 as is)."""
+    return json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
 
 
 class Tools:
@@ -98,13 +104,14 @@ class Tools:
                 except ValueError:
                     raise ParameterError("messages: a tool call's arguments are not JSON") \
                         from None
-                out.append({"role": "assistant", "content": json.dumps(
-                    {"tool_call": {"name": f.get("name"), "arguments": args}},
-                    ensure_ascii=False)})
+                out.append({"role": "assistant", "content": _compact(
+                    {"tool_call": {"name": f.get("name"), "arguments": args}})})
+            elif role == "assistant":  # as the model wrote it: the cached prefix stays valid
+                out.append({"role": "assistant",
+                            "content": _compact({"response": m.get("content") or ""})})
             elif role == "tool":
-                result = {"tool_response": {"tool_call_id": m.get("tool_call_id"),
-                                            "content": m.get("content")}}
-                text = json.dumps(result, ensure_ascii=False)
+                text = _compact({"tool_response": {"tool_call_id": m.get("tool_call_id"),
+                                                   "content": m.get("content")}})
                 if out and out[-1]["role"] == "user" and out[-1].get("_tool"):
                     out[-1]["content"] += "\n" + text
                 else:
