@@ -285,10 +285,14 @@ def generate(model_path, prompt, prompt_file, n_predict, json_schema, grammar, j
 @click.option("--dtype", type=click.Choice(DTYPES), default="auto",
               show_default=True)
 @_kv_options(-1, "-1 = the system prompt.")
+@click.option("--tools", "tools_file", default=None,
+              help="JSON file (or text) of OpenAI-style tools the model may call: a call "
+                   "prints a 'tool_call: {...}' line and the next input line is its result.")
 @click.option("--force", is_flag=True, help=_FORCE_HELP)
 @_run_options
 @handle_errors
-def chat(model_path, system, chat_template, n_predict, threads, ctx_size, batch_size, temp,
+def chat(model_path, system, chat_template, tools_file, n_predict, threads, ctx_size,
+         batch_size, temp,
          top_k, top_p, min_p, repeat_penalty, repeat_last_n, presence_penalty, frequency_penalty,
          seed, stop, dtype, kv_type, keep,
          context_shift, force, debug, quiet):
@@ -296,6 +300,13 @@ def chat(model_path, system, chat_template, n_predict, threads, ctx_size, batch_
     Reads one user turn per line when stdin is not a terminal."""
     from edgerope.apps.chat import run_chat
     system = _arg_text(system, "--system")
+    tools = None
+    if tools_file is not None:
+        import json
+        try:
+            tools = json.loads(_text_or_file(tools_file, "--tools"))
+        except ValueError as e:
+            raise EdgeropeError(f"--tools: not valid JSON: {e}") from None
     _threads(threads)
     _check_memory(force, model_path, dtype, ctx_size, kv_type, batch_size, keep)
     try:
@@ -309,7 +320,7 @@ def chat(model_path, system, chat_template, n_predict, threads, ctx_size, batch_
                       temperature=temp, top_k=top_k, top_p=top_p, min_p=min_p,
                       repeat_penalty=repeat_penalty, repeat_last_n=repeat_last_n, seed=seed,
                       presence_penalty=presence_penalty, frequency_penalty=frequency_penalty,
-                      stop=list(stop), kv_type=kv_type, keep=keep,
+                      stop=list(stop), kv_type=kv_type, keep=keep, tools=tools,
                       context_shift=context_shift))
 
 

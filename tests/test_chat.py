@@ -516,3 +516,33 @@ def test_tools_in_chat():
     assert chat.tool_calls is not None or isinstance(reply, str)
     with pytest.raises(EdgeropeError):
         Chat(m, tools=[{"type": "function", "function": {"name": ""}}])
+
+
+def test_chat_cli_tools(tmp_path):
+    """`edgerope chat --tools FILE`: a call is one `tool_call: {...}` line, the next input
+    line its result."""
+    pytest.importorskip("llguidance")
+    from click.testing import CliRunner
+    from edgerope.cli import main
+    from edgerope.errors import EdgeropeError
+    from edgerope.io.registry import locate
+    try:
+        locate("smollm2-135m")
+    except EdgeropeError as e:
+        pytest.skip(str(e))
+    f = tmp_path / "tools.json"
+    f.write_text(json.dumps([{"type": "function", "function": {
+        "name": "get_weather", "parameters": {"type": "object", "properties": {
+            "city": {"type": "string", "maxLength": 20}}, "required": ["city"],
+            "additionalProperties": False}}}]))
+    r = CliRunner().invoke(main, ["chat", "-m", "smollm2-135m", "--tools", str(f), "--temp",
+                                  "0", "-n", "60", "-q"],
+                           input='Call get_weather for Paris.\n{"temp": 21}\n')
+    assert r.exit_code == 0, r.output
+    lines = r.stdout.strip().splitlines()
+    assert len(lines) == 2 and lines[0].startswith("tool_call: ")
+    call = json.loads(lines[0][len("tool_call: "):])
+    assert call["name"] == "get_weather" and call["arguments"] == {"city": "Paris"}
+    r = CliRunner().invoke(main, ["chat", "-m", "smollm2-135m", "--tools", "{nope", "-q"],
+                           input="hi\n")
+    assert r.exit_code == 1 and "--tools: not valid JSON" in r.output

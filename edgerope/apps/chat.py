@@ -9,6 +9,7 @@ context limits) or chat templates (edgerope.text.template).
 from __future__ import annotations
 
 import builtins
+import json
 import sys
 
 from edgerope.errors import EdgeropeError
@@ -40,6 +41,10 @@ def run_chat(model, system: str | None = None, input=None, output=None, err=None
     sys.stdout, sys.stderr; `interactive` defaults to whether input is a terminal, and then a
     "> " prompt is shown. `**sampling` goes to `Chat` (n_ctx, template, n_batch, max_tokens,
     temperature, ...).
+
+    With `tools` (OpenAI's tools list, via **sampling to Chat) a reply may be a tool call:
+    it is printed as one line `tool_call: {"id": ..., "name": ..., "arguments": {...}}` and
+    the next input line is taken as that tool's result (then the model replies again).
 
     Commands: /reset (forget the conversation), /exit; end of input (Ctrl-D) quits. Ctrl-C
     during a reply cancels it (the turn is forgotten) and returns to the prompt; Ctrl-C at the
@@ -116,7 +121,10 @@ def run_chat(model, system: str | None = None, input=None, output=None, err=None
             chat.reset()
             say(err, "conversation reset\n")
             continue
-        reply = chat.send(text)
+        if chat.tool_calls:  # this line is the result of the call printed last
+            reply = chat.send_tool_result(chat.tool_calls[0]["id"], text)
+        else:
+            reply = chat.send(text)
         try:
             for piece in reply:
                 say(output, piece)
@@ -128,6 +136,11 @@ def run_chat(model, system: str | None = None, input=None, output=None, err=None
             reply.close()
             say(err, f"error: {first_line(e)}\n")
             continue
+        if chat.tool_calls:
+            f = chat.tool_calls[0]["function"]
+            say(output, "tool_call: " + json.dumps(
+                {"id": chat.tool_calls[0]["id"], "name": f["name"],
+                 "arguments": json.loads(f["arguments"])}, ensure_ascii=False))
         say(output, "\n")
         if chat.stats.stop_reason == "context":
             say(err, f"context full ({chat.n_ctx} tokens): reply cut short; "
