@@ -3,8 +3,9 @@ same prompts give valid JSON without it.
 
     python bench/structured.py [-m gemma3-270m] [-r 3] [-n 128]
 
-Speed: one prompt, a schema whose one field is a free string (so the constrained output can
-run the full -n tokens; token counts are printed beside the rates), alternating rounds, decode t/s (GenerationStats.gen_tps, the prompt excluded); medians and the median of
+Speed: one prompt, a schema whose one field is a string of at least 8 -n characters (so the
+constrained output runs the full -n tokens; token counts are printed beside the rates),
+alternating rounds, decode t/s (GenerationStats.gen_tps, the prompt excluded); medians and the median of
 per-round ratios. Validity: tests/test_structured.py's 20 schemas, temperature 0.7, seed i:
 constrained outputs that parse and validate vs unconstrained ones (the text as generated,
 stripped, then json.loads + jsonschema).
@@ -24,7 +25,8 @@ sys.path.insert(0, os.path.join(HERE, "..", "tests"))
 
 def speed(m, n, rounds):
     from edgerope.engine.generate import GenerationStats
-    schema = {"type": "object", "properties": {"story": {"type": "string"}},
+    schema = {"type": "object", "properties": {"story": {"type": "string",
+                                                         "minLength": 8 * n}},
               "required": ["story"], "additionalProperties": False}
     prompt = "Write a long story about a lighthouse keeper, as JSON:\n"
     got = {"free": [], "schema": []}
