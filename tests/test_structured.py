@@ -1,4 +1,4 @@
-"""Constrained output (edgerope.text.constrain, llguidance): 20 JSON schemas on the two real
+"""Constrained output (edgerope.engine.constrain, llguidance): 20 JSON schemas on the two real
 models, every output parsed and validated with `jsonschema`; GBNF grammars; bad schemas and
 grammars as one-line errors before any token; output cut by max_tokens reported as such;
 the CLI flags and the server's response_format."""

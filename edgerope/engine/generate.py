@@ -85,7 +85,7 @@ def generate(model, prompt, max_tokens: int = 128, temperature: float = 0.8, top
     A prompt longer than the context streams through it with context shift; without, it is
     cut from the left (its first `keep` tokens stay) with a warning. `session` (optional)
     brings its own n_ctx / kv_type / context_shift; `keep` -1 then applies to it if empty.
-    Constrained output (edgerope.text.constrain, the `structured` extra): `json_schema` (a
+    Constrained output (edgerope.engine.constrain, the `structured` extra): `json_schema` (a
     dict or JSON text), `grammar` (GBNF or Lark) or `json_object` (any JSON object); checked
     before the prompt is evaluated; the text then always follows it, and generation ends
     when it is complete (stop_reason "stop"); `stats.incomplete` says it was not (max_tokens
@@ -102,7 +102,7 @@ def generate(model, prompt, max_tokens: int = 128, temperature: float = 0.8, top
         raise EdgeropeError(f"max_tokens must be >= 0, got {max_tokens}")
     guide = None
     if json_schema is not None or grammar is not None or json_object:
-        from edgerope.text.constrain import Constraint
+        from edgerope.engine.constrain import Constraint
         guide = Constraint.build(tok, json_schema=json_schema, grammar=grammar,
                                  any_json=json_object, vocab=model.config.vocab_size).start()
     if isinstance(prompt, str):
@@ -169,7 +169,7 @@ def sample_tokens(model, session, logits, sampler: Sampler, max_tokens: int | No
     token is not evaluated. `shown` = ids whose text is already on screen (stream context, so
     that a leading "▁word" streams as " word"). Fills `stats` from n_generated on; times count
     from `t_start` (default: now). A session with context shift never fills up. `guide`
-    (edgerope.text.constrain.Guide): tokens the constraint forbids are never sampled, and
+    (edgerope.engine.constrain.Guide): tokens the constraint forbids are never sampled, and
     generation stops once it is complete (stop_reason "stop").
     """
     t_start = time.perf_counter() if t_start is None else t_start

@@ -156,7 +156,7 @@ def softmax_(x):
 @kernel
 def mask_bits(out, x, bits, n):
     """out = x where bit i of the packed mask `bits` (int32 words, bit i % 32 of word i // 32)
-    is set and i < n, else -inf: a grammar's allowed tokens (edgerope.text.constrain)."""
+    is set and i < n, else -inf: a grammar's allowed tokens (edgerope.engine.constrain)."""
     neg = np.float32(-np.inf)
     for i in range(out.shape[0]):
         if i < n and (bits[i >> 5] >> (i & 31)) & 1:

@@ -240,7 +240,7 @@ class Api:
                            param="messages", code="context_length_exceeded")
 
     def constraint(self, body, tools=None):
-        """The output constraint of a request (edgerope.text.constrain): OpenAI's
+        """The output constraint of a request (edgerope.engine.constrain): OpenAI's
         response_format (json_object, json_schema), llama-server's json_schema and grammar
         fields, the tool-call format of `tools` (edgerope.text.tools); None without one. A bad
         schema or grammar is a 400 naming it."""
@@ -251,7 +251,7 @@ class Api:
                     (body.get("response_format") or {}).get("type", "text") != "text":
                 raise _bad("tools", "cannot be combined with response_format, json_schema "
                                     "or grammar")
-            from edgerope.text.constrain import Constraint
+            from edgerope.engine.constrain import Constraint
             try:
                 return Constraint.build(self.tokenizer, json_schema=tools.schema(),
                                         vocab=self.model.config.vocab_size)
@@ -287,7 +287,7 @@ class Api:
                 schema = v
         if schema is None and grammar is None and not any_json:
             return None
-        from edgerope.text.constrain import Constraint
+        from edgerope.engine.constrain import Constraint
         try:
             return Constraint.build(self.tokenizer, json_schema=schema, grammar=grammar,
                                     any_json=any_json, vocab=self.model.config.vocab_size)

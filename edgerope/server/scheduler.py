@@ -62,7 +62,7 @@ class Job:
     n_probs: int = -1                  # -1: no logprobs; k >= 0: the token's and the top k
     cache_prompt: bool = True          # reuse a slot's cached prefix (False: evaluate anew)
     ignore_eos: bool = False           # go on past end tokens (llama-server's; benchmarks)
-    constraint: object = None          # edgerope.text.constrain.Constraint (JSON, grammar)
+    constraint: object = None          # edgerope.engine.constrain.Constraint (JSON, grammar)
     cancelled: bool = False            # set from any thread: the scheduler drops the job
     # filled in by the scheduler
     n_cached: int = 0                  # prompt tokens found in the slot's cache

@@ -148,7 +148,7 @@ class Chat:
         self.template_kwargs.pop("tools", None)
         if not tools:
             return
-        from edgerope.text.constrain import Constraint
+        from edgerope.engine.constrain import Constraint
         from edgerope.text.tools import Tools
         self.tools = Tools(tools, tool_choice)
         if self.tools.active:

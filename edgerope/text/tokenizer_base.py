@@ -121,7 +121,7 @@ class Tokenizer:
     def token_bytes(self) -> list[bytes]:
         """Per id, the bytes the token adds to a text in the middle of a stream (a leading
         space included); special ids as b"\xff" + their text, as llguidance marks them (for
-        edgerope.text.constrain). Made once, kept. This generic form decodes each id after
+        edgerope.engine.constrain). Made once, kept. This generic form decodes each id after
         a reference token; subclasses that know their bytes exactly override `_token_bytes`."""
         table = getattr(self, "_token_bytes_table", None)
         if table is None:

@@ -1,5 +1,5 @@
 """Tool calls (OpenAI's `tools`) for any chat model, in llama.cpp's "generic" format: the
-reply is constrained (edgerope.text.constrain) to one JSON object, either
+reply is constrained (edgerope.engine.constrain) to one JSON object, either
 
     {"tool_call": {"name": "<one of the tools>", "arguments": {<that tool's parameters>}}}
 or  {"response": "<text for the user>"}

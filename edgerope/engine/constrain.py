@@ -13,7 +13,8 @@ generation ids are allowed exactly when the grammar may end. A bad schema or gra
 one-line ParameterError before any token is generated.
 
 Owns: building llguidance's tokenizer (once per tokenizer), compiling grammars, masks.
-Not: sampling or stopping (edgerope.engine.generate / the server's scheduler).
+Not: sampling or stopping (edgerope.engine.generate / the server's scheduler). It takes a
+tokenizer object (edgerope.text) by its interface and imports nothing above the engine.
 """
 from __future__ import annotations
 
