@@ -84,7 +84,7 @@ class Batch:
             if len(ids) == 0 or ids.min() < 0 or ids.max() >= cfg.vocab_size:
                 raise ParameterError(f"part {i}: needs token ids in [0, {cfg.vocab_size})")
             self.sessions[i].cache.check_room(self.sessions[i].pos + len(ids))
-            chunks.append((self.sessions[i], ids, T))
+            chunks.append((i, ids, T))
             T += len(ids)
         if T > self.n_batch:
             raise ParameterError(f"a batch step holds at most {self.n_batch} tokens, got {T}")
@@ -101,21 +101,22 @@ class Batch:
         model, cfg, b, op = self.model, self.model.config, self.buf, direct
         W = model.weights
         segs, ropes = [], []
-        for j, (sess, ids, s) in enumerate(chunks):
+        for j, (i, ids, s) in enumerate(chunks):
+            sess = self.sessions[i]
             e = s + len(ids)
             b.ids[s:e] = ids
             np.add(b.iota[:e - s], sess.pos, out=b.pos[s:e])
             segs.append((sess.cache, s, e))
             ropes.append(sess.rope_rows(b.pos[s:e], b.iota))
             self._last[j] = e - 1
-            self._seq[s:e] = self.sessions.index(sess)
+            self._seq[s:e] = i
             self._seg[s:e] = (s, e)
         rope = ropes[0] if len(ropes) == 1 else _join_rope(ropes, b.pos[:T], b.iota[:T])
         # several sequences each decoding one token: one attention call for all rows
         together = (self._stacked, self._seq, self._seg) if 1 < len(chunks) == T else None
         run_layers(model, b, T, segs, rope, op, together)
-        for sess, ids, _ in chunks:
-            sess.tokens.extend(ids.tolist())
+        for i, ids, _ in chunks:
+            self.sessions[i].tokens.extend(ids.tolist())
         n = len(chunks)
         rows, h, logits = b.o[:n], b.h[:n], b.logits[:n]
         np.take(b.x[:T], self._last[:n], axis=0, out=rows)

@@ -25,19 +25,10 @@ import numpy as np
 
 from edgerope.errors import EdgeropeError, ParameterError
 
-__all__ = ["Constraint", "Guide", "available"]
+__all__ = ["Constraint", "Guide"]
 
 _lock = threading.Lock()
-# {"type": "object"} alone would let llguidance take any properties; this is "a JSON object"
-ANY_JSON = {"type": "object"}
-
-
-def available() -> bool:
-    try:
-        import llguidance  # noqa: F401
-        return True
-    except ImportError:
-        return False
+ANY_JSON = {"type": "object"}  # `--json`: any JSON object, any properties
 
 
 def _llg():

@@ -69,6 +69,58 @@ class _StopMatcher:
         return out
 
 
+class TokenRules:
+    """One sequence's rules per generated token, shared by `sample_tokens` and the server's
+    scheduler: sample (under the constraint `guide`, if any), stop at an end token, stream
+    the text with stop strings held back, stop once the constraint is complete or after
+    `max_tokens`. Context limits are the caller's (they depend on its session)."""
+
+    def __init__(self, sampler: Sampler, tokenizer, eos, stop=None, guide=None, shown=(),
+                 max_tokens: int | None = None):
+        self.sampler, self.guide, self.eos, self.max_tokens = sampler, guide, eos, max_tokens
+        # shown: ids already on screen, context for the stream (keeps the joining space)
+        self.stream = tokenizer.stream(prefix=shown) if tokenizer is not None else None
+        self.stopper = _StopMatcher(stop)
+        self.n = 0          # tokens accepted (end tokens excluded)
+        self.cut = False    # a stop string ended it: what it held back is not shown
+
+    def sample(self, logits, history) -> int:
+        g = self.guide
+        return self.sampler(logits if g is None else g.mask(logits), history)
+
+    def accept(self, token: int) -> tuple[str, str | None]:
+        """(text now final, why generation ends here: "eos" (the token is an end token and
+        not counted), "stop", "length", or None to go on)."""
+        if token in self.eos:
+            return "", "eos"
+        if self.guide is not None:
+            self.guide.consume(token)
+        self.n += 1
+        text = ""
+        if self.stream is not None:
+            text, stopped = self.stopper.feed(self.stream.push(token))
+            if stopped:
+                self.cut = True
+                return text, "stop"
+        if self.guide is not None and self.guide.done:
+            return text, "stop"
+        if self.max_tokens is not None and self.n >= self.max_tokens:
+            return text, "length"
+        return text, None
+
+    def flush(self) -> str:
+        """The text still held back, once generation ended (none after a stop string)."""
+        if self.stream is None or self.cut:
+            return ""
+        text, _ = self.stopper.feed(self.stream.flush())
+        return text + self.stopper.flush()
+
+    @property
+    def incomplete(self) -> bool:
+        """Ended before the constraint was met."""
+        return self.guide is not None and not self.guide.accepting
+
+
 def generate(model, prompt, max_tokens: int = 128, temperature: float = 0.8, top_k: int = 40,
              top_p: float = 0.95, min_p: float = 0.05, repeat_penalty: float = 1.0,
              repeat_last_n: int = 64, seed: int | None = None, stop=None, add_bos: bool = True,
@@ -176,50 +228,36 @@ def sample_tokens(model, session, logits, sampler: Sampler, max_tokens: int | No
     stats = stats if stats is not None else GenerationStats()
     sess, tok = session, model.tokenizer
     eos = set(tok.eos_ids) if tok is not None else set(model.config.eos_token_ids)
-    stream = tok.stream(prefix=shown) if tok is not None else None  # keeps the joining space
-    stopper = _StopMatcher(stop)
+    rules = TokenRules(sampler, tok, eos, stop, guide, shown, max_tokens)
 
     t_prompt = time.perf_counter()
     history = list(sess.tokens)
-    cut = False  # a stop string ended it: what it held back is not shown
     while True:
         t_s = time.perf_counter()
-        token = sampler(logits if guide is None else guide.mask(logits), history)
+        token = rules.sample(logits, history)
         if session.profiler is not None:
             session.profiler.add("sampling", time.perf_counter() - t_s)
         if stats.n_generated == 0:
             stats.first_token_seconds = time.perf_counter() - t_start
-        if token in eos:
+        text, reason = rules.accept(token)
+        if reason == "eos":
             stats.stop_reason = "eos"
             break
-        if guide is not None:
-            guide.consume(token)
         stats.n_generated += 1
         stats.token_ids.append(token)
         history.append(token)
-        if stream is not None:
-            text, stopped = stopper.feed(stream.push(token))
-            if text:
-                yield text
-            if stopped:
-                stats.stop_reason = "stop"
-                cut = True
-                break
-        if guide is not None and guide.done:
-            stats.stop_reason = "stop"
-            break
-        if max_tokens is not None and stats.n_generated >= max_tokens:
-            stats.stop_reason = "length"
+        if text:
+            yield text
+        if reason is not None:
+            stats.stop_reason = reason
             break
         if sess.pos >= sess.n_ctx and not sess.context_shift:
             stats.stop_reason = "context"
             break
         logits = sess.eval([token])
         stats.gen_seconds = time.perf_counter() - t_prompt
-    if stream is not None and not cut:
-        text, _ = stopper.feed(stream.flush())
-        text += stopper.flush()
-        if text:
-            yield text
-    stats.incomplete = guide is not None and not guide.accepting
+    text = rules.flush()
+    if text:
+        yield text
+    stats.incomplete = rules.incomplete
     stats.gen_seconds = time.perf_counter() - t_prompt

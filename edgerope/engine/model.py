@@ -185,11 +185,10 @@ class _Buffers:
         return widths
 
     @classmethod
-    def nbytes_of(cls, cfg: ModelConfig, B: int, att_len: int, dtype: str = "int8",
-                  n_logits: int = 1) -> int:
+    def nbytes_of(cls, cfg: ModelConfig, B: int, att_len: int, dtype: str = "int8") -> int:
         """Bytes of the buffers of a session (once every matmul ran), without allocating."""
         size = lambda shape, dt: int(np.prod(shape)) * np.dtype(dt).itemsize  # noqa: E731
-        total = sum(size(*v) for v in cls.layout(cfg, B, att_len, n_logits).values())
+        total = sum(size(*v) for v in cls.layout(cfg, B, att_len).values())
         total += sum(2 * size(shape, np.float32) for shape in cls.shared_layout(cfg, B).values())
         if dtype != "float32":  # a GGUF file's own types (auto) may take Q8_K activations too
             total += Activations.nbytes_of(B, cls.act_widths(cfg), ("q8_0", "q8_k")

@@ -35,7 +35,7 @@ import numpy as np
 
 from edgerope.engine.batch import Batch
 from edgerope.engine.cache import DEFAULT_KV_TYPE
-from edgerope.engine.generate import _StopMatcher
+from edgerope.engine.generate import TokenRules
 from edgerope.engine.sampler import Sampler, SamplingParams
 from edgerope.errors import ParameterError
 from edgerope.text.conversation import _common_prefix
@@ -67,9 +67,7 @@ class Job:
     # filled in by the scheduler
     n_cached: int = 0                  # prompt tokens found in the slot's cache
     n_generated: int = 0
-    finish_reason: str = ""
-    t_submit: float = 0.0
-    t_first: float = 0.0               # time of the first generated token
+    finish_reason: str = ""            # as the "done" event says
 
     def usage(self) -> dict:
         n = len(self.ids)
@@ -84,8 +82,7 @@ class _Slot:
         self.job: Job | None = None
         self.pending: list = []        # prompt ids still to evaluate
         self.next: int | None = None   # the sampled token to evaluate next step
-        self.sampler = self.stream = self.stopper = self.guide = None
-        self.eos: set = set()
+        self.rules: TokenRules | None = None  # the job's per-token rules
         self.used = 0.0                # when it last finished (least recently used first)
 
 
@@ -120,7 +117,6 @@ class Scheduler:
         if len(job.ids) >= self.n_ctx:
             raise ParameterError(f"the prompt is {len(job.ids)} tokens, a slot's context "
                                  f"{self.n_ctx}: no room left to generate")
-        job.t_submit = time.perf_counter()
         with self._cv:
             if self._stopping:
                 raise QueueFull("the server is shutting down")
@@ -203,8 +199,15 @@ class Scheduler:
         self._queue = [j for j in self._queue if not j.cancelled]
         for s in self.slots:
             if s.job is not None and s.job.cancelled:
-                s.job, s.pending, s.next = None, [], None
-                s.used = time.perf_counter()
+                self._free(s)
+
+    @staticmethod
+    def _free(s: _Slot):
+        """Free slot s; returns the job it held."""
+        job = s.job
+        s.job, s.pending, s.next, s.rules = None, [], None, None
+        s.used = time.perf_counter()
+        return job
 
     def _admit(self) -> None:
         while self._queue:
@@ -226,11 +229,10 @@ class Scheduler:
         tok = self.tokenizer
         slot.job, job.n_cached = job, n_cached
         slot.pending, slot.next = list(job.ids[n_cached:]), None
-        slot.sampler = Sampler(job.params)
-        slot.stream = tok.stream(prefix=job.ids[-_SHOWN:])
-        slot.stopper = _StopMatcher(job.stop)
-        slot.eos = set() if job.ignore_eos else set(tok.eos_ids)
-        slot.guide = None if job.constraint is None else job.constraint.start()
+        slot.rules = TokenRules(Sampler(job.params), tok,
+                                set() if job.ignore_eos else set(tok.eos_ids), job.stop,
+                                None if job.constraint is None else job.constraint.start(),
+                                job.ids[-_SHOWN:], job.max_tokens)
 
     def _plan(self) -> list:
         """This step's parts: every decoding slot's next token, then prompt chunks."""
@@ -254,43 +256,31 @@ class Scheduler:
         job = s.job
         if job.cancelled:
             return  # dropped at the next step
-        g = s.guide
-        token = s.sampler(logits if g is None else g.mask(logits), s.session.tokens)
-        if job.n_generated == 0:
-            job.t_first = time.perf_counter()
-        if token in s.eos:
+        token = s.rules.sample(logits, s.session.tokens)
+        text, reason = s.rules.accept(token)
+        if reason == "eos":
             return self._finish(s, "stop")
-        if g is not None:
-            g.consume(token)
         job.n_generated += 1
-        text, stopped = s.stopper.feed(s.stream.push(token))
         lp = _logprob(logits, token, job.n_probs) if job.n_probs >= 0 else None
         job.emit(("token", text, lp))
-        if stopped:
-            return self._finish(s, "stop", flush=False)
-        if g is not None and g.done:
-            return self._finish(s, "stop")
-        if job.max_tokens is not None and job.n_generated >= job.max_tokens:
-            return self._finish(s, "length")
+        if reason is not None:
+            return self._finish(s, reason)
         if s.session.pos >= self.n_ctx:
             return self._finish(s, "length")
         s.next = token
 
-    def _finish(self, s: _Slot, reason, flush: bool = True, error: str | None = None) -> None:
-        job = s.job
-        s.job, s.pending, s.next = None, [], None
-        s.used = time.perf_counter()
+    def _finish(self, s: _Slot, reason, error: str | None = None) -> None:
+        rules = s.rules
+        job = self._free(s)
         if job is None or job.cancelled:
             return
         if error is not None:
             job.finish_reason = "error"
             job.emit(("error", 500, error))
             return
-        if flush:
-            text, _ = s.stopper.feed(s.stream.flush())
-            text += s.stopper.flush()
-            if text:
-                job.emit(("token", text, None))
+        text = rules.flush()
+        if text:
+            job.emit(("token", text, None))
         job.finish_reason = reason
         job.emit(("done", reason, job.usage()))
 
