@@ -25,3 +25,22 @@ def _no_compile_notice_in_process():
     from edgerope import runtime
     runtime._state["said"].add("compile")
     yield
+
+
+@pytest.fixture(scope="session")
+def real_model():
+    """`real_model(name)`: a real model installed from the package index (load_any), loaded
+    once a session; the test skips when its package is not installed."""
+    from edgerope.errors import EdgeropeError
+    from edgerope.io.registry import load_any, locate
+    loaded = {}
+
+    def get(name):
+        try:
+            locate(name)
+        except EdgeropeError as e:
+            pytest.skip(str(e))
+        if name not in loaded:
+            loaded[name] = load_any(name)
+        return loaded[name]
+    return get

@@ -33,21 +33,16 @@ GREEDY = dict(temperature=0, max_tokens=12)
 
 
 @pytest.fixture(scope="module")
-def model():
-    try:
-        locate(MODEL)
-    except EdgeropeError as e:
-        pytest.skip(str(e))
-    from edgerope.io.registry import load_any
-    return load_any(MODEL)
+def model(real_model):
+    return real_model(MODEL)
 
 
 class Server:
     """A server in a thread of this process, on a free loopback port."""
 
-    def __init__(self, model, n_slots=4, api_key=None, max_queue=64, n_ctx=CTX):
+    def __init__(self, model, n_slots=4, api_key=None, max_queue=64, n_ctx=CTX, template=None):
         self.scheduler = Scheduler(model, n_slots, n_ctx, 512, max_queue=max_queue).start()
-        app = build_app(self.scheduler, Api(model, MODEL, n_ctx), api_key)
+        app = build_app(self.scheduler, Api(model, MODEL, n_ctx, template), api_key)
         self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0,
                                                     log_level="error", lifespan="off"))
         self.server.install_signal_handlers = lambda: None  # not the main thread
@@ -532,3 +527,49 @@ def test_tool_call_round_trip(srv):
     status, _, err = srv.raw("POST", "/v1/chat/completions", {
         "messages": msgs[:1], "tools": [WEATHER], "tool_choice": "sometimes"})
     assert status == 400 and err["error"]["param"] == "tool_choice"
+    status, _, err = srv.raw("POST", "/v1/chat/completions", {
+        "messages": msgs[:1], "tools": [WEATHER], "parallel_tool_calls": "yes"})
+    assert status == 400 and err["error"]["param"] == "parallel_tool_calls"
+
+
+def test_tool_calls_in_the_templates_format(model):
+    """A server whose chat template has its own tool syntax (Qwen 2.5's <tool_call>, from
+    llama.cpp's templates): calls in that format, parsed into tool_calls; with
+    parallel_tool_calls a reply may hold several, each valid; results go back as `tool`
+    messages in the template's own tool turn."""
+    jsonschema = pytest.importorskip("jsonschema")
+    root = os.environ.get("EDGEROPE_LLAMA_CPP") or ""
+    path = os.path.join(root, "models", "templates", "Qwen-Qwen2.5-7B-Instruct.jinja")
+    if not os.path.isfile(path):
+        if os.environ.get("CI"):
+            pytest.fail("EDGEROPE_LLAMA_CPP is not set: .ci/run fetches llama.cpp's templates")
+        pytest.skip("llama.cpp's chat templates are not here (EDGEROPE_LLAMA_CPP)")
+    with open(path, encoding="utf-8") as f:
+        srv = Server(model, n_slots=2, template=f.read())
+    try:
+        c = srv.client()
+        params = {t["function"]["name"]: t["function"]["parameters"] for t in (WEATHER, CLOCK)}
+        msgs = [{"role": "user", "content": "What is the weather in Paris and the time?"}]
+        for parallel in (False, True):
+            r = c.chat.completions.create(model=MODEL, messages=msgs, tools=[WEATHER, CLOCK],
+                                          tool_choice="required", max_tokens=120,
+                                          temperature=0, parallel_tool_calls=parallel)
+            choice = r.choices[0]
+            assert choice.finish_reason in ("tool_calls", "length")
+            if choice.finish_reason == "length":
+                assert parallel  # one call fits easily in 120 tokens
+                continue
+            calls = choice.message.tool_calls
+            assert len(calls) >= 1 and (parallel or len(calls) == 1)
+            for call in calls:
+                jsonschema.validate(json.loads(call.function.arguments),
+                                    params[call.function.name])
+        msgs += [{"role": "assistant", "content": None,
+                  "tool_calls": [calls[0].model_dump()]},
+                 {"role": "tool", "tool_call_id": calls[0].id, "content": '{"temp": 21}'}]
+        r = c.chat.completions.create(model=MODEL, messages=msgs, tools=[WEATHER, CLOCK],
+                                      max_tokens=40, temperature=0)
+        assert r.choices[0].finish_reason in ("stop", "tool_calls", "length")
+        assert r.usage.prompt_tokens > 0
+    finally:
+        srv.close()

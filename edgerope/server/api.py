@@ -188,23 +188,21 @@ class Api:
         kwargs = body.get("chat_template_kwargs") or {}
         if not isinstance(kwargs, dict):
             raise _bad("chat_template_kwargs", "must be an object")
-        tools = None
+        tools, tok = None, self.tokenizer
         if body.get("tools") is not None:
             from edgerope.text.tools import Tools
             try:
-                tools = Tools(body["tools"], body.get("tool_choice") or "auto")
+                tools = Tools(body["tools"], body.get("tool_choice") or "auto", self.template,
+                              parallel=body.get("parallel_tool_calls", False),
+                              bos_token=tok.bos_token or "", eos_token=tok.eos_token or "")
             except EdgeropeError as e:
                 msg = str(e).splitlines()[0]
                 raise ApiError(400, msg, param=msg.split(":")[0]) from None
             if tools.active:
-                has = "tools" in self.template
-                out = tools.messages(out, has)
-                if has:
-                    kwargs = {**kwargs, "tools": [{"type": "function", "function": f}
-                                                  for f in tools.functions]}
+                out = tools.messages(out)
+                kwargs = {**kwargs, **tools.template_kwargs()}
             else:
                 tools = None
-        tok = self.tokenizer
         try:
             text = render_chat(self.template, out, add_generation_prompt=True,
                                origin=self.template_origin, bos_token=tok.bos_token or "",
@@ -253,7 +251,7 @@ class Api:
                                     "or grammar")
             from edgerope.engine.constrain import Constraint
             try:
-                return Constraint.build(self.tokenizer, json_schema=tools.schema(),
+                return Constraint.build(self.tokenizer, **tools.constraint(),
                                         vocab=self.model.config.vocab_size)
             except EdgeropeError as e:
                 raise _bad("tools", str(e).splitlines()[0]) from None

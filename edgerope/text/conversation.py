@@ -96,7 +96,7 @@ class Chat:
                  template: str | None = None, *, n_batch: int = 512,
                  template_kwargs: dict | None = None, kv_type: str = DEFAULT_KV_TYPE,
                  keep: int = -1, context_shift: bool = True, tools=None,
-                 tool_choice="auto", **sampling):
+                 tool_choice="auto", parallel_tool_calls: bool = False, **sampling):
         tok = model.tokenizer
         if tok is None:
             raise EdgeropeError("this model has no tokenizer: chat needs one")
@@ -109,16 +109,16 @@ class Chat:
             else pick_template(model)
         self.template_origin = template_origin(model, template)
         self.template_kwargs = dict(template_kwargs or {})
+        # the texts a template writes for bos_token / eos_token ("<bos>", "<|im_end|>")
+        self._bos_text = tok.bos_token or ""
+        self._eos_text = tok.eos_token or ""
         self.tool_calls = None  # the last reply's calls (OpenAI's shape), or None
-        self.set_tools(tools, tool_choice)
+        self.set_tools(tools, tool_choice, parallel_tool_calls)
         self._params = SamplingParams(**{k: v for k, v in sampling.items() if k in _SAMPLING})
         self._params.validate()
         self._stop = list(sampling.get("stop") or [])
         self._max_tokens = self._check_max_tokens(sampling.get("max_tokens"))
         self._sampler = Sampler(self._params)
-        # the texts a template writes for bos_token / eos_token ("<bos>", "<|im_end|>")
-        self._bos_text = tok.bos_token or ""
-        self._eos_text = tok.eos_token or ""
         if keep < -1:
             raise ParameterError(f"keep must be >= 0, or -1 for the system prompt; got {keep}")
         self.session = model.new_session(n_ctx=n_ctx, n_batch=n_batch, kv_type=kv_type,
@@ -139,24 +139,25 @@ class Chat:
             keep = _common_prefix(first, other)
         self.session.set_keep(min(keep, self.session.n_ctx // 2))
 
-    def set_tools(self, tools=None, tool_choice="auto") -> None:
+    def set_tools(self, tools=None, tool_choice="auto", parallel_tool_calls: bool = False) -> None:
         """Tools (OpenAI's `tools` list) the next replies may call (edgerope.text.tools):
-        each reply is then constrained to a tool call -- recorded in `tool_calls` and in
-        the assistant message -- or a response, streamed as text; `send_tool_result` gives
-        a call's result back. None: plain replies."""
+        each reply is then constrained to the template's own tool-call format (or the
+        generic JSON one) -- a call is recorded in `tool_calls` and in the assistant
+        message, text comes out whole at the end of the reply; `send_tool_result` gives a
+        call's result back. `parallel_tool_calls`: a reply may hold several calls, where the
+        format writes them. None: plain replies."""
         self.tools = self._constraint = None
         self.template_kwargs.pop("tools", None)
         if not tools:
             return
         from edgerope.engine.constrain import Constraint
         from edgerope.text.tools import Tools
-        self.tools = Tools(tools, tool_choice)
+        self.tools = Tools(tools, tool_choice, self.template, parallel=parallel_tool_calls,
+                           bos_token=self._bos_text, eos_token=self._eos_text)
         if self.tools.active:
-            self._constraint = Constraint.build(self.tokenizer, json_schema=self.tools.schema(),
+            self._constraint = Constraint.build(self.tokenizer, **self.tools.constraint(),
                                                 vocab=self.model.config.vocab_size)
-            if "tools" in self.template:
-                self.template_kwargs["tools"] = [{"type": "function", "function": f}
-                                                 for f in self.tools.functions]
+            self.template_kwargs.update(self.tools.template_kwargs())
 
     @property
     def n_ctx(self) -> int:
@@ -173,7 +174,7 @@ class Chat:
         """The conversation (default: `messages`) as the template writes it."""
         messages = self.messages if messages is None else messages
         if self._constraint is not None:
-            messages = self.tools.messages(messages, "tools" in self.template)
+            messages = self.tools.messages(messages)
         return render_chat(self.template, messages,
                            add_generation_prompt=add_generation_prompt,
                            origin=self.template_origin,
