@@ -277,3 +277,21 @@ def test_attention_rows_over_quantized_caches(kv_type):
         ref = naive.attention(q[i:i + 1], kd, vd, c.pos, kn[i:i + 1], vn[i:i + 1],
                               qpos[i:i + 1], 0.2, 0, 0.0)
         np.testing.assert_allclose(out[i:i + 1], ref, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("kv_type", ["f32", "f16", "int8"])
+def test_kv_prefetch_is_only_a_hint(kv_type):
+    """kv_prefetch (the attention loops' read-ahead) changes nothing and never faults: rows
+    past the last slot or before the first, a view of a larger cache, a kv head other than
+    0; kv_ahead asks for at least 4 rows, about PREFETCH_BYTES."""
+    from edgerope.kernels.kvstore import PREFETCH_BYTES, kv_ahead, kv_prefetch
+    dtype = {"f32": np.float32, "f16": np.uint16, "int8": np.int8}[kv_type]
+    full = np.arange(40 * 3 * 24).astype(dtype).reshape(40, 3, 24)
+    before = full.copy()
+    view = full[5:17]
+    for arr in (full, view):
+        for j in (-8, 0, 9, 11, 39, 40, 10 ** 6):
+            kv_prefetch(arr, j, 2, 4)
+    np.testing.assert_array_equal(full, before)
+    assert kv_ahead(full) == max(4, PREFETCH_BYTES // (24 * full.itemsize))
+    assert kv_ahead(np.zeros((4, 1, 4096), np.float32)) == 4

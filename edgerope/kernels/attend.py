@@ -23,11 +23,12 @@ import numpy as np
 
 from edgerope.kernels.expf import exp32
 from edgerope.kernels.jit import kernel, prange
-from edgerope.kernels.kvstore import kv_axpy, kv_axpy4, kv_axpy4x4, kv_dot, kv_dot4, kv_dot4x4
+from edgerope.kernels.kvstore import (kv_ahead, kv_axpy, kv_axpy4, kv_axpy4x4, kv_dot, kv_dot4,
+                                      kv_dot4x4, kv_prefetch)
 
 _KEY_BLOCK = 128  # keys per block: K and V blocks (128 x D floats each) stay in L2
 _RUN = 8          # max query heads walking the key blocks together
-DECODE_SPLIT = 256  # decoding: cache slots a part, when one query's keys are split over units
+DECODE_SPLIT = 64  # decoding: cache slots a part, when one query's keys are split over units
 
 
 @kernel
@@ -59,9 +60,11 @@ def _scores(sc, q, at, src, b0, b1, mask):
     qp, scale, window, softcap = mask
     neg = np.float32(-np.inf)
     mb = neg
+    ahead = kv_ahead(kk)
     j = b0
     while j < b1:
         if j + 4 <= b1:
+            kv_prefetch(kk, j + ahead, kvh, 4)
             v0, v1, v2, v3 = _visible4(kpos, j, qp, window)
             if v0 or v1 or v2 or v3:
                 a0, a1, a2, a3 = kv_dot4(q, t, h, kk, ks, j, kvh)
@@ -98,9 +101,11 @@ def _fold(out, at, src, sc, b0, b1, m):
     _, vv, _, vs, _ = src
     neg = np.float32(-np.inf)
     tot = np.float32(0.0)
+    ahead = kv_ahead(vv)
     j = b0
     while j < b1:
         i = j - b0
+        kv_prefetch(vv, j + ahead, kvh, 4)
         if j + 4 <= b1 and sc[i] != neg and sc[i + 1] != neg and sc[i + 2] != neg \
                 and sc[i + 3] != neg:
             p0 = exp32(sc[i] - m)
@@ -146,10 +151,12 @@ def _quad_scores(sc, q, at, src, b0, b1, mask):
     qp, scale, window, softcap = mask
     bk = sc.shape[0] // 4
     neg = np.float32(-np.inf)
+    ahead = kv_ahead(kk)
     j = b0
     while j < b1:
         c = j - b0
         if j + 4 <= b1:
+            kv_prefetch(kk, j + ahead, kvh, 4)
             v0, v1, v2, v3 = _visible4(kpos, j, qp, window)
             if v0 or v1 or v2 or v3:
                 a = kv_dot4x4(q, t, h, kk, ks, j, kvh)
@@ -208,9 +215,11 @@ def _quad_block(out, q, at, src, b0, b1, mask, work, i):
         return
     l0 = l1 = l2 = l3 = np.float32(0.0)
     r1, r2, r3 = bk, 2 * bk, 3 * bk
+    ahead = kv_ahead(vv)
     j = b0
     while j < b1:
         c = j - b0
+        kv_prefetch(vv, j + ahead, kvh, 4)
         if j + 4 <= b1 and sc[c] != neg and sc[c + 1] != neg and sc[c + 2] != neg \
                 and sc[c + 3] != neg:
             p = (exp32(sc[c] - m0), exp32(sc[c + 1] - m0),

@@ -24,6 +24,13 @@ from numba.extending import overload
 from edgerope.kernels.half import f2h, h2f
 from edgerope.kernels.jit import FASTMATH, kernel
 from edgerope.kernels.layout import KV_BLOCK
+from edgerope.kernels.simd import prefetch
+
+# Decoding reads each cached key and value once, long after the weights streamed through the
+# caches evicted them, 4 KiB pages at a time (a page holds 1-16 rows): the hardware
+# prefetchers restart at every page, so the attention loops ask for the rows about this
+# many bytes ahead of the ones they compute on.
+PREFETCH_BYTES = 2048
 
 
 def partners(head_dim, ia, ib):
@@ -83,6 +90,24 @@ def kv_dot4x4(q, t, h, kk, ks, j, kvh):  # pragma: no cover - replaced inside ke
 
 def kv_axpy4x4(out, t, h, p, vv, vs, j, kvh):  # pragma: no cover - replaced inside kernels
     raise NotImplementedError
+
+
+@kernel
+def kv_ahead(arr):
+    """Rows of a cache array (keys or values) to ask for ahead of the one in use: about
+    PREFETCH_BYTES, at least 4."""
+    return max(4, PREFETCH_BYTES // max(1, arr.shape[2] * arr.itemsize))
+
+
+@kernel
+def kv_prefetch(arr, j, kvh, n):
+    """Hint that rows j..j+n-1 of kv head kvh of a cache array are wanted soon: one prefetch
+    per 64-byte line of each, none past the last slot."""
+    row = arr.shape[2] * arr.itemsize
+    for i in range(max(j, 0), min(j + n, arr.shape[0])):
+        base = i * arr.strides[0] + kvh * arr.strides[1]
+        for o in range(0, row, 64):
+            prefetch(arr, base + o)
 
 
 # The attention kernel's inner loops, per element type: float types run one plain loop over

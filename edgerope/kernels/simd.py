@@ -855,6 +855,25 @@ def quant_blocks(typingctx, xq, xs, xsum, x, nfull):
     return sig, codegen
 
 
+@intrinsic
+def prefetch(typingctx, arr, offset):
+    """A hint that the 64-byte line at byte `offset` from arr's first element is wanted soon:
+    one llvm.prefetch (read, kept in every cache level). Never faults, whatever the offset;
+    portable (x86 prefetcht0, AArch64 prfm pldl1keep, nothing on a target without one)."""
+    if not isinstance(arr, types.Array) or not isinstance(offset, types.Integer):
+        raise errors.TypingError("prefetch(array, integer byte offset)")
+    sig = types.none(arr, offset)
+
+    def codegen(context, builder, sig, args):
+        base = _data(context, builder, sig.args[0], args[0])
+        off = context.cast(builder, args[1], sig.args[1], types.int64)
+        fn = _fn(builder, "llvm.prefetch.p0i8", ir.VoidType(), [I8P, I32, I32, I32])
+        builder.call(fn, [builder.gep(base, [off]), I32(0), I32(3), I32(1)])
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
 # ----------------------------------------------------------------------------- float tiles
 
 TILE_ROWS = FLOAT_TILE  # rows of a float tile: 8 x 32 columns in 16 zmm; 4 x 16 elsewhere
