@@ -49,6 +49,9 @@ class MatrixSpec:
         return (matrix_nbytes(self.dtype, self.out_features, self.in_features)
                 + (4 * self.out_features if self.has_bias else 0))
 
+    def in_weight_memory(self) -> "MatrixSpec":
+        return self
+
     @classmethod
     def concat(cls, parts: list[MatrixSpec]):
         """As Linear.concat: outputs stacked in one matrix of one format, or kept apart

@@ -28,7 +28,8 @@ from __future__ import annotations
 import numpy as np
 
 from edgerope.formats.q8 import ScaleRangeError
-from edgerope.kernels.layout import GEOMETRY, ROWS, aligned_empty
+from edgerope.formats.pages import weight_empty
+from edgerope.kernels.layout import GEOMETRY, ROWS
 
 # ggml type name -> (columns, bytes) of one raw block, and the GGML type number
 RAW = {"q4_1": (32, 20), "q5_0": (32, 22), "q5_1": (32, 24),
@@ -108,8 +109,8 @@ def pack(fmt: str, raw, n: int, k: int):
     g, nb = (n + ROWS - 1) // ROWS, blocks.shape[1]
     full = np.zeros((g * ROWS, nb, blocks.shape[2]), np.uint8)
     full[:n] = blocks
-    wp = aligned_empty((g, nb, geo.block_bytes), np.uint8)
-    wsp = aligned_empty((g, nb, ROWS * geo.scales), np.uint16)
+    wp = weight_empty((g, nb, geo.block_bytes), np.uint8)
+    wsp = weight_empty((g, nb, ROWS * geo.scales), np.uint16)
     at = 0
     for _name, size, (kind, off) in _FIELDS[fmt]:
         f = full[:, :, at:at + size]

@@ -30,6 +30,8 @@ import numpy as np
 
 from edgerope import kernels as K
 from edgerope.formats import DTYPES, Stack, ggml_blocks, q4, q8
+from edgerope.formats import pages
+from edgerope.formats.pages import weight_empty
 from edgerope.kernels.layout import GEOMETRY
 
 BLOCK = 32
@@ -196,7 +198,7 @@ class Linear:
         if len({p.dtype for p in parts}) > 1 or (
                 parts[0].fmt not in (None, "q8", "q4")
                 and any(p.out_features % q8.ROWS for p in parts[:-1])):
-            return Stack(parts)
+            return Stack([p.in_weight_memory() for p in parts])
         bias = None
         if any(p.bias is not None for p in parts):
             bias = np.concatenate([p.bias if p.bias is not None else
@@ -213,11 +215,23 @@ class Linear:
             return cls(wq=np.concatenate([q for q, _ in blocks]),
                        ws=np.concatenate([s for _, s in blocks]), bias=bias)
         # ggml's other types: whole row groups, so the packed arrays simply follow
-        wp = K.aligned_empty((sum(p.wp.shape[0] for p in parts),) + parts[0].wp.shape[1:],
-                             np.uint8)
+        wp = weight_empty((sum(p.wp.shape[0] for p in parts),) + parts[0].wp.shape[1:],
+                          np.uint8)
         np.concatenate([p.wp for p in parts], out=wp)
-        wsp = np.concatenate([p.wsp for p in parts])
+        wsp = weight_empty((wp.shape[0],) + parts[0].wsp.shape[1:], parts[0].wsp.dtype)
+        np.concatenate([p.wsp for p in parts], out=wsp)
         return cls(wp=wp, wsp=wsp, shape=shape, fmt=parts[0].fmt, bias=bias)
+
+    def in_weight_memory(self) -> "Linear":
+        """This matrix with its packed arrays in weight memory (edgerope.formats.pages):
+        itself if they are there already, else a copy."""
+        if self.wp is None:
+            return self
+        wp, wsp = pages.in_weight_memory(self.wp), pages.in_weight_memory(self.wsp)
+        if wp is self.wp and wsp is self.wsp:
+            return self
+        return Linear(wp=wp, wsp=wsp, shape=(self.out_features, self.in_features),
+                      fmt=self.fmt, bias=self.bias)
 
     def dequantize(self) -> np.ndarray:
         if self.w is not None:

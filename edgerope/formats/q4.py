@@ -26,9 +26,9 @@ edgerope.kernels.packed, bit-identical across SIMD paths as for int8.
 import numpy as np
 
 from edgerope.formats.q8 import ScaleRangeError, packed_shape, scales_to_f16  # noqa: F401
-from edgerope import kernels as K
 from edgerope.kernels.layout import BLOCK_BYTES as _BLOCK_BYTES
 from edgerope.kernels.layout import QK, ROWS
+from edgerope.formats.pages import weight_empty
 
 BLOCK_BYTES = _BLOCK_BYTES["q4"]  # ROWS * QK / 2
 
@@ -70,11 +70,11 @@ def pack_q4(qs, ws):
     g = (n + ROWS - 1) // ROWS
     full = np.full((g * ROWS, nb, 16), 0x88, np.uint8)
     full[:n] = qs
-    wp = K.aligned_empty((g, nb, BLOCK_BYTES), np.uint8)
+    wp = weight_empty((g, nb, BLOCK_BYTES), np.uint8)
     wp[...] = full.reshape(g, ROWS, nb, 4, 4).transpose(0, 2, 3, 1, 4).reshape(g, nb, -1)
     sc = np.zeros((g * ROWS, nb), np.uint16)
     sc[:n] = wsh
-    wsp = K.aligned_empty((g, nb, ROWS), np.uint16)
+    wsp = weight_empty((g, nb, ROWS), np.uint16)
     wsp[...] = sc.reshape(g, ROWS, nb).transpose(0, 2, 1)
     return wp, wsp
 

@@ -30,6 +30,7 @@ edgerope.kernels.packed; numpy-level code (shapes, scales, pack / unpack) is her
 import numpy as np
 
 from edgerope import kernels as K
+from edgerope.formats.pages import weight_empty
 from edgerope.kernels.layout import BLOCK_BYTES as _BLOCK_BYTES
 from edgerope.kernels.layout import QK, ROWS, packed_shape  # noqa: F401 - packed_shape: API
 
@@ -40,9 +41,9 @@ class ScaleRangeError(ValueError):
     """A block scale that fp16 cannot hold (a weight beyond about +-8.3e6, or inf / nan)."""
 
 
-def aligned_copy(a, align=64):
-    """A copy of `a` whose data starts on an `align`-byte boundary."""
-    out = K.aligned_empty(a.shape, a.dtype, align)
+def aligned_copy(a):
+    """A copy of weights `a` in weight memory (edgerope.formats.pages: 64-byte aligned)."""
+    out = weight_empty(a.shape, a.dtype)
     out[...] = a
     return out
 
@@ -70,8 +71,8 @@ def pack_q8(wq, ws):
     if np.shape(ws) != (n, nb):
         raise ValueError(f"ws has shape {np.shape(ws)}, expected {(n, nb)}")
     wsh = scales_to_f16(ws)
-    wp = K.aligned_empty((g, nb, BLOCK_BYTES), np.uint8)
-    wsp = K.aligned_empty((g, nb, ROWS), np.uint16)
+    wp = weight_empty((g, nb, BLOCK_BYTES), np.uint8)
+    wsp = weight_empty((g, nb, ROWS), np.uint16)
     if n and k:
         K.q8p_pack(wp, wsp, wq, wsh)
     return wp, wsp

@@ -17,7 +17,7 @@ import numpy as np
 from edgerope import archs
 from edgerope.archs.config import ModelConfig
 from edgerope.errors import EdgeropeWarning, WeightsError
-from edgerope.formats import MatrixSpec
+from edgerope.formats import MatrixSpec, pages
 from edgerope.formats.q8 import ScaleRangeError
 from edgerope.formats.linear import Linear, check_finite
 from edgerope.io.safetensors import Checkpoint, to_float32
@@ -92,9 +92,13 @@ class HeaderSource:
         return MatrixSpec(*src.shape, dtype, bias is not None)
 
 
-def _concat(parts):
-    """q|k|v or gate|up as one matrix (Linear.concat, or MatrixSpec.concat when planning)."""
-    return type(parts[0]).concat(parts)
+def _concat(make):
+    """q|k|v or gate|up as one matrix (Linear.concat, or MatrixSpec.concat when planning):
+    `make()` builds the parts in ordinary memory, the concatenation copies them into weight
+    memory (edgerope.formats.pages) -- dead parts would otherwise stay in its maps."""
+    with pages.ordinary():
+        parts = make()
+    return type(parts[0]).concat(parts) if len(parts) > 1 else parts[0].in_weight_memory()
 
 
 class _Reader:
@@ -218,20 +222,20 @@ def load_weights(src, cfg: ModelConfig, dtype: str, names: dict[str, str] | None
             wqkv = r.linear("wqkv", ((Hq + 2 * Hkv) * D, H), dtype, i, cfg.qkv_bias,
                             perm=per_group_qkv_order(Hq, Hkv, D))
         else:
-            parts = [r.linear("wq", (Hq * D, H), dtype, i, cfg.qkv_bias)]
+            names = ["wq"]
             if cfg.stores_kv(i):
-                parts.append(r.linear("wk", (Hkv * D, H), dtype, i, cfg.qkv_bias))
-                if not cfg.k_eq_v[i]:
-                    parts.append(r.linear("wv", (Hkv * D, H), dtype, i, cfg.qkv_bias))
+                names += ["wk"] if cfg.k_eq_v[i] else ["wk", "wv"]
             else:  # checkpoints may still hold the unused K/V of a KV-sharing layer
                 r.used.update(r.name(k, i) for k in ("wk", "wv", "k_norm") if r.has(k, i))
-            wqkv = _concat(parts) if len(parts) > 1 else parts[0]
+            rows = {"wq": Hq * D, "wk": Hkv * D, "wv": Hkv * D}
+            wqkv = _concat(lambda: [r.linear(n, (rows[n], H), dtype, i, cfg.qkv_bias)
+                                    for n in names])
         if cfg.mlp == "gated":
             if "w_gate_up" in r.names:
                 w_in = r.linear("w_gate_up", (2 * I, H), dtype, i, cfg.mlp_bias)
             else:
-                w_in = _concat([r.linear("w_gate", (I, H), dtype, i, cfg.mlp_bias),
-                                      r.linear("w_up", (I, H), dtype, i, cfg.mlp_bias)])
+                w_in = _concat(lambda: [r.linear(n, (I, H), dtype, i, cfg.mlp_bias)
+                                        for n in ("w_gate", "w_up")])
             w_down = r.linear("w_down", (H, I), dtype, i, cfg.mlp_bias)
         else:
             w_in = r.linear("w_fc1", (I, H), dtype, i, cfg.mlp_bias)
