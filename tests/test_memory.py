@@ -10,6 +10,7 @@ import subprocess
 import sys
 import textwrap
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 
@@ -365,3 +366,47 @@ def test_cpu_model_from_cpuinfo(tmp_path):
     assert cpu_model(str(tmp_path)) == "Example CPU 9"
     (tmp_path / "proc" / "cpuinfo").write_text("processor\t: 0\nBogoMIPS\t: 108\n")
     assert cpu_model(str(tmp_path)) == os.uname().machine
+
+
+@pytest.mark.parametrize("dtype", ["int8", "float32"])
+def test_no_mmap_reads_native_weights_into_memory(tiny_dir, tmp_path, dtype):
+    """load(mmap=False) / --no-mmap on an edgerope directory: the same logits and the same
+    generated text, every weight array copied out of the file (packed weights into the
+    huge-page maps of edgerope.formats.pages), none with mmap=True."""
+    from edgerope.formats import pages
+    from edgerope.io.loading import load
+    from edgerope.io.native import save_native
+    native = str(tmp_path / "native")
+    save_native(load(tiny_dir[0], dtype=dtype), native)
+    mapped, read = load(native, mmap=True), load(native, mmap=False)
+    ids = [1, 5, 9, 3, 7]
+    np.testing.assert_array_equal(mapped.logits(ids), read.logits(ids))
+
+    def arrays(model):
+        W = model.weights
+        for lin in W.linears():
+            for p in getattr(lin, "parts", [lin]):
+                yield from (a for a in (p.w, p.wp, p.wsp, p.bias) if a is not None)
+        for lw in W.layers:
+            for n in (lw.attn_norm, lw.ffn_norm):
+                if n is not None:
+                    yield from (n.weight, n.bias)
+        yield from (W.out_norm.weight, W.out_norm.bias)
+
+    def from_file(a):
+        root = a
+        while isinstance(root.base, np.ndarray):
+            root = root.base
+        return not isinstance(root.base, np.ndarray) and root.base is not None and \
+            pages._maps.get(id(root)) is not root
+
+    assert all(pages.in_weight_memory(a) is a for a in arrays(read))
+    assert not any(from_file(a) for a in arrays(read))
+    assert any(from_file(a) for a in arrays(mapped))
+    outs = []
+    for flags in ([], ["--no-mmap"]):
+        r = CliRunner().invoke(main, ["generate", "-m", native, "-p", "The", "-n", "6",
+                                      "--temp", "0", "-q"] + flags)
+        assert r.exit_code == 0, r.output
+        outs.append(r.stdout)
+    assert outs[0] == outs[1] and outs[0].strip()

@@ -21,16 +21,20 @@ from edgerope.io.native import FORMAT, is_native, load_native
 from edgerope.io.safetensors import Checkpoint
 
 
-def load(path: str, dtype: str = "auto", tokenizer: bool = True) -> Model:
+def load(path: str, dtype: str = "auto", tokenizer: bool = True, mmap: bool = True) -> Model:
     """Load a Hugging Face model directory, an edgerope directory or a GGUF file.
 
     dtype: "auto" (a GGUF file's own block types, int8 for float weights), "int8" (Q8_0
-    blocks), "int4" (Q4_0 blocks) or "float32". Sets up the run time on
-    first use (edgerope.runtime.setup: progress lines on stderr)."""
+    blocks), "int4" (Q4_0 blocks) or "float32". mmap: an edgerope directory's weights are
+    mapped from its file (zero-copy, shared between processes); False reads them into
+    memory on huge pages (edgerope.formats.pages; llama.cpp's --no-mmap): a slower start,
+    faster decoding. GGUF files and Hugging Face weights are read (repacked) either way.
+    Sets up the run time on first use (edgerope.runtime.setup: progress lines on stderr)."""
     from edgerope import runtime
     runtime.setup()
     dtype = resolve_dtype(path, dtype)
-    cfg, weights, tok, raw, release = _assemble(path, dtype, tokenizer, header_only=False)
+    cfg, weights, tok, raw, release = _assemble(path, dtype, tokenizer, header_only=False,
+                                                mmap=mmap)
     model = Model(cfg, weights, tok, dtype=dtype, path=os.fspath(path), config_dict=raw)
     release()  # a GGUF file's tensors are all copied out by now: unmapped
     return model
@@ -68,7 +72,7 @@ def resolve_dtype(path, dtype: str) -> str:
     return dtype
 
 
-def _assemble(path, dtype: str, tokenizer: bool, header_only: bool):
+def _assemble(path, dtype: str, tokenizer: bool, header_only: bool, mmap: bool = True):
     """(config, weights, tokenizer or None, config dict, release) of a model path."""
     if dtype not in DTYPES:
         raise EdgeropeError(f"unsupported dtype {dtype!r} (supported: {', '.join(DTYPES)})")
@@ -84,7 +88,7 @@ def _assemble(path, dtype: str, tokenizer: bool, header_only: bool):
         raise ConfigError(f"{os.path.join(path, 'config.json')}: {e}") from None
     ck = Checkpoint(path)  # one header parse decides the format and serves the load
     if FORMAT in ck.metadata:
-        weights = load_native(ck, cfg, dtype)  # memory-mapped: as cheap as a plan
+        weights = load_native(ck, cfg, dtype, mapped=mmap or header_only)
     elif header_only:
         weights = load_weights(HeaderSource(SafetensorsSource(ck)), cfg, dtype)
     else:

@@ -40,6 +40,7 @@ from edgerope.errors import WeightsError
 from edgerope.formats.q4 import BLOCK_BYTES as Q4_BLOCK_BYTES
 from edgerope.formats.q8 import BLOCK_BYTES as Q8_BLOCK_BYTES
 from edgerope.formats import Stack
+from edgerope.formats.pages import in_weight_memory
 from edgerope.formats.q8 import ScaleRangeError, aligned_copy
 from edgerope.formats.linear import Linear
 from edgerope.kernels.layout import GEOMETRY, packed_shape
@@ -210,10 +211,11 @@ def remove_stale_tmp(parent: str, name: str | None = None) -> list[str]:
     return removed
 
 
-def load_native(ck: Checkpoint, cfg, dtype: str) -> ModelWeights:
-    """Weights of an edgerope directory, memory-mapped (zero-copy). float32 weights can be
-    quantized to int8 at load; int8 weights cannot become float32. `ck` is the directory's
-    already-opened Checkpoint (its metadata says it is ours)."""
+def load_native(ck: Checkpoint, cfg, dtype: str, mapped: bool = True) -> ModelWeights:
+    """Weights of an edgerope directory, memory-mapped (zero-copy; `mapped` False: copied
+    into weight memory, edgerope.formats.pages, so nothing refers to the file). float32
+    weights can be quantized to int8 at load; int8 weights cannot become float32. `ck` is the
+    directory's already-opened Checkpoint (its metadata says it is ours)."""
     path = ck.dir
     try:
         meta = json.loads(ck.metadata[FORMAT])
@@ -236,13 +238,16 @@ def load_native(ck: Checkpoint, cfg, dtype: str) -> ModelWeights:
         used.add(name)
         return ck.raw(name)
 
+    def own(a):  # what the weights keep of a tensor: the file's bytes, or a copy
+        return a if mapped or a is None else in_weight_memory(np.ascontiguousarray(a))
+
     def lin(name, keep_float: bool = False) -> Linear:
         if isinstance(shapes.get(name), dict):
             n = shapes[name].get("parts")
             if not isinstance(n, int) or n < 1:
                 raise WeightsError(f"{path}: malformed stack record for tensor '{name}'")
             return Stack([lin(f"{name}.{i}", keep_float) for i in range(n)])
-        bias = raw(name + ".bias") if name + ".bias" in ck else None
+        bias = own(raw(name + ".bias")) if name + ".bias" in ck else None
         if name + ".wp" in ck:
             if name not in shapes:
                 raise WeightsError(f"{path}: no shape recorded for tensor '{name}'")
@@ -268,6 +273,7 @@ def load_native(ck: Checkpoint, cfg, dtype: str) -> ModelWeights:
                                    f"for {stored} weights of shape {shapes[name]}")
             if wp.ctypes.data % 64:  # written by another tool: 64-byte loads need alignment
                 wp = aligned_copy(wp)
+            wp, wsp = own(wp), own(wsp)
             return Linear(wp=wp, wsp=wsp, shape=tuple(shape[:2]), fmt=fmt, bias=bias)
         if name + ".w" in ck:
             if dtype != "float32" and not keep_float:
@@ -275,14 +281,14 @@ def load_native(ck: Checkpoint, cfg, dtype: str) -> ModelWeights:
                     return Linear.from_float(raw(name + ".w"), dtype, bias)
                 except ScaleRangeError as e:
                     raise WeightsError(f"{path}: tensor '{name}.w': {e}") from None
-            return Linear(w=raw(name + ".w"), bias=bias)
+            return Linear(w=own(raw(name + ".w")), bias=bias)
         raise WeightsError(f"{path}: tensor '{name}' is missing")
 
     def norm(name) -> Norm | None:
         if name not in kinds:
             return None
         kind, eps = kinds[name]
-        w, b = raw(name + ".weight"), raw(name + ".bias")
+        w, b = own(raw(name + ".weight")), own(raw(name + ".bias"))
         for t, a in ((".weight", w), (".bias", b)):
             if not np.isfinite(a).all():
                 raise WeightsError(f"{path}: tensor '{name}{t}' holds NaN or infinite values")
@@ -294,7 +300,7 @@ def load_native(ck: Checkpoint, cfg, dtype: str) -> ModelWeights:
         a = raw(name)
         if a.shape != (n,) or not np.isfinite(a).all():
             raise WeightsError(f"{path}: tensor '{name}' must be {n} finite values")
-        return a
+        return own(a)
 
     embed = lin("embed")
     layers = []

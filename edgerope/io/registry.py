@@ -118,11 +118,11 @@ def converted_dir(name: str, dtype: str = "auto") -> str:
     return os.path.join(weights_dir(), f"{name}-{dtype}")
 
 
-def load_named(name: str, dtype: str = "auto", tokenizer: bool = True):
+def load_named(name: str, dtype: str = "auto", tokenizer: bool = True, mmap: bool = True):
     """Load a registry model through its converted copy, converting on first use.
 
     tokenizer=False skips loading the vocabulary (bench needs none); a first-use conversion
-    still writes it into the converted copy."""
+    still writes it into the converted copy. mmap: see loading.load."""
     from edgerope.io.loading import load, resolve_dtype
     from edgerope.io.native import save_native
     src = locate(name)
@@ -130,7 +130,7 @@ def load_named(name: str, dtype: str = "auto", tokenizer: bool = True):
     cached = converted_dir(name, dtype)
     if os.path.isdir(cached):
         try:
-            return load(cached, dtype=dtype, tokenizer=tokenizer)
+            return load(cached, dtype=dtype, tokenizer=tokenizer, mmap=mmap)
         except EdgeropeError:
             pass  # incomplete, or written by another edgerope version: convert again
     from edgerope import runtime
@@ -147,17 +147,19 @@ def load_named(name: str, dtype: str = "auto", tokenizer: bool = True):
     # Run on the converted files as every later run does: the same memory-mapped arrays (so
     # the same compiled kernels, and no second copy of the weights at the peak)
     del model
-    return load(cached, dtype=dtype, tokenizer=tokenizer)
+    return load(cached, dtype=dtype, tokenizer=tokenizer, mmap=mmap)
 
 
-def load_any(spec: str | None, dtype: str = "auto", tokenizer: bool = True):
-    """A path (directory or GGUF file) or a registry name; None = the default model."""
+def load_any(spec: str | None, dtype: str = "auto", tokenizer: bool = True,
+             mmap: bool = True):
+    """A path (directory or GGUF file) or a registry name; None = the default model.
+    mmap: see loading.load."""
     from edgerope.io.loading import load
     if spec is None:
         spec = default_model()
     if os.path.exists(spec) or not is_registered(spec):
-        return load(spec, dtype=dtype, tokenizer=tokenizer)
-    return load_named(spec, dtype, tokenizer)
+        return load(spec, dtype=dtype, tokenizer=tokenizer, mmap=mmap)
+    return load_named(spec, dtype, tokenizer, mmap)
 
 
 def plan_any(spec: str | None, dtype: str = "auto", tokenizer: bool = True):
