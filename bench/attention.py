@@ -1,11 +1,16 @@
-"""Micro-benchmark of prefill attention: the per-query kernel (attend.attention) against the
-float tiles (attend_tiles.attention_tiles) on one layer's shapes, float32 cache, causal.
+"""Micro-benchmark of attention on one layer's shapes, float32 cache, causal.
 
     python bench/attention.py [-t 2] [--units 4]
+    python bench/attention.py --decode [-t 2] [-s 1024]
 
-Prints the best of five calls of each, per shape (T queries after S cached keys, Hq query
-heads over Hkv kv heads of dim D): Gemma 3 270M's layer (4 / 1 x 256) at 512 new tokens,
-with and without 512 cached ones, and Llama-style 64-dim heads.
+Prefill: the per-query kernel (attend.attention) against the float tiles
+(attend_tiles.attention_tiles), best of five calls each, per shape (T queries after S cached
+keys, Hq query heads over Hkv kv heads of dim D): Gemma 3 270M's layer (4 / 1 x 256) at 512
+new tokens, with and without 512 cached ones, and Llama-style 64-dim heads.
+--decode: one query after S cached keys (attend.attention_decode, the engine's scratch
+shape), Gemma 3 270M's layer and the 1B llama's (32 / 8 x 64): median of 100 calls with the
+cache in memory (cold: 512 MiB read between calls, as the weights stream between a layer's
+attention calls in the engine) and best of 200 with it in cache (hot).
 """
 import argparse
 import os
@@ -37,8 +42,12 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("-t", "--threads", type=int, default=2)
     ap.add_argument("--units", type=int, default=0, help="work units (default 2 x threads)")
+    ap.add_argument("--decode", action="store_true", help="one query (T = 1) against -s keys")
+    ap.add_argument("-s", "--slots", type=int, default=1024, help="--decode: cached keys")
     a = ap.parse_args()
     K.set_threads(a.threads)
+    if a.decode:
+        return decode(a.slots)
     U = a.units or 2 * a.threads
     rng = np.random.default_rng(0)
     for T, S, Hq, Hkv, D in SHAPES:
@@ -58,6 +67,30 @@ def main():
         err = float(np.abs(out - ref).max())
         print(f"T={T} S={S} Hq={Hq} Hkv={Hkv} D={D}: per-query {old * 1e3:.2f} ms, tiles "
               f"{new_t * 1e3:.2f} ms ({old / new_t:.2f}x), max |diff| {err:.1e}")
+
+
+def decode(S):
+    rng = np.random.default_rng(0)
+    evict = np.ones(512 << 20, np.uint8)  # 512 MiB read between calls: more than any L3
+    for Hq, Hkv, D in ((4, 1, 256), (32, 8, 64)):
+        f = lambda *s: rng.standard_normal(s).astype(np.float32)  # noqa: E731
+        q, kc, vc, kn, vn = f(1, Hq, D), f(S, Hkv, D), f(S, Hkv, D), f(1, Hkv, D), f(1, Hkv, D)
+        ones = np.ones((1, 1), np.float32)
+        cache = (kc, vc, ones, ones, np.arange(S, dtype=np.int64))
+        new = (kn, vn, np.array([S], np.int64))
+        params = (D ** -0.5, 0, 0.0)
+        out = np.zeros((1, Hq, D), np.float32)
+        scratch = np.zeros((16, S + 512 + Hq * D), np.float32)  # as a session's
+        run = lambda: K.attention_decode(out, q, cache, new, params, scratch, S)  # noqa: E731
+        hot = best(run, 200)
+        cold = []
+        for _ in range(100):
+            evict.max()
+            t = time.perf_counter()
+            run()
+            cold.append(time.perf_counter() - t)
+        print(f"decode S={S} Hq={Hq} Hkv={Hkv} D={D}: cold {np.median(cold) * 1e6:.1f} us, "
+              f"hot {hot * 1e6:.1f} us")
 
 
 if __name__ == "__main__":

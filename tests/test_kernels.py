@@ -302,13 +302,15 @@ def test_attention_gqa_window_softcap(hq, hkv, d, window, softcap, S):
 @pytest.mark.parametrize("hq,hkv,window,softcap", [(4, 1, 0, 0.0), (8, 2, 300, 0.0),
                                                    (12, 2, 0, 20.0), (8, 1, 0, 0.0)])
 @pytest.mark.parametrize("n_slots", [1100, 1000, 200, 50])
-def test_attention_decode_splits_long_caches(hq, hkv, window, softcap, n_slots):
+@pytest.mark.parametrize("D", [40, 64])
+def test_attention_decode_splits_long_caches(hq, hkv, window, softcap, n_slots, D):
     """attention_decode: one query over the first n_slots slots of a cache (the rest never
     written): a long run of slots is split into parts of ~DECODE_SPLIT computed in parallel
     and merged (scratch rows beyond the first are used); equals the twin, with holes,
     windows and soft-capping; the same bits for 1 and 2 threads; 50 slots: one part
-    (attention)."""
-    S, D = 1100, 40
+    (attention). D = 64: four heads' dots and sums in vector registers (simd.dot4x4 / pv4)
+    for blocks without holes, the scalar loops for the rest; D = 40: scalar loops only."""
+    S = 1100
     q, kc, vc, cpos, kn, vn, qpos = attention_case(hq + hkv + window, T=1, S=S, Hq=hq, Hkv=hkv,
                                                    D=D, Dv=D, empty=7, p0=S + 50)
     seen = cpos.copy()

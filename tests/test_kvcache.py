@@ -281,17 +281,79 @@ def test_attention_rows_over_quantized_caches(kv_type):
 
 @pytest.mark.parametrize("kv_type", ["f32", "f16", "int8"])
 def test_kv_prefetch_is_only_a_hint(kv_type):
-    """kv_prefetch (the attention loops' read-ahead) changes nothing and never faults: rows
-    past the last slot or before the first, a view of a larger cache, a kv head other than
-    0; kv_ahead asks for at least 4 rows, about PREFETCH_BYTES."""
+    """kv_prefetch (the attention loops' read-ahead, four rows) changes nothing and never
+    faults: rows past the last slot, before the first or partly past the end, a view of a
+    larger cache, a kv head other than 0; kv_ahead asks for at least 4 rows, about
+    PREFETCH_BYTES."""
     from edgerope.kernels.kvstore import PREFETCH_BYTES, kv_ahead, kv_prefetch
     dtype = {"f32": np.float32, "f16": np.uint16, "int8": np.int8}[kv_type]
     full = np.arange(40 * 3 * 24).astype(dtype).reshape(40, 3, 24)
     before = full.copy()
     view = full[5:17]
     for arr in (full, view):
-        for j in (-8, 0, 9, 11, 39, 40, 10 ** 6):
-            kv_prefetch(arr, j, 2, 4)
+        for j in (-8, -2, 0, 9, 11, 37, 39, 40, 10 ** 6):
+            kv_prefetch(arr, j, 2)
     np.testing.assert_array_equal(full, before)
     assert kv_ahead(full) == max(4, PREFETCH_BYTES // (24 * full.itemsize))
     assert kv_ahead(np.zeros((4, 1, 4096), np.float32)) == 4
+
+
+@pytest.mark.parametrize("kv_type", ["f32", "f16"])
+@pytest.mark.parametrize("D", [16, 64, 256])
+def test_dot4x4_matches_numpy(kv_type, D):
+    """simd.dot4x4 (decoding's four heads x four keys, float or fp16 keys) against numpy in
+    float64: every one of the 16 dots, at raw offsets into (t, head, channel) arrays, with a
+    kv head other than 0 and keys not in a row; and the fixed summation order: the same
+    bits for the same inputs wherever they sit."""
+    import numba
+
+    from edgerope.kernels.simd import dot4x4 as ir_dot4x4
+
+    @numba.njit
+    def dot4x4(q, qo, k, ko, n):
+        return ir_dot4x4(q, qo, k, ko, n)
+
+    rng = np.random.default_rng(D)
+    q = rng.standard_normal((2, 8, D)).astype(np.float32)
+    kf = rng.standard_normal((9, 3, D)).astype(np.float32)
+    kk = kf if kv_type == "f32" else kf.astype(np.float16).view(np.uint16)
+    kval = kf if kv_type == "f32" else kk.view(np.float16).astype(np.float32)
+    qo = [(1 * 8 + h) * D for h in (2, 3, 4, 5)]
+    keys = (0, 3, 4, 8)
+    ko = [(j * 3 + 2) * D for j in keys]
+    got = np.array(dot4x4(q, tuple(qo), kk, tuple(ko), D), np.float32)
+    want = np.array([q[1, h].astype(np.float64) @ kval[j, 2].astype(np.float64)
+                     for h in (2, 3, 4, 5) for j in keys])
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.sqrt(D))
+    q2 = np.zeros((3, 8, D), np.float32)
+    q2[2, 4:8] = q[1, 2:6]
+    moved = np.array(dot4x4(q2, tuple((2 * 8 + h) * D for h in (4, 5, 6, 7)), kk,
+                            tuple(ko), D), np.float32)
+    np.testing.assert_array_equal(moved, got)
+
+
+@pytest.mark.parametrize("kv_type", ["f32", "f16", "int8"])
+@pytest.mark.parametrize("D", [48, 64, 80])
+@pytest.mark.parametrize("window", [0, 100])
+def test_decode_attention_register_paths(kv_type, D, window):
+    """Decoding four heads of a kv head over a long cache with no holes (the blocks the
+    vector paths take: simd.dot4x4 for float keys, simd.pv4 for float values; int8 stays on
+    the scalar loops) equals the float64 twin over the dequantized cache; a window makes
+    some blocks partly visible (the scalar loops again)."""
+    r = np.random.default_rng(D + window)
+    S, Hq, Hkv = 300, 8, 2
+    c = LayerCache(S, Hkv, D, None, kv_type)
+    ia, ib = pairs(SPECS["interleaved"])
+    c.store(randn(r, S, Hkv, D), randn(r, S, Hkv, D), np.arange(S, dtype=np.int64),
+            partners(D, ia, ib))
+    q, kn, vn = randn(r, 1, Hq, D), randn(r, 1, Hkv, D), randn(r, 1, Hkv, D)
+    qpos = np.array([S], np.int64)
+    out = np.full((1, Hq, D), np.nan, np.float32)
+    scratch = np.zeros((16, S + 1 + 512 + Hq * D), np.float32)
+    K.attention_decode(out, q, (c.k, c.v, c.ks, c.vs, c.pos), (kn, vn, qpos),
+                       (0.2, window, 0.0), scratch, S)
+    kd, vd = np.empty((S, Hkv, D), np.float32), np.empty((S, Hkv, D), np.float32)
+    kv_dequant(kd, c.k, c.ks, np.arange(S))
+    kv_dequant(vd, c.v, c.vs, np.arange(S))
+    ref = naive.attention(q, kd, vd, c.pos, kn, vn, qpos, 0.2, window, 0.0)
+    np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5)

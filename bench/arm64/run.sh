@@ -65,7 +65,7 @@ QUICK_TESTS="tests/test_q8dot.py tests/test_q4dot.py tests/test_ggml_blocks.py t
 # quick: the int8 dot-product cores on every path (incl. fp16 scale widening, exact integer
 # dots), activation quantization ties, the f16/int8 KV store; the real-model check below
 # then runs every production kernel once more on Gemma 3 270M
-QUICK_K='products_match_twin or ir_scale_widening or integer_dots or quantize_act_ties or half_conversions or store_matches or simd_env_override or attention_tiles or attention_rows'
+QUICK_K='products_match_twin or ir_scale_widening or integer_dots or quantize_act_ties or half_conversions or store_matches or simd_env_override or attention_tiles or attention_rows or dot4x4 or register_paths or prefetch'
 QUICK_PARITY='llama or gemma3 or gpt_neox or phi'
 PROMPT="The capital of France is"
 N_GEN=16

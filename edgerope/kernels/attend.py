@@ -24,7 +24,8 @@ import numpy as np
 from edgerope.kernels.expf import exp32
 from edgerope.kernels.jit import kernel, prange
 from edgerope.kernels.kvstore import (kv_ahead, kv_axpy, kv_axpy4, kv_axpy4x4, kv_dot, kv_dot4,
-                                      kv_dot4x4, kv_prefetch)
+                                      kv_dot4x4, kv_prefetch, kv_pv4, kv_quad_plan)
+from edgerope.kernels.simd import dot4x4, prefetch
 
 _KEY_BLOCK = 128  # keys per block: K and V blocks (128 x D floats each) stay in L2
 _RUN = 8          # max query heads walking the key blocks together
@@ -64,7 +65,7 @@ def _scores(sc, q, at, src, b0, b1, mask):
     j = b0
     while j < b1:
         if j + 4 <= b1:
-            kv_prefetch(kk, j + ahead, kvh, 4)
+            kv_prefetch(kk, j + ahead, kvh)
             v0, v1, v2, v3 = _visible4(kpos, j, qp, window)
             if v0 or v1 or v2 or v3:
                 a0, a1, a2, a3 = kv_dot4(q, t, h, kk, ks, j, kvh)
@@ -105,7 +106,7 @@ def _fold(out, at, src, sc, b0, b1, m):
     j = b0
     while j < b1:
         i = j - b0
-        kv_prefetch(vv, j + ahead, kvh, 4)
+        kv_prefetch(vv, j + ahead, kvh)
         if j + 4 <= b1 and sc[i] != neg and sc[i + 1] != neg and sc[i + 2] != neg \
                 and sc[i + 3] != neg:
             p0 = exp32(sc[i] - m)
@@ -145,21 +146,45 @@ def _head_block(out, q, at, src, b0, b1, mask, sc, m, l):
 def _quad_scores(sc, q, at, src, b0, b1, mask):
     """Scores of heads h..h+3 (at = (t, h, kvh)) for keys [b0, b1) of src into rows r * bk
     (bk = len(sc) // 4), -inf where not visible (the same keys for the four heads: one query
-    position)."""
+    position). Float keys in rows of whole 16-channel vectors go to simd.dot4x4 with their
+    offsets worked out once here (no call per four keys); others to kv_dot4x4."""
     t, h, kvh = at
     kk, _, ks, _, kpos = src
     qp, scale, window, softcap = mask
     bk = sc.shape[0] // 4
+    D = q.shape[2]
     neg = np.float32(-np.inf)
+    fast, qo, kbase, kstep = kv_quad_plan(q, t, h, kk, kvh)
     ahead = kv_ahead(kk)
+    S = kk.shape[0]
+    pstep, prow = kk.strides[0], D * kk.itemsize
+    pbase = kvh * kk.strides[1]
     j = b0
     while j < b1:
         c = j - b0
         if j + 4 <= b1:
-            kv_prefetch(kk, j + ahead, kvh, 4)
+            if j + ahead + 4 <= S:  # read-ahead of the four rows `ahead` keys on
+                pb = pbase + (j + ahead) * pstep
+                for o in range(0, prow, 64):
+                    prefetch(kk, pb + o)
+                    prefetch(kk, pb + pstep + o)
+                    prefetch(kk, pb + 2 * pstep + o)
+                    prefetch(kk, pb + 3 * pstep + o)
             v0, v1, v2, v3 = _visible4(kpos, j, qp, window)
             if v0 or v1 or v2 or v3:
-                a = kv_dot4x4(q, t, h, kk, ks, j, kvh)
+                if fast:
+                    ko = kbase + j * kstep
+                    a = dot4x4(q, qo, kk, (ko, ko + kstep, ko + 2 * kstep, ko + 3 * kstep), D)
+                else:
+                    a = kv_dot4x4(q, t, h, kk, ks, j, kvh)
+                if v0 and v1 and v2 and v3 and softcap <= 0:
+                    for r in range(4):
+                        sc[r * bk + c] = a[4 * r] * scale
+                        sc[r * bk + c + 1] = a[4 * r + 1] * scale
+                        sc[r * bk + c + 2] = a[4 * r + 2] * scale
+                        sc[r * bk + c + 3] = a[4 * r + 3] * scale
+                    j += 4
+                    continue
                 for r in range(4):
                     sc[r * bk + c] = _logit(a[4 * r], scale, softcap) if v0 else neg
                     sc[r * bk + c + 1] = _logit(a[4 * r + 1], scale, softcap) if v1 else neg
@@ -182,18 +207,18 @@ def _quad_scores(sc, q, at, src, b0, b1, mask):
 def _quad_block(out, q, at, src, b0, b1, mask, work, i):
     """_head_block for heads h..h+3 at once (at = (t, h, kvh), GQA: one kv head), their
     running maxima and sums in mx[i:i + 4] / sm[i:i + 4] (work = (sc, mx, sm)): every K / V
-    element loaded serves four heads."""
+    element loaded serves four heads. The block's weights are computed in one vectorized
+    pass; a block whose keys are all visible adds its float values with simd.pv4 (the four
+    heads' sums in registers), any other with the key-by-key loops (_quad_fold)."""
     t, h, kvh = at
-    _, vv, _, vs, _ = src
+    _, vv, _, _, kpos = src
     sc, mx, sm = work
     _quad_scores(sc, q, at, src, b0, b1, mask)
     bk = sc.shape[0] // 4
     n = b1 - b0
     neg = np.float32(-np.inf)
     for r in range(4):
-        mb = neg
-        for c in range(n):
-            mb = max(mb, sc[r * bk + c])
+        mb = _max_row(sc, r * bk, n)
         if mb == neg:
             if r == 0:
                 return  # no key of the block visible (to any of the four: one query position)
@@ -213,48 +238,86 @@ def _quad_block(out, q, at, src, b0, b1, mask, work, i):
                 sm[i + r] += _fold(out, (t, h + r, kvh), src, sc[r * bk:(r + 1) * bk], b0, b1,
                                    mx[i + r])
         return
-    l0 = l1 = l2 = l3 = np.float32(0.0)
+    # the block's weights p = e^(logit - m) of the four heads at once, in place of their
+    # logits (a loop LLVM vectorizes; masked keys give 0 and are skipped below by position)
+    r1, r2, r3 = bk, 2 * bk, 3 * bk
+    l0 = _exp_rows(sc, 0, n, m0)
+    l1 = _exp_rows(sc, r1, n, m1)
+    l2 = _exp_rows(sc, r2, n, m2)
+    l3 = _exp_rows(sc, r3, n, m3)
+    qp, window = mask[0], mask[2]
+    if not (_all_visible(kpos, b0, b1, qp, window)
+            and kv_pv4(out, t, h, sc, bk, vv, b0, n, kvh)):
+        _quad_fold(out, at, src, sc, b0, b1, mask)
+    sm[i] += l0
+    sm[i + 1] += l1
+    sm[i + 2] += l2
+    sm[i + 3] += l3
+
+
+@kernel
+def _all_visible(kpos, b0, b1, qp, window):
+    """Whether every key b0..b1-1 is visible to a query at qp."""
+    for j in range(b0, b1):
+        if not _visible(kpos[j], qp, window):
+            return False
+    return True
+
+
+@kernel
+def _quad_fold(out, at, src, sc, b0, b1, mask):
+    """out[t, h + r] += sum_j p[r bk + j - b0] v[j] over the visible keys j in [b0, b1) of
+    src, p the weights in sc's rows (bk = len(sc) // 4); four keys at a time where all four
+    are visible. Masked keys are skipped, never multiplied by 0: empty slots may hold
+    garbage."""
+    t, h, kvh = at
+    _, vv, _, vs, kpos = src
+    qp, window = mask[0], mask[2]
+    bk = sc.shape[0] // 4
     r1, r2, r3 = bk, 2 * bk, 3 * bk
     ahead = kv_ahead(vv)
     j = b0
     while j < b1:
         c = j - b0
-        kv_prefetch(vv, j + ahead, kvh, 4)
-        if j + 4 <= b1 and sc[c] != neg and sc[c + 1] != neg and sc[c + 2] != neg \
-                and sc[c + 3] != neg:
-            p = (exp32(sc[c] - m0), exp32(sc[c + 1] - m0),
-                 exp32(sc[c + 2] - m0), exp32(sc[c + 3] - m0),
-                 exp32(sc[r1 + c] - m1), exp32(sc[r1 + c + 1] - m1),
-                 exp32(sc[r1 + c + 2] - m1), exp32(sc[r1 + c + 3] - m1),
-                 exp32(sc[r2 + c] - m2), exp32(sc[r2 + c + 1] - m2),
-                 exp32(sc[r2 + c + 2] - m2), exp32(sc[r2 + c + 3] - m2),
-                 exp32(sc[r3 + c] - m3), exp32(sc[r3 + c + 1] - m3),
-                 exp32(sc[r3 + c + 2] - m3), exp32(sc[r3 + c + 3] - m3))
-            l0 += (p[0] + p[1]) + (p[2] + p[3])
-            l1 += (p[4] + p[5]) + (p[6] + p[7])
-            l2 += (p[8] + p[9]) + (p[10] + p[11])
-            l3 += (p[12] + p[13]) + (p[14] + p[15])
-            kv_axpy4x4(out, t, h, p, vv, vs, j, kvh)
-            j += 4
-        else:
-            if sc[c] != neg:  # visible to all four
-                p0 = exp32(sc[c] - m0)
-                p1 = exp32(sc[r1 + c] - m1)
-                p2 = exp32(sc[r2 + c] - m2)
-                p3 = exp32(sc[r3 + c] - m3)
-                l0 += p0
-                l1 += p1
-                l2 += p2
-                l3 += p3
-                kv_axpy(out, t, h, p0, vv, vs, j, kvh)
-                kv_axpy(out, t, h + 1, p1, vv, vs, j, kvh)
-                kv_axpy(out, t, h + 2, p2, vv, vs, j, kvh)
-                kv_axpy(out, t, h + 3, p3, vv, vs, j, kvh)
-            j += 1
-    sm[i] += l0
-    sm[i + 1] += l1
-    sm[i + 2] += l2
-    sm[i + 3] += l3
+        kv_prefetch(vv, j + ahead, kvh)
+        if j + 4 <= b1:
+            v0, v1, v2, v3 = _visible4(kpos, j, qp, window)
+            if v0 and v1 and v2 and v3:
+                p = (sc[c], sc[c + 1], sc[c + 2], sc[c + 3],
+                     sc[r1 + c], sc[r1 + c + 1], sc[r1 + c + 2], sc[r1 + c + 3],
+                     sc[r2 + c], sc[r2 + c + 1], sc[r2 + c + 2], sc[r2 + c + 3],
+                     sc[r3 + c], sc[r3 + c + 1], sc[r3 + c + 2], sc[r3 + c + 3])
+                kv_axpy4x4(out, t, h, p, vv, vs, j, kvh)
+                j += 4
+                continue
+        if _visible(kpos[j], qp, window):
+            kv_axpy(out, t, h, sc[c], vv, vs, j, kvh)
+            kv_axpy(out, t, h + 1, sc[r1 + c], vv, vs, j, kvh)
+            kv_axpy(out, t, h + 2, sc[r2 + c], vv, vs, j, kvh)
+            kv_axpy(out, t, h + 3, sc[r3 + c], vv, vs, j, kvh)
+        j += 1
+
+
+@kernel
+def _max_row(sc, o, n):
+    """max(sc[o:o + n]), -inf for none."""
+    x = sc[o:o + n]  # indexed from 0 by the loop counter: the loop vectorizes
+    m = np.float32(-np.inf)
+    for c in range(n):
+        m = max(m, x[c])
+    return m
+
+
+@kernel
+def _exp_rows(sc, o, n, m):
+    """sc[o + c] = e^(sc[o + c] - m) for c < n (-inf logits give 0); returns their sum."""
+    x = sc[o:o + n]  # indexed from 0 by the loop counter: the loops vectorize
+    for c in range(n):
+        x[c] = exp32(x[c] - m)
+    tot = np.float32(0.0)
+    for c in range(n):
+        tot += x[c]
+    return tot
 
 
 @kernel

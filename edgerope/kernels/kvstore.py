@@ -24,7 +24,7 @@ from numba.extending import overload
 from edgerope.kernels.half import f2h, h2f
 from edgerope.kernels.jit import FASTMATH, kernel
 from edgerope.kernels.layout import KV_BLOCK
-from edgerope.kernels.simd import prefetch
+from edgerope.kernels.simd import prefetch, pv4
 
 # Decoding reads each cached key and value once, long after the weights streamed through the
 # caches evicted them, 4 KiB pages at a time (a page holds 1-16 rows): the hardware
@@ -92,6 +92,14 @@ def kv_axpy4x4(out, t, h, p, vv, vs, j, kvh):  # pragma: no cover - replaced ins
     raise NotImplementedError
 
 
+def kv_pv4(out, t, h, sc, bk, vv, b0, n, kvh):  # pragma: no cover - replaced inside kernels
+    raise NotImplementedError
+
+
+def kv_quad_plan(q, t, h, kk, kvh):  # pragma: no cover - replaced inside kernels
+    raise NotImplementedError
+
+
 @kernel
 def kv_ahead(arr):
     """Rows of a cache array (keys or values) to ask for ahead of the one in use: about
@@ -100,14 +108,23 @@ def kv_ahead(arr):
 
 
 @kernel
-def kv_prefetch(arr, j, kvh, n):
-    """Hint that rows j..j+n-1 of kv head kvh of a cache array are wanted soon: one prefetch
-    per 64-byte line of each, none past the last slot."""
+def kv_prefetch(arr, j, kvh):
+    """Hint that rows j..j+3 of kv head kvh of a cache array are wanted soon: one prefetch
+    per 64-byte line of each, none past the last slot. Called every four keys, so the four
+    rows share one loop over the row's lines."""
     row = arr.shape[2] * arr.itemsize
-    for i in range(max(j, 0), min(j + n, arr.shape[0])):
-        base = i * arr.strides[0] + kvh * arr.strides[1]
+    s0 = arr.strides[0]
+    base = j * s0 + kvh * arr.strides[1]
+    if j >= 0 and j + 4 <= arr.shape[0]:
         for o in range(0, row, 64):
             prefetch(arr, base + o)
+            prefetch(arr, base + s0 + o)
+            prefetch(arr, base + 2 * s0 + o)
+            prefetch(arr, base + 3 * s0 + o)
+        return
+    for i in range(max(j, 0), min(j + 4, arr.shape[0])):
+        for o in range(0, row, 64):
+            prefetch(arr, base + (i - j) * s0 + o)
 
 
 # The attention kernel's inner loops, per element type: float types run one plain loop over
@@ -257,6 +274,25 @@ def _ov_dot4x4(q, t, h, kk, ks, j, kvh):
     return lambda q, t, h, kk, ks, j, kvh: _dot4x4_span(q, t, h, kk, j, kvh, 0, q.shape[2])
 
 
+@overload(kv_quad_plan, jit_options=_OPTS)
+def _ov_quad_plan(q, t, h, kk, kvh):
+    """(usable, element offsets of query heads h..h+3 of query t, element offset of key 0
+    of kv head kvh, elements from one key to the next): how simd.dot4x4 reads four heads
+    against four keys. Not usable for int8 keys (their block scales) or for rows that are not
+    whole contiguous 16-channel vectors."""
+    if kk.dtype == types.int8:
+        return lambda q, t, h, kk, kvh: (False, (0, 0, 0, 0), 0, 0)
+
+    def plan(q, t, h, kk, kvh):
+        if q.shape[2] % 16 != 0 or q.strides[2] != 4 or kk.strides[2] != kk.itemsize:
+            return (False, (0, 0, 0, 0), 0, 0)
+        qh = q.strides[1] // 4
+        qo = t * (q.strides[0] // 4) + h * qh
+        return (True, (qo, qo + qh, qo + 2 * qh, qo + 3 * qh),
+                kvh * (kk.strides[1] // kk.itemsize), kk.strides[0] // kk.itemsize)
+    return plan
+
+
 @overload(kv_axpy4x4, jit_options=_OPTS)
 def _ov_axpy4x4(out, t, h, p, vv, vs, j, kvh):
     """out[t, h + r] += sum_c p[4 r + c] v[j + c] for r, c in 0..3; each head's sum is the
@@ -294,6 +330,29 @@ def _ov_axpy4x4(out, t, h, p, vv, vs, j, kvh):
             out[t, h + 2, d] += (p20 * v0 + p21 * v1) + (p22 * v2 + p23 * v3)
             out[t, h + 3, d] += (p30 * v0 + p31 * v1) + (p32 * v2 + p33 * v3)
     return axpy4x4
+
+
+@overload(kv_pv4, jit_options=_OPTS)
+def _ov_pv4(out, t, h, sc, bk, vv, b0, n, kvh):
+    """Heads h..h+3 of query t: out[t, h + r] += sum_c sc[r bk + c] v[b0 + c] over the n
+    keys from b0, all of them visible (simd.pv4: the four rows in registers while the values
+    stream). True if done; False (nothing done) for int8 values, whose block scales the
+    caller applies, or rows that are not contiguous."""
+    if vv.dtype == types.int8:
+        return lambda out, t, h, sc, bk, vv, b0, n, kvh: False
+
+    def pv(out, t, h, sc, bk, vv, b0, n, kvh):
+        Dv = out.shape[2]
+        if Dv % 16 != 0 or out.strides[2] != 4 or vv.strides[2] != vv.itemsize \
+                or sc.strides[0] != 4:
+            return False
+        os, oh = out.strides[0] // 4, out.strides[1] // 4
+        o = t * os + h * oh
+        ldv = vv.strides[0] // vv.itemsize
+        pv4(out, (o, o + oh, o + 2 * oh, o + 3 * oh), sc, (0, bk, 2 * bk, 3 * bk), vv,
+            b0 * ldv + kvh * (vv.strides[1] // vv.itemsize), ldv, n, Dv, kv_ahead(vv))
+        return True
+    return pv
 
 
 @kernel

@@ -874,6 +874,160 @@ def prefetch(typingctx, arr, offset):
     return sig, codegen
 
 
+# ------------------------------------------------------------------- decode attention dots
+
+def _sum16(builder, vs):
+    """16 <16 x float> vectors -> one whose lane i is the sum of vs[i]'s lanes: a tree of
+    pairwise half-and-half shuffles (15 adds, 30 shuffles) instead of 16 horizontal sums; the
+    order of the additions is fixed (the same bits on every call)."""
+    def idx(v):
+        return ir.Constant(ir.VectorType(I32, 16), v)
+    w = 8
+    while len(vs) > 1:
+        lo = [i for i in range(32) if (i % 16) % (2 * w) < w]
+        hi = [i for i in range(32) if (i % 16) % (2 * w) >= w]
+        vs = [builder.fadd(builder.shuffle_vector(a, b, idx(lo)),
+                           builder.shuffle_vector(a, b, idx(hi)))
+              for a, b in zip(vs[0::2], vs[1::2])]
+        w //= 2
+    return vs[0]
+
+
+@intrinsic
+def dot4x4(typingctx, q, qoff, k, koff, n):
+    """(q, qoff, k, koff, n) -> the 16 dot products sum_{d < n} q[qoff[r] + d] k[koff[c] + d]
+    (raw element offsets; index 4 r + c) as a tuple of float32: four query heads against four
+    keys in decoding's attention. q float32, k float32 or fp16 bit patterns (uint16); n a
+    multiple of 16, the caller keeps every row in bounds. Per 16 channels one FMA per pair
+    into 16 vector sums, then `_sum16`; generic vector IR (any target). Keys of another
+    type (int8, whose block scales this does not apply) type-check but give 16 NaNs, so
+    that a kernel may hold the call in a branch it never takes for them."""
+    if not (isinstance(q, types.Array) and q.dtype == types.float32 and
+            isinstance(k, types.Array)):
+        raise errors.TypingError("dot4x4(float32 q, qoff, k, koff, n)")
+    ret = types.UniTuple(types.float32, 16)
+    sig = ret(q, qoff, k, koff, n)
+    half = k.dtype == types.uint16
+
+    def codegen(context, builder, sig, args):
+        ty = sig.args
+        if ty[2].dtype not in (types.float32, types.uint16):
+            nan = context.get_constant(types.float32, float("nan"))
+            return context.make_tuple(builder, ret, [nan] * 16)
+        fma = _fma(builder)
+        f32p = F32.as_pointer()
+        qp = builder.bitcast(_data(context, builder, ty[0], args[0]), f32p)
+        kty = I16 if half else F32
+        kp = builder.bitcast(_data(context, builder, ty[2], args[2]), kty.as_pointer())
+        qo = [context.cast(builder, builder.extract_value(args[1], r), ty[1][r], types.int64)
+              for r in range(4)]
+        ko = [context.cast(builder, builder.extract_value(args[3], c), ty[3][c], types.int64)
+              for c in range(4)]
+        nv = builder.sdiv(context.cast(builder, args[4], ty[4], types.int64), I64(16))
+        accs = [cgutils.alloca_once_value(builder, ir.Constant(V16F, None)) for _ in range(16)]
+        with cgutils.for_range(builder, nv) as loop:
+            d = builder.mul(loop.index, I64(16))
+            qv = [builder.load(builder.bitcast(builder.gep(qp, [builder.add(qo[r], d)]),
+                                               V16F.as_pointer()), align=4) for r in range(4)]
+            kv = []
+            for c in range(4):
+                at = builder.gep(kp, [builder.add(ko[c], d)])
+                if half:
+                    h = builder.load(builder.bitcast(at, V16H.as_pointer()), align=2)
+                    kv.append(_half_to_float(builder, h))
+                else:
+                    kv.append(builder.load(builder.bitcast(at, V16F.as_pointer()), align=4))
+            for r in range(4):
+                for c in range(4):
+                    a = accs[4 * r + c]
+                    builder.store(fma(qv[r], kv[c], builder.load(a)), a)
+        tot = _sum16(builder, [builder.load(a) for a in accs])
+        out = cgutils.get_null_value(context.get_value_type(ret))
+        for i in range(16):
+            out = builder.insert_value(out, builder.extract_element(tot, I32(i)), i)
+        return out
+
+    return sig, codegen
+
+
+@intrinsic
+def pv4(typingctx, out, ooff, p, poff, v, voff, ldv, n, ncols, ahead):
+    """(out, ooff, p, poff, v, voff, ldv, n, ncols, ahead): for the four rows r (raw element offsets
+    ooff[r] into out, poff[r] into p) out[ooff[r] + c] += sum_{k < n} p[poff[r] + k]
+    v[voff + k ldv + c] for c < ncols (a multiple of 16): four query heads' weighted sum of
+    n value rows in decoding's attention. out, p float32; v float32 or fp16 bit patterns
+    (uint16). Up to 64 columns of the four rows stay in registers while the keys stream (one
+    FMA per key, head and 16 columns, in key order: the same bits whatever the block's other
+    heads); generic vector IR (any target). With each key the lines of those columns of the
+    value row `ahead` keys on are asked for (a hint: it never faults, past the end either)."""
+    if not (isinstance(out, types.Array) and out.dtype == types.float32 and
+            isinstance(p, types.Array) and p.dtype == types.float32 and
+            isinstance(v, types.Array) and v.dtype in (types.float32, types.uint16)):
+        raise errors.TypingError("pv4(float32 out, ooff, float32 p, poff, float32|uint16 v, "
+                                 "voff, ldv, n, ncols, ahead)")
+    sig = types.none(out, ooff, p, poff, v, voff, ldv, n, ncols, ahead)
+    half = v.dtype == types.uint16
+
+    def codegen(context, builder, sig, args):
+        ty = sig.args
+        fma = _fma(builder)
+        f32p = F32.as_pointer()
+        op = builder.bitcast(_data(context, builder, ty[0], args[0]), f32p)
+        pp = builder.bitcast(_data(context, builder, ty[2], args[2]), f32p)
+        vty = I16 if half else F32
+        vp = builder.bitcast(_data(context, builder, ty[4], args[4]), vty.as_pointer())
+        i64 = lambda i: context.cast(builder, args[i], ty[i], types.int64)  # noqa: E731
+        oo = [context.cast(builder, builder.extract_value(args[1], r), ty[1][r], types.int64)
+              for r in range(4)]
+        po = [context.cast(builder, builder.extract_value(args[3], r), ty[3][r], types.int64)
+              for r in range(4)]
+        voff, ldv, nk, ncols, ahead = (i64(i) for i in range(5, 10))
+        pfn = _fn(builder, "llvm.prefetch.p0i8", ir.VoidType(), [I8P, I32, I32, I32])
+        isz = 2 if half else 4
+
+        def chunk(c0, nv):
+            """Columns c0 .. c0 + 16 nv of the four rows over all keys."""
+            ptrs = [[builder.bitcast(builder.gep(op, [builder.add(oo[r], builder.add(
+                c0, I64(16 * i)))]), V16F.as_pointer()) for i in range(nv)] for r in range(4)]
+            accs = [[cgutils.alloca_once_value(builder, builder.load(ptrs[r][i], align=4))
+                     for i in range(nv)] for r in range(4)]
+            with cgutils.for_range(builder, nk) as loop:
+                k = loop.index
+                row = builder.add(voff, builder.add(builder.mul(k, ldv), c0))
+                there = builder.bitcast(builder.gep(vp, [builder.add(row, builder.mul(
+                    ahead, ldv))]), I8P)
+                for b in range(0, 16 * nv * isz, 64):  # the lines of this pass's columns
+                    builder.call(pfn, [builder.gep(there, [I64(b)]), I32(0), I32(3), I32(1)])
+                vs = []
+                for i in range(nv):
+                    at = builder.gep(vp, [builder.add(row, I64(16 * i))])
+                    if half:
+                        vs.append(_half_to_float(builder, builder.load(
+                            builder.bitcast(at, V16H.as_pointer()), align=2)))
+                    else:
+                        vs.append(builder.load(builder.bitcast(at, V16F.as_pointer()),
+                                               align=4))
+                for r in range(4):
+                    w = _splat(builder, builder.load(builder.gep(pp, [builder.add(po[r], k)]),
+                                                     align=4), V16F)
+                    for i in range(nv):
+                        builder.store(fma(w, vs[i], builder.load(accs[r][i])), accs[r][i])
+            for r in range(4):
+                for i in range(nv):
+                    builder.store(builder.load(accs[r][i]), ptrs[r][i], align=4)
+
+        # 64 columns a pass (16 accumulators), then what is left 16 at a time
+        n64 = builder.sdiv(ncols, I64(64))
+        with cgutils.for_range(builder, n64) as loop:
+            chunk(builder.mul(loop.index, I64(64)), 4)
+        rest = builder.sdiv(builder.srem(ncols, I64(64)), I64(16))
+        with cgutils.for_range(builder, rest) as loop:
+            chunk(builder.add(builder.mul(n64, I64(64)), builder.mul(loop.index, I64(16))), 1)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
 # ----------------------------------------------------------------------------- float tiles
 
 TILE_ROWS = FLOAT_TILE  # rows of a float tile: 8 x 32 columns in 16 zmm; 4 x 16 elsewhere
