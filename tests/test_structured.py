@@ -23,7 +23,8 @@ SCHEMAS = [
         "device": {"enum": ["lamp", "fan", "heater"]}, "on": {"type": "boolean"}},
         "required": ["device", "on"], "additionalProperties": False}),
     ("a person", {"type": "object", "properties": {"name": S, "age": {
-        "type": "integer", "minimum": 0, "maximum": 120}}, "required": ["name", "age"]}),
+        "type": "integer", "minimum": 0, "maximum": 120}}, "required": ["name", "age"],
+        "additionalProperties": False}),
     ("a city and its population", {"type": "object", "properties": {
         "city": S, "population": {"type": "integer", "minimum": 0, "maximum": 99999999}},
         "required": ["city", "population"], "additionalProperties": False}),
