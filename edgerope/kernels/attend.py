@@ -177,14 +177,6 @@ def _quad_scores(sc, q, at, src, b0, b1, mask):
                     a = dot4x4(q, qo, kk, (ko, ko + kstep, ko + 2 * kstep, ko + 3 * kstep), D)
                 else:
                     a = kv_dot4x4(q, t, h, kk, ks, j, kvh)
-                if v0 and v1 and v2 and v3 and softcap <= 0:
-                    for r in range(4):
-                        sc[r * bk + c] = a[4 * r] * scale
-                        sc[r * bk + c + 1] = a[4 * r + 1] * scale
-                        sc[r * bk + c + 2] = a[4 * r + 2] * scale
-                        sc[r * bk + c + 3] = a[4 * r + 3] * scale
-                    j += 4
-                    continue
                 for r in range(4):
                     sc[r * bk + c] = _logit(a[4 * r], scale, softcap) if v0 else neg
                     sc[r * bk + c + 1] = _logit(a[4 * r + 1], scale, softcap) if v1 else neg
