@@ -52,7 +52,7 @@ def main():
     rng = np.random.default_rng(0)
     for T, S, Hq, Hkv, D in SHAPES:
         f = lambda *s: rng.standard_normal(s).astype(np.float32)  # noqa: E731
-        q, kc, vc, kn, vn = f(T, Hq, D), f(S, Hkv, D), f(S, Hkv, D), f(T, Hkv, D), f(T, Hkv, D)
+        q, kc, vc, kn, vn = f(T, Hq, D), f(Hkv, S, D), f(Hkv, S, D), f(T, Hkv, D), f(T, Hkv, D)
         ones = np.ones((1, 1), np.float32)
         cache = (kc, vc, ones, ones, np.arange(S, dtype=np.int64))
         new = (kn, vn, np.arange(S, S + T, dtype=np.int64))
@@ -74,7 +74,7 @@ def decode(S):
     evict = np.ones(512 << 20, np.uint8)  # 512 MiB read between calls: more than any L3
     for Hq, Hkv, D in ((4, 1, 256), (32, 8, 64)):
         f = lambda *s: rng.standard_normal(s).astype(np.float32)  # noqa: E731
-        q, kc, vc, kn, vn = f(1, Hq, D), f(S, Hkv, D), f(S, Hkv, D), f(1, Hkv, D), f(1, Hkv, D)
+        q, kc, vc, kn, vn = f(1, Hq, D), f(Hkv, S, D), f(Hkv, S, D), f(1, Hkv, D), f(1, Hkv, D)
         ones = np.ones((1, 1), np.float32)
         cache = (kc, vc, ones, ones, np.arange(S, dtype=np.int64))
         new = (kn, vn, np.array([S], np.int64))

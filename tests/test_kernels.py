@@ -255,10 +255,16 @@ def test_rope_shift_composes(kind):
 _NO_SCALES = np.ones((1, 1), np.float32)
 
 
+def _hm(a):
+    """A cache (..., S, Hkv, D) as the twin takes it, head-major (..., Hkv, S, D) as the
+    kernels (and edgerope.engine.cache) hold it."""
+    return np.ascontiguousarray(np.swapaxes(a, -3, -2))
+
+
 def _attention(out, q, kc, vc, cpos, kn, vn, qpos, scale, window, softcap, scratch):
     """K.attention on a float32 cache (the scale arrays are placeholders then), with the
-    twin's flat argument order."""
-    K.attention(out, q, (kc, vc, _NO_SCALES, _NO_SCALES, cpos), (kn, vn, qpos),
+    twin's flat argument order and cache layout."""
+    K.attention(out, q, (_hm(kc), _hm(vc), _NO_SCALES, _NO_SCALES, cpos), (kn, vn, qpos),
                 (scale, window, softcap), scratch)
 
 
@@ -324,8 +330,8 @@ def test_attention_decode_splits_long_caches(hq, hkv, window, softcap, n_slots, 
         try:
             scratch = np.full((16, S + 1 + 512 + hq * D), np.nan, np.float32)
             out = np.full((1, hq, D), np.nan, np.float32)
-            K.attention_decode(out, q, (kc, vc, _NO_SCALES, _NO_SCALES, cpos), (kn, vn, qpos),
-                               (0.15, window, softcap), scratch, n_slots)
+            K.attention_decode(out, q, (_hm(kc), _hm(vc), _NO_SCALES, _NO_SCALES, cpos),
+                               (kn, vn, qpos), (0.15, window, softcap), scratch, n_slots)
         finally:
             K.set_threads(before)
         np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5)
@@ -520,7 +526,8 @@ def _tiles(out, q, cache, new, params, units=3):
     rows = np.full((2, q.shape[0] * q.shape[1]), np.nan, np.float32)
     offs = np.zeros((units, 3, K.ATT_MAX_ROWS), np.int64)
     assert K.tiles_usable(q.shape[0], q.shape[1], new[0].shape[1], Dv, q, out)
-    K.attention_tiles(out, q, cache, new, params, stage, rows, offs)
+    K.attention_tiles(out, q, (_hm(cache[0]), _hm(cache[1])) + cache[2:], new, params, stage,
+                      rows, offs)
 
 
 @pytest.mark.parametrize("hq,hkv,d,dv", [(4, 1, 64, 64), (8, 2, 80, 80), (6, 1, 24, 32),
@@ -571,8 +578,9 @@ def test_attention_tiles_refuse_short_scratch():
     q, kc, vc, cpos, kn, vn, qpos = attention_case(3, T=40, S=0, Hq=4, Hkv=1, D=32, Dv=32)
     out = np.zeros((40, 4, 32), np.float32)
     with pytest.raises(ValueError, match="scratch too small"):
-        K.attention_tiles(out, q, (kc, vc, _NO_SCALES, _NO_SCALES, cpos), (kn, vn, qpos),
-                          (0.2, 0, 0.0), np.zeros((2, K.att_stage_len(16, 16)), np.float32),
+        K.attention_tiles(out, q, (_hm(kc), _hm(vc), _NO_SCALES, _NO_SCALES, cpos),
+                          (kn, vn, qpos), (0.2, 0, 0.0),
+                          np.zeros((2, K.att_stage_len(16, 16)), np.float32),
                           np.zeros((2, 160), np.float32), np.zeros((2, 3, 8), np.int64))
 
 
@@ -612,7 +620,7 @@ def test_attention_rows_equal_the_twin_per_sequence(hq, hkv, d, window, softcap,
     scales = np.ones((N, 1, 1), np.float32)
     out = np.full((T, hq, d), np.nan, np.float32)
     scratch = np.zeros((16, S + T + hq * d), np.float32)
-    K.attention_rows(out, q, (kc, vc, scales, scales, cpos), (kn, vn, qpos),
+    K.attention_rows(out, q, (_hm(kc), _hm(vc), scales, scales, cpos), (kn, vn, qpos),
                      (0.2, window, softcap), scratch, seq, seg)
     s = 0
     for i, n in enumerate(lens):

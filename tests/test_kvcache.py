@@ -113,12 +113,12 @@ def test_store_matches_twin_and_slots(kv_type):
         assert c.pos[slot] == pos[n]
         kf, kraw, kd = twin_store(kv_type, k[n], ia, ib)
         vf, vraw, vd = twin_store(kv_type, v[n])
-        np.testing.assert_array_equal(c.k[slot], kraw)
-        np.testing.assert_array_equal(c.v[slot], vraw)
+        np.testing.assert_array_equal(c.k[:, slot], kraw)
+        np.testing.assert_array_equal(c.v[:, slot], vraw)
         if kv_type == "int8":
             # (the pair norms may round differently: fused multiply-adds)
-            np.testing.assert_allclose(c.ks[slot], kd, rtol=1e-6)
-            np.testing.assert_array_equal(c.vs[slot], vd)
+            np.testing.assert_allclose(c.ks[:, slot], kd, rtol=1e-6)
+            np.testing.assert_array_equal(c.vs[:, slot], vd)
         back = np.empty((1, H, D), np.float32)
         kv_dequant(back, c.k, c.ks, np.array([slot]))
         np.testing.assert_allclose(back[0], kf, rtol=1e-6, atol=1e-7)
@@ -192,8 +192,8 @@ def test_shift_equals_rotation_at_new_position(kv_type, channels):
     np.testing.assert_allclose(got[..., rot], want[..., rot], atol=tol * scale)
     still = np.setdiff1d(np.arange(D), rot)
     if len(still):
-        np.testing.assert_array_equal(c.k[moved][..., still], k_before[moved][..., still])
-    np.testing.assert_array_equal(c.k[:keep], k_before[:keep])  # sinks untouched
+        np.testing.assert_array_equal(c.k[:, moved][..., still], k_before[:, moved][..., still])
+    np.testing.assert_array_equal(c.k[:, :keep], k_before[:, :keep])  # sinks untouched
     np.testing.assert_array_equal(c.ks, ks_before)
 
 
@@ -287,15 +287,15 @@ def test_kv_prefetch_is_only_a_hint(kv_type):
     PREFETCH_BYTES."""
     from edgerope.kernels.kvstore import PREFETCH_BYTES, kv_ahead, kv_prefetch
     dtype = {"f32": np.float32, "f16": np.uint16, "int8": np.int8}[kv_type]
-    full = np.arange(40 * 3 * 24).astype(dtype).reshape(40, 3, 24)
+    full = np.arange(40 * 3 * 24).astype(dtype).reshape(3, 40, 24)  # (Hkv, S, D)
     before = full.copy()
-    view = full[5:17]
+    view = full[:, 5:17]
     for arr in (full, view):
         for j in (-8, -2, 0, 9, 11, 37, 39, 40, 10 ** 6):
             kv_prefetch(arr, j, 2)
     np.testing.assert_array_equal(full, before)
     assert kv_ahead(full) == max(4, PREFETCH_BYTES // (24 * full.itemsize))
-    assert kv_ahead(np.zeros((4, 1, 4096), np.float32)) == 4
+    assert kv_ahead(np.zeros((1, 4, 4096), np.float32)) == 4
 
 
 @pytest.mark.parametrize("kv_type", ["f32", "f16"])

@@ -37,7 +37,8 @@ assert set(KV_TYPES) == set(KV_DTYPES), "edgerope.engine.KV_TYPES and kvstore di
 
 
 class LayerCache:
-    """Keys (S, Hkv, D), values (S, Hkv, D), their scales (int8) and each slot's position."""
+    """Keys (Hkv, S, D), values (Hkv, S, D) (head-major, edgerope.kernels.kvstore), their
+    scales (int8) and each slot's position."""
 
     __slots__ = ("k", "v", "ks", "vs", "pos", "capacity", "window", "sinks", "kv_type", "n",
                  "arrays")
@@ -64,7 +65,7 @@ class LayerCache:
         dt = KV_DTYPES[kv_type]
         # int8 block scales; a float type keeps a placeholder the kernels never read
         scales = (scale_shape(kv_type, capacity, n_kv, head_dim), np.float32)
-        return {"k": ((capacity, n_kv, head_dim), dt), "v": ((capacity, n_kv, head_dim), dt),
+        return {"k": ((n_kv, capacity, head_dim), dt), "v": ((n_kv, capacity, head_dim), dt),
                 "ks": scales, "vs": scales, "pos": ((capacity,), np.int64)}
 
     @staticmethod
@@ -96,7 +97,7 @@ class LayerCache:
         slots = np.flatnonzero(p >= keep + n)
         p[slots] -= n
         if len(slots) and len(ia):
-            x = np.empty((len(slots),) + self.k.shape[1:], np.float32)
+            x = np.empty((len(slots), self.k.shape[0], self.k.shape[2]), np.float32)
             K.kv_dequant(x, self.k, self.ks, slots)
             K.rope_shift(x, cos, sin, ia, ib)
             K.kv_requant(self.k, self.ks, slots, x)

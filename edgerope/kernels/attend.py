@@ -156,9 +156,9 @@ def _quad_scores(sc, q, at, src, b0, b1, mask):
     neg = np.float32(-np.inf)
     fast, qo, kbase, kstep = kv_quad_plan(q, t, h, kk, kvh)
     ahead = kv_ahead(kk)
-    S = kk.shape[0]
-    pstep, prow = kk.strides[0], D * kk.itemsize
-    pbase = kvh * kk.strides[1]
+    S = kk.shape[1]
+    pstep, prow = kk.strides[1], D * kk.itemsize
+    pbase = kvh * kk.strides[0]
     j = b0
     while j < b1:
         c = j - b0
@@ -333,11 +333,20 @@ def _run_blocks(out, q, at, nh, src, lo, hi, bk, mask, work):
 
 
 @kernel
+def _fresh(new, cache):
+    """The new chunk (k_new, v_new, q_pos) as a key source beside cache: its (T, Hkv, D) keys
+    and values seen head-major like the cache's (transposed views, nothing copied), with the
+    cache's scales (never read: the chunk is float32)."""
+    k_new, v_new, q_pos = new
+    return (k_new.transpose((1, 0, 2)), v_new.transpose((1, 0, 2)), cache[2], cache[3], q_pos)
+
+
+@kernel
 def _run_source(out, q, at, src, mask, sc, m, l):
     """All key blocks of src, in blocks of len(sc), folded into head at's running max m and
     weight sum l (one head at a time)."""
     bk = sc.shape[0]
-    n = src[0].shape[0]
+    n = src[4].shape[0]
     for b0 in range(0, n, bk):
         m, l = _head_block(out, q, at, src, b0, min(n, b0 + bk), mask, sc, m, l)
     return m, l
@@ -372,16 +381,15 @@ def _split_units(out, q, cache, new, params, scratch, G, plan):
     keys with the last part): unit c = run * G + g keeps its own softmax state and unnormed
     output in scratch[c] (scores | maxima | sums | Hq x Dv output). cache, new, params as in
     `attention`; plan = _plan(...)."""
-    k_scale, v_scale = cache[2], cache[3]
     k_new, v_new, q_pos = new
-    fresh = (k_new, v_new, k_scale, v_scale, q_pos)
+    fresh = _fresh(new, cache)
     scale, window, softcap = params
     R, rows, bk, runs_per_kv = plan
     Hq = q.shape[1]
     Hkv = k_new.shape[1]
     Dv = out.shape[2]
     group = Hq // Hkv
-    S = cache[0].shape[0]
+    S = cache[4].shape[0]
     T = k_new.shape[0]
     neg = np.float32(-np.inf)
     mask = (q_pos[0], np.float32(scale), window, np.float32(softcap))
@@ -453,11 +461,11 @@ def _one_run(out, q, run, cache, fresh, lo, hi, mask_of, plan, buf):
     q_pos, sc_, window, cap = mask_of
     R, rows, bk, runs_per_kv = plan
     Hq = q.shape[1]
-    Hkv = fresh[0].shape[1]
+    Hkv = fresh[0].shape[0]
     Dv = out.shape[2]
     group = Hq // Hkv
     neg = np.float32(-np.inf)
-    S = cache[0].shape[0]
+    S = cache[4].shape[0]
     u = run // runs_per_kv
     t = u // Hkv
     kvh = u - t * Hkv
@@ -470,7 +478,7 @@ def _one_run(out, q, run, cache, fresh, lo, hi, mask_of, plan, buf):
     if R == 1:
         sc = buf[:bk]
         m, l = _run_source(out, q, at, cache, mask, sc, neg, np.float32(0.0))
-        own = (fresh[0][lo:hi], fresh[1][lo:hi], fresh[2], fresh[3], fresh[4][lo:hi])
+        own = (fresh[0][:, lo:hi], fresh[1][:, lo:hi], fresh[2], fresh[3], fresh[4][lo:hi])
         m, l = _run_source(out, q, at, own, mask, sc, m, l)
         _finish(out, t, h0, l)
         return
@@ -492,9 +500,10 @@ def attention(out, q, cache, new, params, scratch):
     """out (T, Hq, Dv) = softmax(q k^T * scale [softcapped], masked) v.
 
     q (T, Hq, D) already roped; cache = (k_cache, v_cache, k_scale, v_scale, cache_pos):
-    k_cache (S, Hkv, D), v_cache (S, Hkv, Dv) of any KV element type with their int8 block
-    scales k_scale / v_scale (S, Hkv, ceil(D / KV_BLOCK)) (edgerope.kernels.kvstore; any
-    float32 3-D array for float types), cache_pos (S,) int64; new = (k_new, v_new, q_pos):
+    k_cache (Hkv, S, D), v_cache (Hkv, S, Dv) head-major, of any KV element type, with their
+    int8 block scales k_scale / v_scale (Hkv, S, ceil(D / KV_BLOCK))
+    (edgerope.kernels.kvstore; any float32 3-D array for float types), cache_pos (S,) int64
+    (the source's length: arrays may hold more slots, never read); new = (k_new, v_new, q_pos):
     k_new (T, Hkv, D), v_new (T, Hkv, Dv) float32 at positions q_pos (T,) int64; params =
     (scale, window, softcap), window <= 0: none, softcap <= 0: none. Query head h reads kv
     head h // (Hq // Hkv). scratch is float32 (C, L) with L >= S + T: the work is split into at
@@ -504,7 +513,7 @@ def attention(out, q, cache, new, params, scratch):
     key gets zeros.
     """
     k_new, v_new, q_pos = new
-    fresh = (k_new, v_new, cache[2], cache[3], q_pos)  # the chunk as a key source
+    fresh = _fresh(new, cache)  # the chunk as a key source
     scale, window, softcap = params
     T, Hq, _ = q.shape
     Hkv = k_new.shape[1]
@@ -521,13 +530,13 @@ def attention(out, q, cache, new, params, scratch):
 def attention_rows(out, q, caches, new, params, scratch, seq, seg):
     """`attention` for the rows of several sequences evaluated together (a batch step):
     row t reads the cache of sequence seq[t] -- caches is the cache tuple with a leading
-    sequence axis, k (N, S, Hkv, D), v (N, S, Hkv, Dv), k_scale / v_scale (N, S, Hkv, nb),
+    sequence axis, k (N, Hkv, S, D), v (N, Hkv, S, Dv), k_scale / v_scale (N, Hkv, S, nb),
     pos (N, S) -- and, of the new keys, rows seg[t, 0]..seg[t, 1]-1 (its own sequence's
     rows this step). Row t's numbers are those of `attention` over that cache and those
     rows; all rows' work is spread over the scratch rows at once."""
     kk, vv, ks, vs, kpos = caches
     k_new, v_new, q_pos = new
-    fresh = (k_new, v_new, ks[0], vs[0], q_pos)
+    fresh = _fresh(new, (kk[0], vv[0], ks[0], vs[0], kpos[0]))
     scale, window, softcap = params
     T, Hq, _ = q.shape
     Hkv = k_new.shape[1]
@@ -561,8 +570,8 @@ def attention_decode(out, q, cache, new, params, scratch, n_slots):
     Dv = out.shape[2]
     plan = _plan(Hq, Hkv, scratch.shape[1])
     R, rows, bk, runs_per_kv = plan
-    S = min(n_slots, k_cache.shape[0])
-    seen = (k_cache[:S], v_cache[:S], k_scale, v_scale, cache_pos[:S])
+    S = min(n_slots, k_cache.shape[1])
+    seen = (k_cache, v_cache, k_scale, v_scale, cache_pos[:S])  # a source's keys: len(pos)
     G = 1
     if R > 1 and scratch.shape[1] >= rows * bk + 2 * R + Hq * Dv:
         G = max(1, min((S + DECODE_SPLIT - 1) // DECODE_SPLIT,

@@ -22,7 +22,7 @@ work unit; rows float32 (2, >= T * Hq), the rows' running maxima and sums; offs 
 import numpy as np
 
 from edgerope.kernels import simd
-from edgerope.kernels.attend import _logit, _visible
+from edgerope.kernels.attend import _fresh, _logit, _visible
 from edgerope.kernels.expf import exp32
 from edgerope.kernels.jit import kernel, prange
 from edgerope.kernels.kvstore import kv_load, kv_scale
@@ -163,7 +163,7 @@ def _walk(out, q, src, buf, offs, rows, u, U, kvh, q_pos, params, qmax):
     """Unit u's tiles of kv head kvh against every block of key source src."""
     T, Hq, D = q.shape
     Dv = out.shape[2]
-    group = Hq // src[0].shape[1]
+    group = Hq // src[0].shape[0]
     nrows = T * group
     ntiles = (nrows + MR - 1) // MR
     window = params[1]
@@ -199,7 +199,7 @@ def attention_tiles(out, q, cache, new, params, stage, rows, offs):
     queries (`tiles_usable`); stage, rows, offs: the scratch of the module doc (U = stage.shape[0]
     work units)."""
     k_new, v_new, q_pos = new
-    fresh = (k_new, v_new, cache[2], cache[3], q_pos)
+    fresh = _fresh(new, cache)
     T, Hq, _ = q.shape
     Hkv = k_new.shape[1]
     Dv = out.shape[2]

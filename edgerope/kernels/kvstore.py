@@ -1,10 +1,12 @@
 """KV cache storage types: writing new keys / values into ring slots, reading them back.
 
-Three element types, all (S, Hkv, D) arrays indexed [slot, kv head, channel]:
+Three element types, all (Hkv, S, D) arrays indexed [kv head, slot, channel] (head-major:
+decoding streams each kv head's slots as one contiguous run of rows, not rows of 1 / Hkv of
+each slot's bytes strided through memory):
 - "f32": float32;
 - "f16": IEEE fp16 bit patterns in uint16 (see edgerope.kernels.half), rounded to nearest;
 - "int8": int8 with one float32 scale per (slot, head, block of KV_BLOCK channels) in a
-  (S, Hkv, ceil(D / KV_BLOCK)) array: x = q * scale. Blocks, not one scale per head: keys
+  (Hkv, S, ceil(D / KV_BLOCK)) array: x = q * scale. Blocks, not one scale per head: keys
   after q/k-norms carry outlier channels (Gemma 3: channel maxima 5x the median) that would
   coarsen every other channel; per-block scales halve the error (bench/RESULTS.md).
   Key scales are *rotation-safe*: a block's scale bounds, for each rotary channel, the norm
@@ -55,16 +57,16 @@ _OPTS = {"fastmath": set(FASTMATH), "error_model": "numpy"}
 @overload(kv_load, jit_options=_OPTS, inline="always")
 def _ov_load(arr, i, h, d):
     if arr.dtype == types.uint16:
-        return lambda arr, i, h, d: h2f(arr[i, h, d])
+        return lambda arr, i, h, d: h2f(arr[h, i, d])
     if arr.dtype == types.int8:
-        return lambda arr, i, h, d: np.float32(arr[i, h, d])
-    return lambda arr, i, h, d: arr[i, h, d]
+        return lambda arr, i, h, d: np.float32(arr[h, i, d])
+    return lambda arr, i, h, d: arr[h, i, d]
 
 
 @overload(kv_scale, jit_options=_OPTS, inline="always")
 def _ov_scale(arr, scales, i, h, b):
     if arr.dtype == types.int8:
-        return lambda arr, scales, i, h, b: scales[i, h, b]
+        return lambda arr, scales, i, h, b: scales[h, i, b]
     return lambda arr, scales, i, h, b: np.float32(1.0)
 
 
@@ -113,16 +115,16 @@ def kv_prefetch(arr, j, kvh):
     per 64-byte line of each, none past the last slot. Called every four keys, so the four
     rows share one loop over the row's lines."""
     row = arr.shape[2] * arr.itemsize
-    s0 = arr.strides[0]
-    base = j * s0 + kvh * arr.strides[1]
-    if j >= 0 and j + 4 <= arr.shape[0]:
+    s0 = arr.strides[1]
+    base = j * s0 + kvh * arr.strides[0]
+    if j >= 0 and j + 4 <= arr.shape[1]:
         for o in range(0, row, 64):
             prefetch(arr, base + o)
             prefetch(arr, base + s0 + o)
             prefetch(arr, base + 2 * s0 + o)
             prefetch(arr, base + 3 * s0 + o)
         return
-    for i in range(max(j, 0), min(j + 4, arr.shape[0])):
+    for i in range(max(j, 0), min(j + 4, arr.shape[1])):
         for o in range(0, row, 64):
             prefetch(arr, base + (i - j) * s0 + o)
 
@@ -142,14 +144,14 @@ def _ov_dot4(q, t, h, kk, ks, j, kvh):
                 s0 = s1 = s2 = s3 = np.float32(0.0)
                 for d in range(b * KV_BLOCK, min(D, b * KV_BLOCK + KV_BLOCK)):
                     qd = q[t, h, d]
-                    s0 += qd * np.float32(kk[j, kvh, d])
-                    s1 += qd * np.float32(kk[j + 1, kvh, d])
-                    s2 += qd * np.float32(kk[j + 2, kvh, d])
-                    s3 += qd * np.float32(kk[j + 3, kvh, d])
-                a0 += s0 * ks[j, kvh, b]
-                a1 += s1 * ks[j + 1, kvh, b]
-                a2 += s2 * ks[j + 2, kvh, b]
-                a3 += s3 * ks[j + 3, kvh, b]
+                    s0 += qd * np.float32(kk[kvh, j, d])
+                    s1 += qd * np.float32(kk[kvh, j + 1, d])
+                    s2 += qd * np.float32(kk[kvh, j + 2, d])
+                    s3 += qd * np.float32(kk[kvh, j + 3, d])
+                a0 += s0 * ks[kvh, j, b]
+                a1 += s1 * ks[kvh, j + 1, b]
+                a2 += s2 * ks[kvh, j + 2, b]
+                a3 += s3 * ks[kvh, j + 3, b]
             return a0, a1, a2, a3
         return dot4_q8
 
@@ -186,15 +188,15 @@ def _ov_axpy4(out, t, h, p0, p1, p2, p3, vv, vs, j, kvh):
         def axpy4_q8(out, t, h, p0, p1, p2, p3, vv, vs, j, kvh):
             Dv = out.shape[2]
             for b in range(vs.shape[2]):
-                w0 = p0 * vs[j, kvh, b]
-                w1 = p1 * vs[j + 1, kvh, b]
-                w2 = p2 * vs[j + 2, kvh, b]
-                w3 = p3 * vs[j + 3, kvh, b]
+                w0 = p0 * vs[kvh, j, b]
+                w1 = p1 * vs[kvh, j + 1, b]
+                w2 = p2 * vs[kvh, j + 2, b]
+                w3 = p3 * vs[kvh, j + 3, b]
                 for d in range(b * KV_BLOCK, min(Dv, b * KV_BLOCK + KV_BLOCK)):
-                    out[t, h, d] += (w0 * np.float32(vv[j, kvh, d])
-                                     + w1 * np.float32(vv[j + 1, kvh, d])) \
-                        + (w2 * np.float32(vv[j + 2, kvh, d])
-                           + w3 * np.float32(vv[j + 3, kvh, d]))
+                    out[t, h, d] += (w0 * np.float32(vv[kvh, j, d])
+                                     + w1 * np.float32(vv[kvh, j + 1, d])) \
+                        + (w2 * np.float32(vv[kvh, j + 2, d])
+                           + w3 * np.float32(vv[kvh, j + 3, d]))
         return axpy4_q8
 
     def axpy4(out, t, h, p0, p1, p2, p3, vv, vs, j, kvh):
@@ -255,14 +257,14 @@ def _ov_dot4x4(q, t, h, kk, ks, j, kvh):
         def dot4x4_q8(q, t, h, kk, ks, j, kvh):
             D = q.shape[2]
             a = _dot4x4_span(q, t, h, kk, j, kvh, 0, min(D, KV_BLOCK))
-            c0, c1, c2, c3 = ks[j, kvh, 0], ks[j + 1, kvh, 0], ks[j + 2, kvh, 0], ks[j + 3, kvh, 0]
+            c0, c1, c2, c3 = ks[kvh, j, 0], ks[kvh, j + 1, 0], ks[kvh, j + 2, 0], ks[kvh, j + 3, 0]
             a = (a[0] * c0, a[1] * c1, a[2] * c2, a[3] * c3, a[4] * c0, a[5] * c1, a[6] * c2,
                  a[7] * c3, a[8] * c0, a[9] * c1, a[10] * c2, a[11] * c3, a[12] * c0,
                  a[13] * c1, a[14] * c2, a[15] * c3)
             for b in range(1, ks.shape[2]):
                 s = _dot4x4_span(q, t, h, kk, j, kvh, b * KV_BLOCK, min(D, b * KV_BLOCK + KV_BLOCK))
-                c0, c1 = ks[j, kvh, b], ks[j + 1, kvh, b]
-                c2, c3 = ks[j + 2, kvh, b], ks[j + 3, kvh, b]
+                c0, c1 = ks[kvh, j, b], ks[kvh, j + 1, b]
+                c2, c3 = ks[kvh, j + 2, b], ks[kvh, j + 3, b]
                 a = (a[0] + s[0] * c0, a[1] + s[1] * c1, a[2] + s[2] * c2, a[3] + s[3] * c3,
                      a[4] + s[4] * c0, a[5] + s[5] * c1, a[6] + s[6] * c2, a[7] + s[7] * c3,
                      a[8] + s[8] * c0, a[9] + s[9] * c1, a[10] + s[10] * c2,
@@ -289,7 +291,7 @@ def _ov_quad_plan(q, t, h, kk, kvh):
         qh = q.strides[1] // 4
         qo = t * (q.strides[0] // 4) + h * qh
         return (True, (qo, qo + qh, qo + 2 * qh, qo + 3 * qh),
-                kvh * (kk.strides[1] // kk.itemsize), kk.strides[0] // kk.itemsize)
+                kvh * (kk.strides[0] // kk.itemsize), kk.strides[1] // kk.itemsize)
     return plan
 
 
@@ -301,17 +303,17 @@ def _ov_axpy4x4(out, t, h, p, vv, vs, j, kvh):
         def axpy4x4_q8(out, t, h, p, vv, vs, j, kvh):
             Dv = out.shape[2]
             for b in range(vs.shape[2]):
-                c0, c1 = vs[j, kvh, b], vs[j + 1, kvh, b]
-                c2, c3 = vs[j + 2, kvh, b], vs[j + 3, kvh, b]
+                c0, c1 = vs[kvh, j, b], vs[kvh, j + 1, b]
+                c2, c3 = vs[kvh, j + 2, b], vs[kvh, j + 3, b]
                 w00, w01, w02, w03 = p[0] * c0, p[1] * c1, p[2] * c2, p[3] * c3
                 w10, w11, w12, w13 = p[4] * c0, p[5] * c1, p[6] * c2, p[7] * c3
                 w20, w21, w22, w23 = p[8] * c0, p[9] * c1, p[10] * c2, p[11] * c3
                 w30, w31, w32, w33 = p[12] * c0, p[13] * c1, p[14] * c2, p[15] * c3
                 for d in range(b * KV_BLOCK, min(Dv, b * KV_BLOCK + KV_BLOCK)):
-                    v0 = np.float32(vv[j, kvh, d])
-                    v1 = np.float32(vv[j + 1, kvh, d])
-                    v2 = np.float32(vv[j + 2, kvh, d])
-                    v3 = np.float32(vv[j + 3, kvh, d])
+                    v0 = np.float32(vv[kvh, j, d])
+                    v1 = np.float32(vv[kvh, j + 1, d])
+                    v2 = np.float32(vv[kvh, j + 2, d])
+                    v3 = np.float32(vv[kvh, j + 3, d])
                     out[t, h, d] += (w00 * v0 + w01 * v1) + (w02 * v2 + w03 * v3)
                     out[t, h + 1, d] += (w10 * v0 + w11 * v1) + (w12 * v2 + w13 * v3)
                     out[t, h + 2, d] += (w20 * v0 + w21 * v1) + (w22 * v2 + w23 * v3)
@@ -348,9 +350,9 @@ def _ov_pv4(out, t, h, sc, bk, vv, b0, n, kvh):
             return False
         os, oh = out.strides[0] // 4, out.strides[1] // 4
         o = t * os + h * oh
-        ldv = vv.strides[0] // vv.itemsize
+        ldv = vv.strides[1] // vv.itemsize
         pv4(out, (o, o + oh, o + 2 * oh, o + 3 * oh), sc, (0, bk, 2 * bk, 3 * bk), vv,
-            b0 * ldv + kvh * (vv.strides[1] // vv.itemsize), ldv, n, Dv, kv_ahead(vv))
+            b0 * ldv + kvh * (vv.strides[0] // vv.itemsize), ldv, n, Dv, kv_ahead(vv))
         return True
     return pv
 
@@ -363,7 +365,7 @@ def _slot(n, sinks, S):
 
 @kernel
 def _q8_row(dst, dsc, s, h, x, t, partner):
-    """Quantize x[t, h, :] into dst[s, h, :], one scale per block bounding |x_c| (and the
+    """Quantize x[t, h, :] into dst[h, s, :], one scale per block bounding |x_c| (and the
     pair norm for rotary channels: partner[c] >= 0)."""
     D = x.shape[2]
     for cb in range(0, D, KV_BLOCK):
@@ -377,11 +379,11 @@ def _q8_row(dst, dsc, s, h, x, t, partner):
             else:
                 m = max(m, abs(a))
         d = np.float32(np.float64(m) / 127.0)  # correctly rounded (fastmath would not be)
-        dsc[s, h, cb // KV_BLOCK] = d
+        dsc[h, s, cb // KV_BLOCK] = d
         inv = np.float32(1.0) / d if d > 0 else np.float32(0.0)
         for c in range(cb, ce):
             r = np.float32(np.round(x[t, h, c] * inv))
-            dst[s, h, c] = np.int8(min(max(r, np.float32(-127.0)), np.float32(127.0)))
+            dst[h, s, c] = np.int8(min(max(r, np.float32(-127.0)), np.float32(127.0)))
 
 
 def kv_put(arr, scales, s, h, x, t, partner):  # pragma: no cover - replaced inside kernels
@@ -394,33 +396,33 @@ def kv_reput(arr, scales, s, h, x, i):  # pragma: no cover - replaced inside ker
 
 @overload(kv_put, jit_options=_OPTS)
 def _ov_put(arr, scales, s, h, x, t, partner):
-    """arr[s, h, :] = x[t, h, :] in arr's type (int8: new rotation-safe scales)."""
+    """arr[h, s, :] = x[t, h, :] in arr's type (int8: new rotation-safe scales)."""
     if arr.dtype == types.int8:
         return lambda arr, scales, s, h, x, t, partner: _q8_row(arr, scales, s, h, x, t,
                                                                 partner)
     if arr.dtype == types.uint16:
         def put_f16(arr, scales, s, h, x, t, partner):
             for c in range(arr.shape[2]):
-                arr[s, h, c] = f2h(x[t, h, c])
+                arr[h, s, c] = f2h(x[t, h, c])
         return put_f16
 
     def put_f32(arr, scales, s, h, x, t, partner):
         for c in range(arr.shape[2]):
-            arr[s, h, c] = x[t, h, c]
+            arr[h, s, c] = x[t, h, c]
     return put_f32
 
 
 @overload(kv_reput, jit_options=_OPTS)
 def _ov_reput(arr, scales, s, h, x, i):
-    """arr[s, h, :] = x[i, h, :] keeping the row's scales (int8: round(x / scale), clamped;
+    """arr[h, s, :] = x[i, h, :] keeping the row's scales (int8: round(x / scale), clamped;
     exact for values already on the grid)."""
     if arr.dtype == types.int8:
         def reput_q8(arr, scales, s, h, x, i):
             for c in range(arr.shape[2]):
-                d = scales[s, h, c // KV_BLOCK]
+                d = scales[h, s, c // KV_BLOCK]
                 inv = np.float32(1.0) / d if d > 0 else np.float32(0.0)
                 r = np.float32(np.round(x[i, h, c] * inv))
-                arr[s, h, c] = np.int8(min(max(r, np.float32(-127.0)), np.float32(127.0)))
+                arr[h, s, c] = np.int8(min(max(r, np.float32(-127.0)), np.float32(127.0)))
         return reput_q8
     return lambda arr, scales, s, h, x, i: kv_put(arr, scales, s, h, x, i, None)
 
@@ -432,7 +434,7 @@ def kv_store(kc, vc, ks, vs, cpos, k_new, v_new, q_pos, n0, sinks, partner):
     kc / vc: the cache arrays (any KV dtype); ks / vs: their scales (`scale_shape`);
     partner: the rotary pairing of the key channels (`partners`; int8 key scales cover it)."""
     T, H, _ = k_new.shape
-    S = kc.shape[0]
+    S = kc.shape[1]
     for t in range(T):
         s = _slot(n0 + t, sinks, S)
         cpos[s] = q_pos[t]
@@ -443,17 +445,19 @@ def kv_store(kc, vc, ks, vs, cpos, k_new, v_new, q_pos, n0, sinks, partner):
 
 @kernel
 def kv_dequant(out, kc, ks, slots):
-    """out (n, Hkv, D) float32 = stored rows kc[slots] (any KV dtype), for shifting / tests."""
+    """out (n, Hkv, D) float32 = the rows of slots `slots` of kc (any KV dtype), token-major,
+    for shifting / tests."""
     for i in range(slots.shape[0]):
         s = slots[i]
-        for h in range(kc.shape[1]):
+        for h in range(kc.shape[0]):
             for c in range(kc.shape[2]):
                 out[i, h, c] = kv_load(kc, s, h, c) * kv_scale(kc, ks, s, h, c // KV_BLOCK)
 
 
 @kernel
 def kv_requant(kc, ks, slots, x):
-    """Write float32 rows x (n, Hkv, D) back into kc[slots], keeping each row's scales."""
+    """Write float32 rows x (n, Hkv, D) back into slots `slots` of kc, keeping each row's
+    scales."""
     for i in range(slots.shape[0]):
-        for h in range(kc.shape[1]):
+        for h in range(kc.shape[0]):
             kv_reput(kc, ks, slots[i], h, x, i)

@@ -100,7 +100,7 @@ KV_BLOCK = 32  # channels per int8 scale
 def scale_shape(kv_type, capacity, n_kv, head_dim):
     """Shape of a cache's scale array (a 1-element placeholder for float types)."""
     if kv_type == "int8":
-        return (capacity, n_kv, (head_dim + KV_BLOCK - 1) // KV_BLOCK)
+        return (n_kv, capacity, (head_dim + KV_BLOCK - 1) // KV_BLOCK)
     return (1, 1, 1)
 
 
