@@ -1,7 +1,7 @@
-"""Micro-benchmark of attention on one layer's shapes, float32 cache, causal.
+"""Micro-benchmark of attention on one layer's shapes, causal, head-major caches.
 
     python bench/attention.py [-t 2] [--units 4]
-    python bench/attention.py --decode [-t 2] [-s 1024]
+    python bench/attention.py --decode [-t 2] [-s 1024] [--kv-type f32,f16]
 
 Prefill: the per-query kernel (attend.attention) against the float tiles
 (attend_tiles.attention_tiles), best of five calls each, per shape (T queries after S cached
@@ -10,7 +10,8 @@ new tokens, with and without 512 cached ones, and Llama-style 64-dim heads.
 --decode: one query after S cached keys (attend.attention_decode, the engine's scratch
 shape), Gemma 3 270M's layer and the 1B llama's (32 / 8 x 64): median of 100 calls with the
 cache in memory (cold: 512 MiB read between calls, as the weights stream between a layer's
-attention calls in the engine) and best of 200 with it in cache (hot).
+attention calls in the engine) and best of 200 with it in cache (hot); with several
+--kv-type (float32, fp16) the types' calls alternate, on the same values.
 """
 import argparse
 import os
@@ -44,10 +45,14 @@ def main():
     ap.add_argument("--units", type=int, default=0, help="work units (default 2 x threads)")
     ap.add_argument("--decode", action="store_true", help="one query (T = 1) against -s keys")
     ap.add_argument("-s", "--slots", type=int, default=1024, help="--decode: cached keys")
+    ap.add_argument("--kv-type", default="f32", help="--decode: cache types, f32 and / or f16")
     a = ap.parse_args()
     K.set_threads(a.threads)
     if a.decode:
-        return decode(a.slots)
+        kinds = [k.strip() for k in a.kv_type.split(",") if k.strip()]
+        if not kinds or set(kinds) - {"f32", "f16"}:
+            sys.exit(f"--kv-type: f32 and / or f16, got {a.kv_type!r}")
+        return decode(a.slots, kinds)
     U = a.units or 2 * a.threads
     rng = np.random.default_rng(0)
     for T, S, Hq, Hkv, D in SHAPES:
@@ -69,28 +74,40 @@ def main():
               f"{new_t * 1e3:.2f} ms ({old / new_t:.2f}x), max |diff| {err:.1e}")
 
 
-def decode(S):
+def decode(S, kinds):
     rng = np.random.default_rng(0)
     evict = np.ones(512 << 20, np.uint8)  # 512 MiB read between calls: more than any L3
+    as_kv = {"f32": lambda a: a, "f16": lambda a: a.astype(np.float16).view(np.uint16)}
     for Hq, Hkv, D in ((4, 1, 256), (32, 8, 64)):
         f = lambda *s: rng.standard_normal(s).astype(np.float32)  # noqa: E731
         q, kc, vc, kn, vn = f(1, Hq, D), f(Hkv, S, D), f(Hkv, S, D), f(1, Hkv, D), f(1, Hkv, D)
-        ones = np.ones((1, 1), np.float32)
-        cache = (kc, vc, ones, ones, np.arange(S, dtype=np.int64))
+        ones = np.ones((1, 1, 1), np.float32)
         new = (kn, vn, np.array([S], np.int64))
         params = (D ** -0.5, 0, 0.0)
         out = np.zeros((1, Hq, D), np.float32)
         scratch = np.zeros((16, S + 512 + Hq * D), np.float32)  # as a session's
-        run = lambda: K.attention_decode(out, q, cache, new, params, scratch, S)  # noqa: E731
-        hot = best(run, 200)
-        cold = []
+        runs = {}
+        for kind in kinds:
+            cache = (as_kv[kind](kc), as_kv[kind](vc), ones, ones, np.arange(S, dtype=np.int64))
+            runs[kind] = lambda c=cache: K.attention_decode(out, q, c, new, params, scratch, S)
+        hot = {kind: float("inf") for kind in kinds}
+        cold = {kind: [] for kind in kinds}
+        for kind in kinds:
+            runs[kind]()
+        for _ in range(200):
+            for kind in kinds:
+                t = time.perf_counter()
+                runs[kind]()
+                hot[kind] = min(hot[kind], time.perf_counter() - t)
         for _ in range(100):
-            evict.max()
-            t = time.perf_counter()
-            run()
-            cold.append(time.perf_counter() - t)
-        print(f"decode S={S} Hq={Hq} Hkv={Hkv} D={D}: cold {np.median(cold) * 1e6:.1f} us, "
-              f"hot {hot * 1e6:.1f} us")
+            for kind in kinds:
+                evict.max()
+                t = time.perf_counter()
+                runs[kind]()
+                cold[kind].append(time.perf_counter() - t)
+        for kind in kinds:
+            print(f"decode S={S} Hq={Hq} Hkv={Hkv} D={D} {kind}: cold "
+                  f"{np.median(cold[kind]) * 1e6:.1f} us, hot {hot[kind] * 1e6:.1f} us")
 
 
 if __name__ == "__main__":

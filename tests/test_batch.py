@@ -22,9 +22,11 @@ def rel(a, b):
     return float(np.abs(a - b).max() / np.abs(b).max())
 
 
-def alone(m, prompt, steps, n_ctx=64):
-    """Per step: the logits of one session fed the prompt, then its own greedy tokens."""
-    s = m.new_session(n_ctx=n_ctx)
+def alone(m, prompt, steps, n_ctx=64, kv_type="f32"):
+    """Per step: the logits of one session fed the prompt, then its own greedy tokens (an f32
+    cache by default: another split of the same tokens then gives the same numbers, where f16
+    would round the keys a prefill reads fresh and a later step reads back)."""
+    s = m.new_session(n_ctx=n_ctx, kv_type=kv_type)
     out = [s.eval(prompt).copy()]
     for _ in range(steps):
         out.append(s.eval([int(np.argmax(out[-1]))]).copy())
@@ -39,7 +41,7 @@ def test_batched_steps_match_each_sequence_alone(built, name, dtype):
     r = np.random.default_rng(1)
     prompts = [r.integers(3, m.config.vocab_size, n).tolist() for n in LENS]
     want = [alone(m, p, STEPS) for p in prompts]
-    b = Batch(m, n_seq=3, n_ctx=64, n_batch=64)
+    b = Batch(m, n_seq=3, n_ctx=64, n_batch=64, kv_type="f32")
     got = [[] for _ in prompts]
     # step 0: the first two prompts whole, the third's first half (a prefill interleaved)
     half = LENS[2] // 2
@@ -71,7 +73,7 @@ def test_a_sequence_alone_in_the_batch_is_a_session(built, name):
     path, _ = built(name)
     m = edgerope.load(path, dtype="int8", tokenizer=False)
     prompt = np.random.default_rng(2).integers(3, m.config.vocab_size, 17).tolist()
-    want = alone(m, prompt, 4)
+    want = alone(m, prompt, 4, kv_type="f16")  # the default, as the batch's
     b = Batch(m, n_seq=2, n_ctx=64, n_batch=64)
     got = [b.eval([(1, prompt)])[0].copy()]
     for _ in range(4):
@@ -106,11 +108,11 @@ def test_truncate_then_evaluate_equals_a_fresh_evaluation(built, name):
     m = edgerope.load(path, dtype="int8", tokenizer=False)
     r = np.random.default_rng(3)
     old, new = r.integers(3, 100, 7).tolist(), r.integers(3, 100, 3).tolist()
-    s = m.new_session(n_ctx=32)
+    s = m.new_session(n_ctx=32, kv_type="f32")  # another split, the same numbers (`alone`)
     s.eval(old)
     assert s.truncate(4) and s.pos == 4 and s.tokens == old[:4]
     got = s.eval(new).copy()
-    want = m.new_session(n_ctx=32).eval(old[:4] + new)
+    want = m.new_session(n_ctx=32, kv_type="f32").eval(old[:4] + new)
     np.testing.assert_array_equal(got, want)
     # a sliding-window ring (gemma3: 8 slots) that wrapped past the cut cannot go back
     s.eval(r.integers(3, 100, 9).tolist())

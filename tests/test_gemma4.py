@@ -133,7 +133,7 @@ def test_kv_cache_holds_producer_layers_only(built):
     path, _ = built("gemma4-e2b")
     m = edgerope.load(path, dtype="float32")
     cfg = m.config
-    s = m.new_session(n_ctx=64)
+    s = m.new_session(n_ctx=64, kv_type="f32")
     owned = [i for i, _ in s.cache.owned()]
     assert owned == [0, 1, 2, 3, 4, 5]
     assert s.cache.layers[9] is s.cache.layers[4] and s.cache.layers[6] is s.cache.layers[5]

@@ -1,5 +1,7 @@
 """KV cache element types, ring slots with sinks, and context shift (edgerope.engine.cache,
 edgerope.kernels.kvstore / half), against numpy twins."""
+import warnings
+
 import numpy as np
 import pytest
 
@@ -122,6 +124,37 @@ def test_store_matches_twin_and_slots(kv_type):
         back = np.empty((1, H, D), np.float32)
         kv_dequant(back, c.k, c.ks, np.array([slot]))
         np.testing.assert_allclose(back[0], kf, rtol=1e-6, atol=1e-7)
+
+
+def test_f16_store_saturates_out_of_range_values_and_warns_once(monkeypatch):
+    """An f16 cache stores |x| > 65504 as +-65504 (an infinite key would make every score
+    NaN) and says so once; f32 keeps the values, silently."""
+    from edgerope.engine import cache as cache_mod
+    from edgerope.errors import EdgeropeWarning
+    monkeypatch.setattr(cache_mod, "_saturated_warned", False)
+    H, D = 2, 8
+    k = np.zeros((2, H, D), np.float32)
+    k[0, 0, :4] = [1e6, -7e4, 65504.0, -3.0]
+    k[1, 1, 5] = np.inf
+    v = -k
+    part = np.full(D, -1, np.int64)
+    c32 = LayerCache(4, H, D, None, "f32")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        c32.store(k, v, np.arange(2, dtype=np.int64), part)
+    np.testing.assert_array_equal(c32.k[:, :2], k.transpose(1, 0, 2))
+    c16 = LayerCache(4, H, D, None, "f16")
+    with pytest.warns(EdgeropeWarning, match=r"beyond fp16's range .* --kv-type f32"):
+        c16.store(k, v, np.arange(2, dtype=np.int64), part)
+    got = np.empty((2, H, D), np.float32)
+    kv_dequant(got, c16.k, c16.ks, np.arange(2))
+    want = np.clip(k, -65504, 65504)
+    np.testing.assert_array_equal(got, want)
+    kv_dequant(got, c16.v, c16.vs, np.arange(2))
+    np.testing.assert_array_equal(got, -want)
+    with warnings.catch_warnings():  # once a process
+        warnings.simplefilter("error")
+        c16.store(k, v, np.arange(2, 4, dtype=np.int64), part)
 
 
 def test_layer_capacity():

@@ -217,7 +217,7 @@ def test_info_prints_ram_needed(tiny):
     assert r.exit_code == 0, r.output
     line = next(x for x in r.stdout.splitlines() if x.startswith("RAM needed"))
     assert line.startswith("RAM needed at context 256 ") and "~" in line
-    for part in ("weights", "KV f32", "buffers", "tokenizer", f"runtime {RUNTIME_BYTES >> 20}"):
+    for part in ("weights", "KV f16", "buffers", "tokenizer", f"runtime {RUNTIME_BYTES >> 20}"):
         assert part in line
     r = CliRunner().invoke(main, ["info", tiny["llama"], "-c", "64", "--kv-type", "int8"])
     assert "RAM needed at context 64 " in r.stdout and "KV int8" in r.stdout

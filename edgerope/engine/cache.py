@@ -26,10 +26,12 @@ Owns: the buffers, writing a chunk of new keys/values, shifting. Not: when to sh
 """
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 
 from edgerope import kernels as K
-from edgerope.errors import ConfigError, ContextFullError, ParameterError
+from edgerope.errors import ConfigError, ContextFullError, EdgeropeWarning, ParameterError
 from edgerope.engine import DEFAULT_KV_TYPE, KV_TYPES  # noqa: F401 - defined without numba
 from edgerope.kernels.layout import KV_DTYPES, scale_shape
 
@@ -85,9 +87,11 @@ class LayerCache:
         pairing (kvstore.partners)."""
         # a chunk longer than the ring overwrites its own first tokens: the same result as
         # storing only its tail, and the cost is small next to the chunk's matmuls
-        K.kv_store(self.k, self.v, self.ks, self.vs, self.pos, k_new, v_new, pos, self.n,
-                 self.sinks, partner)
+        out = K.kv_store(self.k, self.v, self.ks, self.vs, self.pos, k_new, v_new, pos, self.n,
+                         self.sinks, partner)
         self.n += k_new.shape[0]
+        if out:
+            _warn_saturated(self.kv_type)
 
     def shift(self, keep: int, n: int, cos, sin, ia, ib) -> None:
         """Forget positions [keep, keep + n); move later ones down by n (keys re-rotated by the
@@ -109,6 +113,19 @@ class LayerCache:
     @property
     def nbytes(self) -> int:
         return self.k.nbytes + self.v.nbytes + self.ks.nbytes + self.vs.nbytes + self.pos.nbytes
+
+
+_saturated_warned = False
+
+
+def _warn_saturated(kv_type: str) -> None:
+    """Once a process: keys / values beyond an f16 cache's range were stored saturated."""
+    global _saturated_warned
+    if not _saturated_warned:
+        _saturated_warned = True
+        warnings.warn(f"KV cache {kv_type}: keys or values beyond fp16's range (|x| > 65504) "
+                      f"were stored as +-65504, so attention is approximate for this model; "
+                      f"--kv-type f32 keeps them exact", EdgeropeWarning, stacklevel=3)
 
 
 def layer_capacity(window: int | None, n_ctx: int, sinks: int) -> int:

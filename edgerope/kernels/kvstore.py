@@ -28,6 +28,8 @@ from edgerope.kernels.jit import FASTMATH, kernel
 from edgerope.kernels.layout import KV_BLOCK
 from edgerope.kernels.simd import prefetch, pv4
 
+F16_MAX = np.float32(65504.0)  # the largest finite fp16 value
+
 # Decoding reads each cached key and value once, long after the weights streamed through the
 # caches evicted them, 4 KiB pages at a time (a page holds 1-16 rows): the hardware
 # prefetchers restart at every page, so the attention loops ask for the rows about this
@@ -396,19 +398,29 @@ def kv_reput(arr, scales, s, h, x, i):  # pragma: no cover - replaced inside ker
 
 @overload(kv_put, jit_options=_OPTS)
 def _ov_put(arr, scales, s, h, x, t, partner):
-    """arr[h, s, :] = x[t, h, :] in arr's type (int8: new rotation-safe scales)."""
+    """arr[h, s, :] = x[t, h, :] in arr's type (int8: new rotation-safe scales); returns how
+    many values were out of the type's range (fp16: |x| > F16_MAX, stored as +-F16_MAX, not
+    as an infinity that would turn every score of the key into NaN)."""
     if arr.dtype == types.int8:
-        return lambda arr, scales, s, h, x, t, partner: _q8_row(arr, scales, s, h, x, t,
-                                                                partner)
+        def put_q8(arr, scales, s, h, x, t, partner):
+            _q8_row(arr, scales, s, h, x, t, partner)
+            return 0
+        return put_q8
     if arr.dtype == types.uint16:
         def put_f16(arr, scales, s, h, x, t, partner):
+            n = 0
             for c in range(arr.shape[2]):
-                arr[h, s, c] = f2h(x[t, h, c])
+                v = x[t, h, c]
+                a = min(max(v, -F16_MAX), F16_MAX)
+                n += a != v
+                arr[h, s, c] = f2h(a)
+            return n
         return put_f16
 
     def put_f32(arr, scales, s, h, x, t, partner):
         for c in range(arr.shape[2]):
             arr[h, s, c] = x[t, h, c]
+        return 0
     return put_f32
 
 
@@ -432,15 +444,18 @@ def kv_store(kc, vc, ks, vs, cpos, k_new, v_new, q_pos, n0, sinks, partner):
     """Write tokens t = 0..T-1 (stream index n0 + t, position q_pos[t]) into their ring slots.
 
     kc / vc: the cache arrays (any KV dtype); ks / vs: their scales (`scale_shape`);
-    partner: the rotary pairing of the key channels (`partners`; int8 key scales cover it)."""
+    partner: the rotary pairing of the key channels (`partners`; int8 key scales cover it).
+    Returns the number of values beyond the element type's range (stored saturated)."""
     T, H, _ = k_new.shape
     S = kc.shape[1]
+    n = 0
     for t in range(T):
         s = _slot(n0 + t, sinks, S)
         cpos[s] = q_pos[t]
         for h in range(H):
-            kv_put(kc, ks, s, h, k_new, t, partner)
-            kv_put(vc, vs, s, h, v_new, t, partner[:0])
+            n += kv_put(kc, ks, s, h, k_new, t, partner)
+            n += kv_put(vc, vs, s, h, v_new, t, partner[:0])
+    return n
 
 
 @kernel
