@@ -15,7 +15,8 @@ Arguments travel in small tuples (Numba passes them by value; LLVM scalarizes th
 allocated): the public kernels take cache = (k_cache, v_cache, k_scale, v_scale, cache_pos),
 new = (k_new, v_new, q_pos) and params = (scale, window, softcap); inside, a key source is
 src = (kk, vv, ks, vs, kpos) (the cache, or the new chunk with the cache's scales, unread for
-its float32 keys), the mask of one query is mask = (qp, scale, window, softcap), a query head
+its float32 keys; keys and values head-major, [kv head, slot, channel], as the cache holds
+them, the chunk's as transposed views: `_fresh`; its keys are slots 0..len(kpos)-1), the mask of one query is mask = (qp, scale, window, softcap), a query head
 is at = (t, h, kvh) (query t, head h, the kv head it reads) and a run's scratch views are
 work = (scores, maxima, sums).
 """
