@@ -51,14 +51,14 @@ class MemoryEstimate:
         return self.weights + self.kv_cache + self.buffers + self.tokenizer + self.runtime
 
     def parts(self) -> str:
-        """'weights 272, KV f32 39, buffers 37, tokenizer 46, runtime 64' (MiB)."""
+        """'weights 235, KV f16 20, buffers 41, tokenizer 46, runtime 64' (MiB)."""
         mib = lambda n: f"{n / _MiB:.0f}"  # noqa: E731
         return (f"weights {mib(self.weights)}, KV {self.kv_type} {mib(self.kv_cache)}, "
                 f"buffers {mib(self.buffers)}, tokenizer {mib(self.tokenizer)}, "
                 f"runtime {mib(self.runtime)}")
 
     def summary(self) -> str:
-        """'~457 MiB (weights 272, KV f32 39, buffers 37, tokenizer 46, runtime 64)'."""
+        """'~406 MiB (weights 235, KV f16 20, buffers 41, tokenizer 46, runtime 64)'."""
         return f"~{self.total / _MiB:.0f} MiB ({self.parts()})"
 
     def line(self) -> str:
