@@ -84,6 +84,19 @@ def test_q8_k_activations_are_llama_cpp_reference(t, k):
         np.testing.assert_array_equal(got, ref)
 
 
+def test_q8_k_activations_take_the_first_of_tied_extremes():
+    """Two values of the largest magnitude and opposite signs: the first one's sign sets the
+    scale's (llama.cpp's), in either order."""
+    x = np.random.default_rng(5).standard_normal((2, 512)).astype(np.float32)
+    x[0, 3], x[0, 100] = -9.0, 9.0
+    x[1, 300], x[1, 400] = 9.0, -9.0
+    xq, xd, bs = act_buffers(2, 512, "q8_k")
+    packed.quantize_act_k(xq, xd, bs, x)
+    assert xd[0, 0] > 0 and xd[1, 1] < 0
+    for got, ref in zip((xq, xd, bs), naive.quantize_act_k(x)):
+        np.testing.assert_array_equal(got, ref)
+
+
 @pytest.mark.parametrize("fmt", FORMATS)
 @pytest.mark.parametrize("t,n", [(1, 1), (1, 37), (3, 17), (13, 40)])
 def test_products_match_twin_on_every_path(fmt, t, n):

@@ -119,24 +119,26 @@ def quantize_act(xq, xs, xsum, x):
 
 @kernel
 def _quantize_row_k(xq, xd, bsum, x):
+    bits = x.view(np.uint32)
     for B in range(xd.shape[0]):
         lo = QK_K * B
-        amax = np.float32(0.0)
-        mx = np.float32(0.0)
-        for j in range(QK_K):  # the first value of largest magnitude, sign kept
-            ax = abs(x[lo + j])
-            if ax > amax:
-                amax = ax
-                mx = x[lo + j]
-        if amax == 0:
+        # the largest magnitude as the largest |x| bit pattern (same order as the floats;
+        # an integer max, which vectorizes), then the first value of that magnitude
+        top = np.uint32(0)
+        for j in range(QK_K):
+            top = max(top, bits[lo + j] & np.uint32(0x7FFFFFFF))
+        if top == 0:
             xd[B] = 0
             for j in range(QK_K):
                 xq[lo + j] = 0
             for u in range(16):
                 bsum[16 * B + u] = 0
             continue
+        first = QK_K - 1
+        for j in range(QK_K):  # a min reduction too, not a search that stops
+            first = min(first, j if bits[lo + j] & np.uint32(0x7FFFFFFF) == top else QK_K)
         # float64 then rounded: the correctly rounded float32 quotient, whatever fastmath
-        iscale = np.float32(-127.0 / np.float64(mx))
+        iscale = np.float32(-127.0 / np.float64(x[lo + first]))
         for j in range(QK_K):
             xq[lo + j] = np.int8(min(np.rint(iscale * x[lo + j]), np.float32(127.0)))
         for u in range(16):

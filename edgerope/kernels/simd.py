@@ -275,10 +275,10 @@ class _Fmt:
     (Q6_K: weight = d sc_u (code - 32), signed scales).
 
     `prefetch`: (near, far) bytes ahead of the block being multiplied at which the GEMV cores
-    ask for weights, into L1 and (far > 0) into L2 (see _prefetch)."""
+    ask for weights, into L1 and into L2 (see _prefetch)."""
 
     def __init__(self, name, steps=None, bias=0, mins=False, groups=None, kind=None,
-                 scales=0, prefetch=(2048, 0), wide=False):
+                 scales=0, prefetch=(2048, 16384), wide=False):
         geo = GEOMETRY[name]
         self.name, self.block_bytes, self.qk = name, geo.block_bytes, geo.qk
         self.steps, self.bias, self.mins = steps, bias, mins
@@ -373,8 +373,7 @@ Q4 = _Fmt("q4", _q4_steps, bias=8)
 Q4_1 = _Fmt("q4_1", _q4_steps, mins=True)
 Q5_0 = _Fmt("q5_0", _q5_steps, bias=16)
 Q5_1 = _Fmt("q5_1", _q5_steps, mins=True)
-Q4_K = _Fmt("q4_k", groups=_k4_groups(False), kind="min", scales=2048,
-            prefetch=(2304, 16384))
+Q4_K = _Fmt("q4_k", groups=_k4_groups(False), kind="min", scales=2048, prefetch=(2304, 16384))
 Q5_K = _Fmt("q5_k", groups=_k4_groups(True), kind="min", scales=2560, prefetch=(6656, 16384),
             wide=True)
 Q6_K = _Fmt("q6_k", groups=_q6k_groups, kind="sym", scales=3072, prefetch=(6656, 16384),
@@ -382,14 +381,17 @@ Q6_K = _Fmt("q6_k", groups=_q6k_groups, kind="sym", scales=3072, prefetch=(6656,
 
 
 def _prefetch(builder, p, woff):
-    """GEMV: ask for the weight lines `near` bytes ahead of the block at woff into L1 and, for
-    the K-quants, `far` bytes ahead into L2 (fmt.prefetch; one prefetch per 64-byte line; a
-    no-op past the end). A thread streams its row groups front to back, but the hardware
-    prefetchers stop at every 4 KiB page, so without this the cores stall on DRAM at each
-    page: Q8_0 26.0 -> 29.0, Q5_0 19.6 -> 28.6, Q4_K 21.2 -> 24.3, Q6_K 16.8 -> 23.2 GB/s on
-    a 0.6-1.1 GB matrix, 2 threads; the K-quants' slower cores gain from the second, far
-    request too (Q4_K 23.3 -> 25.4, Q6_K 21.1 -> 25.7; bench/RESULTS.md, 2026-12-07).
-    Distances are the measured best per format."""
+    """GEMV: ask for the weight lines `near` bytes ahead of the block at woff into L1 and
+    `far` bytes ahead into L2 (fmt.prefetch; one prefetch per 64-byte line; a no-op past the
+    end). A thread streams its row groups front to back, but the hardware prefetchers stop at
+    every 4 KiB page, so without this the cores stall on DRAM at each page: Q8_0 26.0 -> 29.0,
+    Q5_0 19.6 -> 28.6, Q4_K 21.2 -> 24.3, Q6_K 16.8 -> 23.2 GB/s on a 0.6-1.1 GB matrix, 2
+    threads; the K-quants' slower cores gain from the second, far request too (Q4_K 23.3 ->
+    25.4, Q6_K 21.1 -> 25.7; bench/RESULTS.md, 2026-12-07). So do the 32-column formats' when
+    the matrices are small (a 270M model's 0.1-2 MB per-layer matrices: a thread's stream
+    starts with nothing in flight, and the near request alone is ~50 ns ahead of a core that
+    runs at 40+ GB/s from cache): Gemma 3 270M decodes 4-6% faster, a 1B-class Q8_0 1-5%
+    (bench/RESULTS.md, 2026-12-07, sixth session). Distances: the measured best per format."""
     pf = p["prefetch"]
     if pf is False:
         return
@@ -401,9 +403,8 @@ def _prefetch(builder, p, woff):
         for i in range(0, fmt.block_bytes, 64):
             at = builder.gep(p["wp"], [builder.add(woff, I64(near + i))])
             builder.call(fn, [at, I32(0), I32(3), I32(1)])  # read, keep in all levels, data
-            if far:
-                at = builder.gep(p["wp"], [builder.add(woff, I64(far + i))])
-                builder.call(fn, [at, I32(0), I32(2), I32(1)])  # read, L2 and beyond, data
+            at = builder.gep(p["wp"], [builder.add(woff, I64(far + i))])
+            builder.call(fn, [at, I32(0), I32(2), I32(1)])  # read, L2 and beyond, data
     if pf is True:
         ask()
     else:  # a GEMM of at most one tile of tokens streams its weights as a GEMV does
