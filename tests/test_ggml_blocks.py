@@ -5,7 +5,7 @@ quantizer is llama.cpp's."""
 import numpy as np
 import pytest
 
-from edgerope.formats import Stack, ggml_blocks as gb
+from edgerope.formats import MatrixSpec, Stack, ggml_blocks as gb
 from edgerope.formats.linear import Activations, Linear
 from edgerope.kernels import packed, simd
 from edgerope.kernels.layout import GEOMETRY, act_buffers
@@ -188,11 +188,26 @@ def test_concat_keeps_formats():
     qkv = Linear.concat([q, k, v])
     assert isinstance(qkv, Stack) and qkv.dtype == "q4_k+q6_k"
     assert qkv.nbytes == q.nbytes + k.nbytes + v.nbytes and qkv.bias is not None
+    # the run of one format stacks (one matmul for q|k), the other part stays apart
+    assert [(p.dtype, p.out_features) for p in qkv.parts] == [("q4_k", 48), ("q6_k", 16)]
+    assert all(isinstance(p, Linear) for p in qkv.parts)
+    spec = MatrixSpec.concat([MatrixSpec(p.out_features, 512, p.dtype, p.bias is not None)
+                              for p in (q, k, v)])
+    assert [(p.dtype, p.out_features) for p in spec.parts] == [("q4_k", 48), ("q6_k", 16)]
+    assert spec.nbytes == qkv.nbytes
     for t in (1, 3):
         np.testing.assert_array_equal(run(qkv, t), np.concatenate(
             [run(q, t), run(k, t), run(v, t)], 1))
     np.testing.assert_array_equal(qkv.dequantize(), np.concatenate(
         [q.dequantize(), k.dequantize(), v.dequantize()]))
+    # a ggml part without whole row groups ends its run: what follows it stays apart
+    odd = Linear.from_ggml("q4_k", random_blocks("q4_k", 17, 512, 4), (17, 512))
+    three = Linear.concat([odd, k, v])
+    assert [(p.dtype, p.out_features) for p in three.parts] == [
+        ("q4_k", 17), ("q4_k", 16), ("q6_k", 16)]
+    for t in (1, 3):
+        np.testing.assert_array_equal(run(three, t), np.concatenate(
+            [run(odd, t), run(k, t), run(v, t)], 1))
 
 
 @pytest.mark.parametrize("fmt", ["q4_1", "q6_k"])

@@ -157,6 +157,32 @@ def test_f16_store_saturates_out_of_range_values_and_warns_once(monkeypatch):
         c16.store(k, v, np.arange(2, 4, dtype=np.int64), part)
 
 
+def test_f16_shift_saturates_rerotated_keys_and_warns(monkeypatch):
+    """A context shift re-rotates the f16 keys it keeps: a pair (60000, 60000) is stored
+    exactly, but turned by the shift's angle one of its channels can pass 65504. It is stored
+    saturated, as a fresh key would be, and the same one warning is given."""
+    from edgerope.engine import cache as cache_mod
+    from edgerope.errors import EdgeropeWarning
+    monkeypatch.setattr(cache_mod, "_saturated_warned", False)
+    spec = SPECS["prefix"]
+    ia, ib = pairs(spec)
+    S, H, D, keep, n = 8, 1, spec.head_dim, 1, 1
+    k = np.zeros((S, H, D), np.float32)
+    k[:, 0, ia[0]] = k[:, 0, ib[0]] = 60000.0  # pair 0 turns by one radian a position
+    c = LayerCache(S, H, D, None, "f16", keep)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # in range when stored
+        c.store(k, k, np.arange(S, dtype=np.int64), partners(D, ia, ib))
+    want = k[keep + n:].copy()
+    K.rope_shift(want, *spec.shift(-n), ia, ib)
+    assert np.abs(want).max() > 65504  # the case does saturate
+    with pytest.warns(EdgeropeWarning, match=r"beyond fp16's range"):
+        c.shift(keep, n, *spec.shift(-n), ia, ib)
+    got = np.empty_like(want)
+    kv_dequant(got, c.k, c.ks, np.arange(keep + n, S))
+    np.testing.assert_allclose(got, np.clip(want, -65504, 65504), rtol=1e-3)
+
+
 def test_layer_capacity():
     assert layer_capacity(None, 512, 4) == 512
     assert layer_capacity(8, 512, 4) == 12     # window + sinks

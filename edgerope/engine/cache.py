@@ -104,7 +104,8 @@ class LayerCache:
             x = np.empty((len(slots), self.k.shape[0], self.k.shape[2]), np.float32)
             K.kv_dequant(x, self.k, self.ks, slots)
             K.rope_shift(x, cos, sin, ia, ib)
-            K.kv_requant(self.k, self.ks, slots, x)
+            if K.kv_requant(self.k, self.ks, slots, x):
+                _warn_saturated(self.kv_type)
 
     def clear(self) -> None:
         self.pos.fill(-1)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from edgerope.kernels.layout import packed_nbytes
+from edgerope.kernels.layout import ROWS, packed_nbytes
 
 # what a model may be loaded as: "auto" keeps a GGUF file's own block types (int8 for other
 # sources); the others convert every matrix (edgerope.formats.linear)
@@ -54,12 +54,30 @@ class MatrixSpec:
 
     @classmethod
     def concat(cls, parts: list[MatrixSpec]):
-        """As Linear.concat: outputs stacked in one matrix of one format, or kept apart
-        (a Stack) when the formats differ."""
-        if len({p.dtype for p in parts}) > 1:
-            return Stack(parts)
+        """As Linear.concat: outputs stacked in one matrix of one format, or a Stack of such
+        matrices, one per run of parts that `stackable_runs` finds."""
+        runs = stackable_runs(parts)
+        if len(runs) > 1:
+            return Stack([cls.concat(r) if len(r) > 1 else r[0] for r in runs])
         return cls(sum(p.out_features for p in parts), parts[0].in_features, parts[0].dtype,
                    any(p.has_bias for p in parts))
+
+
+def stackable_runs(parts) -> list[list]:
+    """The parts (Linear or MatrixSpec, same inputs) cut into runs that stack into one matrix
+    each: consecutive parts of one format where, for ggml's block types (whole groups of 16
+    rows packed together), every part but a run's last has whole groups. q|k|v of a GGUF
+    file mixing types (Gemma 3 Q4_K_M: Q5_0 | Q5_0 | Q8_0) is then two matrices, not three:
+    one parallel region fewer a layer."""
+    runs = [[parts[0]]]
+    for p in parts[1:]:
+        last = runs[-1][-1]
+        if p.dtype == last.dtype and (p.dtype in ("float32", "int8", "int4")
+                                      or last.out_features % ROWS == 0):
+            runs[-1].append(p)
+        else:
+            runs.append([p])
+    return runs
 
 
 class Stack:

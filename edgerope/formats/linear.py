@@ -29,7 +29,7 @@ from __future__ import annotations
 import numpy as np
 
 from edgerope import kernels as K
-from edgerope.formats import DTYPES, Stack, ggml_blocks, q4, q8
+from edgerope.formats import DTYPES, Stack, ggml_blocks, q4, q8, stackable_runs
 from edgerope.formats import pages
 from edgerope.formats.pages import weight_empty
 from edgerope.kernels.layout import GEOMETRY
@@ -194,11 +194,12 @@ class Linear:
     def concat(cls, parts: list["Linear"]):
         """Stack the outputs of several matrices with the same inputs (q|k|v, gate|up): one
         matmul and one parallel region instead of several. Parts of different formats (a
-        GGUF file mixing block types) are kept as they are, in a formats.Stack."""
-        if len({p.dtype for p in parts}) > 1 or (
-                parts[0].fmt not in (None, "q8", "q4")
-                and any(p.out_features % q8.ROWS for p in parts[:-1])):
-            return Stack([p.in_weight_memory() for p in parts])
+        GGUF file mixing block types) become a formats.Stack of the runs that do stack
+        (formats.stackable_runs)."""
+        runs = stackable_runs(parts)
+        if len(runs) > 1:
+            return Stack([cls.concat(r) if len(r) > 1 else r[0].in_weight_memory()
+                          for r in runs])
         bias = None
         if any(p.bias is not None for p in parts):
             bias = np.concatenate([p.bias if p.bias is not None else

@@ -427,7 +427,8 @@ def _ov_put(arr, scales, s, h, x, t, partner):
 @overload(kv_reput, jit_options=_OPTS)
 def _ov_reput(arr, scales, s, h, x, i):
     """arr[h, s, :] = x[i, h, :] keeping the row's scales (int8: round(x / scale), clamped;
-    exact for values already on the grid)."""
+    exact for values already on the grid); returns the count kv_put does (int8: 0, its
+    rotation-safe scales leave room for any rotation)."""
     if arr.dtype == types.int8:
         def reput_q8(arr, scales, s, h, x, i):
             for c in range(arr.shape[2]):
@@ -435,6 +436,7 @@ def _ov_reput(arr, scales, s, h, x, i):
                 inv = np.float32(1.0) / d if d > 0 else np.float32(0.0)
                 r = np.float32(np.round(x[i, h, c] * inv))
                 arr[h, s, c] = np.int8(min(max(r, np.float32(-127.0)), np.float32(127.0)))
+            return 0
         return reput_q8
     return lambda arr, scales, s, h, x, i: kv_put(arr, scales, s, h, x, i, None)
 
@@ -472,7 +474,10 @@ def kv_dequant(out, kc, ks, slots):
 @kernel
 def kv_requant(kc, ks, slots, x):
     """Write float32 rows x (n, Hkv, D) back into slots `slots` of kc, keeping each row's
-    scales."""
+    scales. Returns the number of values beyond the element type's range (stored saturated:
+    a re-rotated pair can put more of its length on one channel than either had)."""
+    n = 0
     for i in range(slots.shape[0]):
         for h in range(kc.shape[0]):
-            kv_reput(kc, ks, slots[i], h, x, i)
+            n += kv_reput(kc, ks, slots[i], h, x, i)
+    return n
