@@ -64,8 +64,29 @@ def test_bench_markdown_and_profile(tiny):
     assert "| model | size | params | dtype | kv | threads | test | t/s |" in r.stdout
     assert "profile tg3" in r.stdout and "| matmul.lm_head |" in r.stdout
     assert "| attention |" in r.stdout and "| python overhead |" in r.stdout
+    assert "| profiler (est.) |" in r.stdout
     assert "memory: peak RSS " in r.stderr and " MiB, anonymous (private) " in r.stderr
     assert "| GB/s (% of read bw) |" in r.stdout and "% of " in r.stdout.split("tg3")[1]
+
+
+def test_profile_table_takes_its_own_timing_out_of_python_overhead(monkeypatch):
+    """The profiler's own cost (calls x own_cost) is a row of its own, taken from what the
+    ops leave of the wall time, never more than that."""
+    from edgerope.engine import profile
+    assert 0 < profile.own_cost() < 1e-3  # measured: a real, small per-call cost
+    monkeypatch.setattr(profile, "_own_cost", 1e-6)
+    p = profile.Profiler()
+    p.add("matmul", 0.004)
+    for _ in range(999):
+        p.calls["norm"] += 1
+    p.seconds["norm"] = 0.001
+    p.wall, p.tokens = 0.010, 2  # 1000 calls: 1 ms of profiler, 4 ms of Python left
+    rows = {r.split("|")[1].strip(): r.split("|")[2].strip() for r in p.table().splitlines()[2:]}
+    assert rows["profiler (est.)"] == "0.500" and rows["python overhead"] == "2.000"
+    assert rows["total"] == "5.000"
+    p.wall = 0.0055  # less left than the estimate: capped, python overhead 0
+    rows = {r.split("|")[1].strip(): r.split("|")[2].strip() for r in p.table().splitlines()[2:]}
+    assert rows["profiler (est.)"] == "0.250" and rows["python overhead"] == "0.000"
 
 
 def test_read_bandwidth_is_measured_once_and_cached(tmp_path):
