@@ -98,7 +98,7 @@ def test_q8_k_activations_take_the_first_of_tied_extremes():
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
-@pytest.mark.parametrize("t,n", [(1, 1), (1, 37), (3, 17), (13, 40)])
+@pytest.mark.parametrize("t,n", [(1, 1), (1, 37), (3, 17), (13, 40), (21, 100)])
 def test_products_match_twin_on_every_path(fmt, t, n):
     qk = gb.RAW[fmt][0]
     k = 2 * qk if qk == 256 else 5 * qk

@@ -206,8 +206,26 @@ def _float_activations(xq):
     return xf
 
 
-# The templates: CORE, BLOCK_BYTES and PREPARE are not defined in this module; each instance
-# gets its own (see _instantiate).
+@kernel
+def _same_sums(xsum, bias):
+    """The block sums as the core reads them: xsum itself."""
+    return xsum
+
+
+@kernel
+def bias_sums(xsum, bias):
+    """-bias * xsum (T, nb), the start of every block dot in the GEMM cores with unsigned
+    dots of a format whose codes carry a bias (simd._legacy_dot); one allocation per call."""
+    T, nb = xsum.shape
+    out = np.empty((T, nb), np.int32)
+    for t in range(T):
+        for b in range(nb):
+            out[t, b] = -bias * xsum[t, b]
+    return out
+
+
+# The templates: CORE, BLOCK_BYTES, PREPARE, SUMS and BIAS are not defined in this module;
+# each instance gets its own (see _instantiate).
 
 def _gemv(out, xq, xs, xsum, wp, wsp, n_out):
     """out (n_out,) = W x for one token: row 0 of xq, xs and xsum."""
@@ -223,12 +241,13 @@ def _gemm(out, xq, xs, xsum, wp, wsp, n_out):
     _check(out, xq, xs, xsum, wp, wsp, n_out, T, BLOCK_BYTES, WSP_ROWS, QKX, NSUM)  # noqa: F821
     G = wp.shape[0]
     x = PREPARE(xq)  # noqa: F821
+    sums = SUMS(xsum, BIAS)  # noqa: F821
     strides = (wp.shape[1], n_out, out.strides[0], x.strides[0], xs.strides[0],
-               xsum.strides[0])
+               sums.strides[0])
     for ch in prange((G + _GEMM_GROUPS - 1) // _GEMM_GROUPS):
         g0 = ch * _GEMM_GROUPS
         for t0 in range(0, T, _GEMM_TOKENS):
-            CORE(out, wp, wsp, x, xs, xsum, g0, min(G, g0 + _GEMM_GROUPS), t0,  # noqa: F821
+            CORE(out, wp, wsp, x, xs, sums, g0, min(G, g0 + _GEMM_GROUPS), t0,  # noqa: F821
                  min(T, t0 + _GEMM_TOKENS), strides)
 
 
@@ -263,11 +282,13 @@ def _products(fmt, value):
     paths = {}
     for mode in simd.MODES:
         gemm_x = _float_activations if mode == "portable" else _int8_activations
+        presum = fmt.bias and simd.unsigned_dots(mode) and fmt.qk != 256
         paths[mode] = (
             _instantiate(_gemv, f"{fmt.name}p_gemv_{mode}", CORE=simd.core(fmt, mode, True),
                          **bound),
             _instantiate(_gemm, f"{fmt.name}p_gemm_{mode}", CORE=simd.core(fmt, mode),
-                         PREPARE=gemm_x, **bound))
+                         PREPARE=gemm_x, SUMS=bias_sums if presum else _same_sums,
+                         BIAS=fmt.bias, **bound))
     embed = _instantiate(_embed, f"{fmt.name}p_embed", ROW_VALUE=value, QKX=geo.qk)
     return paths, embed
 

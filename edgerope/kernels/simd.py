@@ -14,7 +14,8 @@ Numba intrinsics written in LLVM IR (LLVM does not emit vpdpbusd from plain loop
   edgerope.formats.q8 / q4; a `_Fmt` here says how the cores read one: `Q8`, `Q4`), on one
   path: "vnni" keeps integer accumulators in zmm registers across the eight vpdpbusd of a
   32-column block, float accumulators across all blocks of a row group, and each 64-byte
-  weight load serves a tile of GEMM_TILE tokens; "avxvnni" does each 512-bit step as two
+  weight load serves a tile of GEMM_TILE tokens (GEMM of a 32-column format: two row groups
+  at a time, each activation broadcast serving both); "avxvnni" does each 512-bit step as two
   256-bit vpdpbusd; "portable" runs the same loop in generic vector IR (any target): float32
   FMAs on the integer values, exact because every block sum stays below 2^24, so its results
   are bit-identical to the VNNI cores'; "sdot" uses AArch64 sdot (signed bytes, weights made
@@ -60,6 +61,9 @@ I8P = I8.as_pointer()
 SDOT_TILE = 2   # AArch64: a token needs 4 int + 4 float q registers (32 in all)
 GEMM_TILE = 8   # tokens sharing each 64-byte weight load (8 int + 8 float zmm accumulators);
 #                 tiles are powers of two (the rest of T runs as tiles of 4, 2, 1)
+GEMM_PAIR_TILE = 8  # "vnni", 32-column formats: two row groups x 8 tokens a tile (16 int
+#                     accumulators; each activation broadcast serves both groups: in-cache Q8_0
+#                     GEMM 1.16x vs one group; 3 or 4 groups x 4, or 2 x 16, were slower)
 GEMV_CHAINS = 2  # independent vpdpbusd chains per block when only one token is in flight
 AVXVNNI_TILE = 4  # 256-bit: each token needs 2 int + 2 float ymm accumulators (16 ymm in all)
 K_TILE = 4  # K-quants: a token keeps two float sums per super-block and the running one
@@ -418,27 +422,44 @@ def _prefetch(builder, p, woff):
 # bytes count as unsigned in the vnni dots and as signed in the others: callers make them
 # agree (codes < 128, or the bias taken off first).
 
-def _idot_vnni(builder, p, steps, xo, xrow, chains, ncols, bits=512):
-    """vpdpbusd: code bytes unsigned, activations signed, 4 bytes broadcast to all rows."""
+def _idot_vnni(builder, p, steps, xo, xrow, chains, ncols, init=None, bits=512):
+    """vpdpbusd: code bytes unsigned, activations signed, 4 bytes broadcast to all rows.
+    `init`: per token the vector the first chain starts from (else zero)."""
+    return _idot_vnni_groups(builder, p, [steps], xo, xrow, chains,
+                             None if init is None else [init], bits)[0]
+
+
+def _idot_vnni_groups(builder, p, gsteps, xo, xrow, chains, init=None, bits=512):
+    """The same for several row groups at once (gsteps: their steps, same columns): step by
+    step, each activation broadcast serves every group. -> dots[group][token]."""
     dp = _vpdpbusd(builder, bits)
-    nt = len(xrow)
-    accs = [[ir.Constant(V16I, None)] * chains for _ in range(nt)]
-    for s, (wv, col) in enumerate(steps):
-        xc = builder.add(xo, I64(col))
+    nt, ng = len(xrow), len(gsteps)
+    accs = [[[ir.Constant(V16I, None)] * chains for _ in range(nt)] for _ in range(ng)]
+    if init is not None:
+        for r in range(ng):
+            for j in range(nt):
+                accs[r][j][0] = init[r][j]
+    for s, group_steps in enumerate(zip(*gsteps)):
+        xc = builder.add(xo, I64(group_steps[0][1]))
         for j in range(nt):
-            xw = _load(builder, p["xq"], builder.add(xrow[j], xc), I32, align=1)
-            accs[j][s % chains] = dp(accs[j][s % chains], wv, _splat(builder, xw, V16I))
+            xw = _splat(builder, _load(builder, p["xq"], builder.add(xrow[j], xc), I32,
+                                       align=1), V16I)
+            for r, (wv, _) in enumerate(group_steps):
+                accs[r][j][s % chains] = dp(accs[r][j][s % chains], wv, xw)
     out = []
-    for j in range(nt):
-        idot = accs[j][0]
-        for c in range(1, chains):
-            idot = builder.add(idot, accs[j][c])
-        out.append(idot)
+    for r in range(ng):
+        row = []
+        for j in range(nt):
+            idot = accs[r][j][0]
+            for c in range(1, chains):
+                idot = builder.add(idot, accs[r][j][c])
+            row.append(idot)
+        out.append(row)
     return out
 
 
-def _idot_vnni256(builder, p, steps, xo, xrow, chains, ncols):
-    return _idot_vnni(builder, p, steps, xo, xrow, chains, ncols, bits=256)
+def _idot_vnni256(builder, p, steps, xo, xrow, chains, ncols, init=None):
+    return _idot_vnni(builder, p, steps, xo, xrow, chains, ncols, init, bits=256)
 
 
 def _idot_sdot(builder, p, steps, xo, xrow, chains, ncols):
@@ -523,62 +544,89 @@ def _idot_float(builder, p, steps, xo, xrow, chains, ncols):
 
 def _legacy_dot(idot, unsigned):
     """The exact dots of a 32-column block as float, weights = codes - bias: with unsigned
-    dots (vnni) minus bias * the activation block sum, else on codes made signed first."""
-    def dot(builder, p, b, woff, xrow, chains):
+    dots (vnni) minus bias * the activation block sum, else on codes made signed first.
+    GEMM cores with unsigned dots read `xsum` as -bias * the block sums already (`presummed`,
+    packed.bias_sums) and start each token's dot from it: a broadcast load instead of a
+    shift, a broadcast from a general register and a subtraction on the vector ports.
+    -> dots[group][token] for the row groups at byte offsets `woffs` (several only on
+    "vnni": `_idot_vnni_groups`)."""
+    def dot(builder, p, b, woffs, xrow, chains):
         fmt = p["fmt"]
-        steps = list(fmt.steps(builder, p, woff))
+        gsteps = [list(fmt.steps(builder, p, woff)) for woff in woffs]
         if fmt.bias and not unsigned:  # mod 256: 128 flips the sign bit
             bias = _vconst(fmt.bias % 256)
-            steps = [(builder.sub(wv, bias), col) for wv, col in steps]
-        dots = idot(builder, p, steps, builder.mul(b, I64(32)), xrow, chains, 32)
+            gsteps = [[(builder.sub(wv, bias), col) for wv, col in st] for st in gsteps]
+        xo = builder.mul(b, I64(32))
+        b4 = builder.mul(b, I64(4))
+        nt = len(xrow)
+        if fmt.bias and unsigned and p["presummed"]:
+            init = [_splat(builder, _load(builder, p["xsum"], builder.add(p["srow"][j], b4),
+                                          I32, align=4), V16I) for j in range(nt)]
+            if len(woffs) > 1:
+                dots = _idot_vnni_groups(builder, p, gsteps, xo, xrow, chains,
+                                         [init] * len(woffs))
+            else:
+                dots = [idot(builder, p, gsteps[0], xo, xrow, chains, 32, init=init)]
+            return [[builder.sitofp(d, V16F) for d in row] for row in dots]
+        if len(woffs) > 1:
+            dots = _idot_vnni_groups(builder, p, gsteps, xo, xrow, chains)
+        else:
+            dots = [idot(builder, p, gsteps[0], xo, xrow, chains, 32)]
         if fmt.bias and unsigned:
             shift = I32(fmt.bias.bit_length() - 1)  # bias is a power of two
-            b4 = builder.mul(b, I64(4))
-            for j in range(len(dots)):
+            for j in range(nt):
                 xsum = _load(builder, p["xsum"], builder.add(p["srow"][j], b4), I32, align=4)
-                dots[j] = builder.sub(dots[j], _splat(builder, builder.shl(xsum, shift), V16I))
-        return [builder.sitofp(d, V16F) for d in dots]
+                corr = _splat(builder, builder.shl(xsum, shift), V16I)
+                for row in dots:
+                    row[j] = builder.sub(row[j], corr)
+        return [[builder.sitofp(d, V16F) for d in row] for row in dots]
     return dot
 
 
-def _emit_tile(builder, p, g, t, nt, chains, dot):
-    """Rows 16g..16g+15 times tokens t..t+nt-1 of a 32-column format: out[t + j, 16g + r]
-    over all blocks.
+def _emit_tile(builder, p, gs, t, nt, chains, dot):
+    """Rows 16g..16g+15 of each row group g in `gs` times tokens t..t+nt-1 of a 32-column
+    format: out[t + j, 16g + r] over all blocks.
 
-    p: dict of pointers / values (see _packed_intrinsic). `dot` gives per block and token the
-    exact integer dot of the 16 rows as float; then facc = fma(dot, float(d) * xs, facc) in
-    block order (d: 16 fp16 scales, 32 bytes), and for formats with mins
+    p: dict of pointers / values (see _packed_intrinsic). `dot` gives per block, group and
+    token the exact integer dot of the 16 rows as float; then facc = fma(dot, float(d) * xs,
+    facc) in block order (d: 16 fp16 scales, 32 bytes), and for formats with mins
     facc = fma(float(m), xs * float(xsum), facc): the same roundings whichever `dot`.
     """
     fma = _fma(builder)
     fmt = p["fmt"]
     nb = p["nb"]
-    facc = [cgutils.alloca_once_value(builder, ir.Constant(V16F, None)) for _ in range(nt)]
-    gnb = builder.mul(g, nb)
+    facc = [[cgutils.alloca_once_value(builder, ir.Constant(V16F, None)) for _ in range(nt)]
+            for _ in gs]
+    gnbs = [builder.mul(g, nb) for g in gs]
     xrow = [builder.mul(builder.add(t, I64(j)), p["x_stride"]) for j in range(nt)]
     p["srow"] = [builder.mul(builder.add(t, I64(j)), p["s_stride"]) for j in range(nt)]
     with cgutils.for_range(builder, nb) as loop:
         b = loop.index
-        gb = builder.add(gnb, b)
-        woff = builder.mul(gb, I64(fmt.block_bytes))
-        _prefetch(builder, p, woff)
-        dots = dot(builder, p, b, woff, xrow, chains)
-        soff = builder.mul(gb, I64(64 if fmt.mins else 32))
-        sc = _half_to_float(builder, _load(builder, p["wsp"], soff, V16H, align=2))
-        if fmt.mins:
-            mn = _half_to_float(builder, _load(builder, p["wsp"], builder.add(soff, I64(32)),
-                                               V16H, align=2))
+        gbs = [builder.add(gnb, b) for gnb in gnbs]
+        woffs = [builder.mul(gb, I64(fmt.block_bytes)) for gb in gbs]
+        for woff in woffs:
+            _prefetch(builder, p, woff)
+        dots = dot(builder, p, b, woffs, xrow, chains)
         b4 = builder.mul(b, I64(4))
-        for j in range(nt):
-            xs = _load(builder, p["xs"], builder.add(p["srow"][j], b4), F32, align=4)
-            acc = fma(dots[j], builder.fmul(sc, _splat(builder, xs, V16F)),
-                      builder.load(facc[j]))
+        xss = [_load(builder, p["xs"], builder.add(p["srow"][j], b4), F32, align=4)
+               for j in range(nt)]
+        for r, gb in enumerate(gbs):
+            soff = builder.mul(gb, I64(64 if fmt.mins else 32))
+            sc = _half_to_float(builder, _load(builder, p["wsp"], soff, V16H, align=2))
             if fmt.mins:
-                xsum = _load(builder, p["xsum"], builder.add(p["srow"][j], b4), I32, align=4)
-                sx = builder.fmul(xs, builder.sitofp(xsum, F32))
-                acc = fma(mn, _splat(builder, sx, V16F), acc)
-            builder.store(acc, facc[j])
-    _store_tile(builder, p, g, t, facc)
+                mn = _half_to_float(builder, _load(
+                    builder, p["wsp"], builder.add(soff, I64(32)), V16H, align=2))
+            for j in range(nt):
+                acc = fma(dots[r][j], builder.fmul(sc, _splat(builder, xss[j], V16F)),
+                          builder.load(facc[r][j]))
+                if fmt.mins:
+                    xsum = _load(builder, p["xsum"], builder.add(p["srow"][j], b4), I32,
+                                 align=4)
+                    sx = builder.fmul(xss[j], builder.sitofp(xsum, F32))
+                    acc = fma(mn, _splat(builder, sx, V16F), acc)
+                builder.store(acc, facc[r][j])
+    for g, fr in zip(gs, facc):
+        _store_tile(builder, p, g, t, fr)
 
 
 def _emit_tile_k(builder, p, g, t, nt, chains, idot):
@@ -672,12 +720,15 @@ def _store_tile(builder, p, g, t, facc):
                                   builder.bitcast(dst, F32.as_pointer()), align=4)
 
 
-def _packed_intrinsic(fmt, idot, unsigned, tile, gemv_chains, gemm_chains, doc, name, gemv):
+def _packed_intrinsic(fmt, idot, unsigned, tile, gemv_chains, gemm_chains, doc, name, gemv,
+                      pair_tile=0):
+    """pair_tile: tokens per tile when two row groups go together (0: one at a time)."""
     if fmt.qk == 256:
-        emit = lambda b, p, g, t, nt, ch: _emit_tile_k(b, p, g, t, nt, ch, idot)  # noqa: E731
+        emit = lambda b, p, gs, t, nt, ch: _emit_tile_k(b, p, gs[0], t, nt, ch,  # noqa: E731
+                                                        idot)
     else:
         dot = _legacy_dot(idot, unsigned)
-        emit = lambda b, p, g, t, nt, ch: _emit_tile(b, p, g, t, nt, ch, dot)  # noqa: E731
+        emit = lambda b, p, gs, t, nt, ch: _emit_tile(b, p, gs, t, nt, ch, dot)  # noqa: E731
 
     def impl(typingctx, out, wp, wsp, xq, xs, xsum, g0, g1, t0, t1, strides):
         _check_dtypes(out=(out, types.float32), wp=(wp, types.uint8), wsp=(wsp, types.uint16),
@@ -695,17 +746,26 @@ def _packed_intrinsic(fmt, idot, unsigned, tile, gemv_chains, gemm_chains, doc, 
                                types.int64) for i in range(6)]
             p.update(nb=st[0], n_out=st[1], o_stride=st[2], x_stride=st[3], s_stride=st[4],
                      m_stride=st[5], x_float=ty[3].dtype == types.float32, fmt=fmt,
-                     prefetch=True, unsigned=unsigned)
+                     prefetch=True, unsigned=unsigned, presummed=not gemv)
             g0v, g1v, t0v, t1v = (context.cast(builder, args[6 + i], ty[6 + i], types.int64)
                                   for i in range(4))
             if not gemv:  # a few tokens (batched decoding): the weights stream once
                 p["prefetch"] = builder.icmp_signed("<=", builder.sub(t1v, t0v), I64(tile))
-            with cgutils.for_range(builder, g1v, start=g0v) as gl:
-                g = gl.index
-                if gemv:  # one token (t0): independent accumulator chains
-                    emit(builder, p, g, t0v, 1, gemv_chains)
-                else:
-                    _emit_tiles(builder, p, g, t0v, t1v, tile, gemv_chains, gemm_chains, emit)
+            if gemv:  # one token (t0): independent accumulator chains
+                with cgutils.for_range(builder, g1v, start=g0v) as gl:
+                    emit(builder, p, [gl.index], t0v, 1, gemv_chains)
+                return context.get_dummy_value()
+            g_single = g0v
+            if pair_tile:  # pairs of row groups: each activation broadcast serves both
+                npairs = builder.sdiv(builder.sub(g1v, g0v), I64(2))
+                with cgutils.for_range(builder, npairs) as gl:
+                    g = builder.add(g0v, builder.mul(gl.index, I64(2)))
+                    _emit_tiles(builder, p, [g, builder.add(g, I64(1))], t0v, t1v, pair_tile,
+                                gemv_chains, gemm_chains, emit)
+                g_single = builder.add(g0v, builder.mul(npairs, I64(2)))
+            with cgutils.for_range(builder, g1v, start=g_single) as gl:
+                _emit_tiles(builder, p, [gl.index], t0v, t1v, tile, gemv_chains, gemm_chains,
+                            emit)
             return context.get_dummy_value()
 
         return sig, codegen
@@ -715,22 +775,22 @@ def _packed_intrinsic(fmt, idot, unsigned, tile, gemv_chains, gemm_chains, doc, 
     return intrinsic(impl)
 
 
-def _emit_tiles(builder, p, g, t0v, t1v, tile, gemv_chains, gemm_chains, emit):
-    """Tokens t0..t1-1 of row group g: whole tiles, then the rest in power-of-two tiles
-    (less code to compile than tiles of 1..tile-1)."""
+def _emit_tiles(builder, p, gs, t0v, t1v, tile, gemv_chains, gemm_chains, emit):
+    """Tokens t0..t1-1 of the row groups gs: whole tiles, then the rest (< tile) in
+    power-of-two tiles (less code to compile than tiles of 1..tile-1)."""
     nt_total = builder.sub(t1v, t0v)
     ntiles = builder.sdiv(nt_total, I64(tile))
     with cgutils.for_range(builder, ntiles) as tl:
         t = builder.add(t0v, builder.mul(tl.index, I64(tile)))
-        emit(builder, p, g, t, tile, gemm_chains)
+        emit(builder, p, gs, t, tile, gemm_chains)
     rest = builder.srem(nt_total, I64(tile))
     t = builder.sub(t1v, rest)
-    size = tile // 2
+    size = 1 << ((tile - 1).bit_length() - 1) if tile > 1 else 0  # the rest's top bit
     while size >= 1:
         bit = builder.and_(rest, I64(size))
         has = builder.icmp_signed("!=", bit, I64(0))
         with builder.if_then(has):
-            emit(builder, p, g, t, size, gemv_chains if size == 1 else gemm_chains)
+            emit(builder, p, gs, t, size, gemv_chains if size == 1 else gemm_chains)
         t = builder.add(t, builder.select(has, I64(size), I64(0)))
         size //= 2
 
@@ -740,7 +800,8 @@ _CORE_DOC = """out[t, 16g + r] for g in [g0, g1), t in [t0, t1): the packed {fmt
     (out, wp, wsp, xq, xs, xsum, g0, g1, t0, t1, strides) with strides = (nb, n_out, out row
     stride, xq row stride, xs row stride, xsum row stride), the last four in bytes. Tokens go
     in tiles (each weight vector loaded once per tile); the GEMV core takes token t0 alone,
-    with independent accumulator chains instead.
+    with independent accumulator chains instead. The GEMM core of a 32-column format with a
+    code bias on unsigned dots reads xsum as -bias * the block sums (packed.bias_sums).
 
     {path}"""
 
@@ -762,6 +823,12 @@ _PATHS = {
 _CORES = {}
 
 
+def unsigned_dots(mode):
+    """Whether the cores of `mode` take codes unsigned (a format's bias is then subtracted
+    as bias * the activation sums; the GEMM cores read those pre-scaled, see _legacy_dot)."""
+    return _PATHS[mode][1]
+
+
 def core(fmt, mode, gemv=False):
     """The matmul core intrinsic of format `fmt` (a _Fmt) on SIMD path `mode` (one of MODES;
     only compile one that available() lists), made once per (fmt, mode, gemv): gemv=True
@@ -774,7 +841,8 @@ def core(fmt, mode, gemv=False):
             fmt, idot, unsigned, tiles[0 if fmt.qk != 256 else 2 if fmt.wide else 1],
             gemv_chains, 1,
             _CORE_DOC.format(fmt=fmt.name, path=doc),
-            f"{fmt.name}p_{'gemv' if gemv else 'gemm'}_core_{mode}", gemv)
+            f"{fmt.name}p_{'gemv' if gemv else 'gemm'}_core_{mode}", gemv,
+            GEMM_PAIR_TILE if mode == "vnni" and fmt.qk != 256 else 0)
     return _CORES[key]
 
 
