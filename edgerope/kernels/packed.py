@@ -224,6 +224,19 @@ def bias_sums(xsum, bias):
     return out
 
 
+@kernel
+def k_min_sums(bsum, bias):
+    """The Q8_K activations' 32-column sums as float32 (T, 8 nb) from their 16-sums (T, 16 nb):
+    the min terms of Q4_K / Q5_K in their GEMM cores with unsigned dots; one allocation per
+    call. (`bias` unused: the signature of every SUMS.)"""
+    T, n = bsum.shape
+    out = np.empty((T, n // 2), np.float32)
+    for t in range(T):
+        for u in range(n // 2):
+            out[t, u] = np.float32(bsum[t, 2 * u] + bsum[t, 2 * u + 1])
+    return out
+
+
 # The templates: CORE, BLOCK_BYTES, PREPARE, SUMS and BIAS are not defined in this module;
 # each instance gets its own (see _instantiate).
 
@@ -282,13 +295,16 @@ def _products(fmt, value):
     paths = {}
     for mode in simd.MODES:
         gemm_x = _float_activations if mode == "portable" else _int8_activations
-        presum = fmt.bias and simd.unsigned_dots(mode) and fmt.qk != 256
+        sums = _same_sums
+        if simd.unsigned_dots(mode):
+            sums = (k_min_sums if fmt.kind == "min" else bias_sums if fmt.bias or fmt.kind
+                    else _same_sums)
         paths[mode] = (
             _instantiate(_gemv, f"{fmt.name}p_gemv_{mode}", CORE=simd.core(fmt, mode, True),
                          **bound),
             _instantiate(_gemm, f"{fmt.name}p_gemm_{mode}", CORE=simd.core(fmt, mode),
-                         PREPARE=gemm_x, SUMS=bias_sums if presum else _same_sums,
-                         BIAS=fmt.bias, **bound))
+                         PREPARE=gemm_x, SUMS=sums,
+                         BIAS=32 if fmt.kind == "sym" else fmt.bias, **bound))
     embed = _instantiate(_embed, f"{fmt.name}p_embed", ROW_VALUE=value, QKX=geo.qk)
     return paths, embed
 
