@@ -14,7 +14,7 @@ Numba intrinsics written in LLVM IR (LLVM does not emit vpdpbusd from plain loop
   edgerope.formats.q8 / q4; a `_Fmt` here says how the cores read one: `Q8`, `Q4`), on one
   path: "vnni" keeps integer accumulators in zmm registers across the eight vpdpbusd of a
   32-column block, float accumulators across all blocks of a row group, and each 64-byte
-  weight load serves a tile of GEMM_TILE tokens (GEMM of a 32-column format: two row groups
+  weight load serves a tile of GEMM_TILE tokens (GEMM of Q8_0, Q4_0, Q4_1: two row groups
   at a time, each activation broadcast serving both); "avxvnni" does each 512-bit step as two
   256-bit vpdpbusd; "portable" runs the same loop in generic vector IR (any target): float32
   FMAs on the integer values, exact because every block sum stays below 2^24, so its results
@@ -61,9 +61,10 @@ I8P = I8.as_pointer()
 SDOT_TILE = 2   # AArch64: a token needs 4 int + 4 float q registers (32 in all)
 GEMM_TILE = 8   # tokens sharing each 64-byte weight load (8 int + 8 float zmm accumulators);
 #                 tiles are powers of two (the rest of T runs as tiles of 4, 2, 1)
-GEMM_PAIR_TILE = 8  # "vnni", 32-column formats: two row groups x 8 tokens a tile (16 int
-#                     accumulators; each activation broadcast serves both groups: in-cache Q8_0
-#                     GEMM 1.16x vs one group; 3 or 4 groups x 4, or 2 x 16, were slower)
+GEMM_PAIR_TILE = 8  # "vnni", Q8_0 / Q4_0 / Q4_1 (_Fmt.pair): two row groups x 8 tokens a
+#                     tile (16 int accumulators; each activation broadcast serves both groups:
+#                     in-cache Q8_0 GEMM 1.16x vs one group; 3 or 4 groups x 4, or 2 x 16,
+#                     were slower)
 GEMV_CHAINS = 2  # independent vpdpbusd chains per block when only one token is in flight
 AVXVNNI_TILE = 4  # 256-bit: each token needs 2 int + 2 float ymm accumulators (16 ymm in all)
 K_TILE = 4  # K-quants: a token keeps two float sums per super-block and the running one
@@ -279,16 +280,22 @@ class _Fmt:
     (Q6_K: weight = d sc_u (code - 32), signed scales).
 
     `prefetch`: (near, far) bytes ahead of the block being multiplied at which the GEMV cores
-    ask for weights, into L1 and into L2 (see _prefetch)."""
+    ask for weights, into L1 and into L2 (see _prefetch).
+
+    `pair`: the "vnni" GEMM core takes two row groups a tile (GEMM_PAIR_TILE); for codes
+    that take few ops to build. Q5_0 / Q5_1, whose codes need their high bits merged, run
+    out of registers with two groups' codes live (Gemma's Q5_0 ffn_in, 4096 x 640, pp512:
+    ~1.15x slower in the engine); the K-quants measured no faster (0.94-1.05x)."""
 
     def __init__(self, name, steps=None, bias=0, mins=False, groups=None, kind=None,
-                 scales=0, prefetch=(2048, 16384), wide=False):
+                 scales=0, prefetch=(2048, 16384), wide=False, pair=False):
         geo = GEOMETRY[name]
         self.name, self.block_bytes, self.qk = name, geo.block_bytes, geo.qk
         self.steps, self.bias, self.mins = steps, bias, mins
         self.groups, self.kind, self.scales = groups, kind, scales
         self.prefetch = prefetch
         self.wide = wide  # K-quant codes built from several bit fields: the wider GEMM tile
+        self.pair = pair
 
 
 def _vconst(v):
@@ -372,9 +379,9 @@ def _q6k_groups(builder, p, woff):
                    1)
 
 
-Q8 = _Fmt("q8", _q8_steps, bias=128)
-Q4 = _Fmt("q4", _q4_steps, bias=8)
-Q4_1 = _Fmt("q4_1", _q4_steps, mins=True)
+Q8 = _Fmt("q8", _q8_steps, bias=128, pair=True)
+Q4 = _Fmt("q4", _q4_steps, bias=8, pair=True)
+Q4_1 = _Fmt("q4_1", _q4_steps, mins=True, pair=True)
 Q5_0 = _Fmt("q5_0", _q5_steps, bias=16)
 Q5_1 = _Fmt("q5_1", _q5_steps, mins=True)
 Q4_K = _Fmt("q4_k", groups=_k4_groups(False), kind="min", scales=2048, prefetch=(2304, 16384))
@@ -866,7 +873,7 @@ def core(fmt, mode, gemv=False):
             gemv_chains, 1,
             _CORE_DOC.format(fmt=fmt.name, path=doc),
             f"{fmt.name}p_{'gemv' if gemv else 'gemm'}_core_{mode}", gemv,
-            GEMM_PAIR_TILE if mode == "vnni" and fmt.qk != 256 else 0)
+            GEMM_PAIR_TILE if mode == "vnni" and fmt.pair else 0)
     return _CORES[key]
 
 
