@@ -18,10 +18,11 @@ results are bit-identical between GEMV and GEMM rows, thread counts and SIMD pat
 about 0.5% relative RMS error on Gaussian inputs -- what llama.cpp does for Q8_0 too.
 
 One gemv body and one gemm body serve every (format, path): `_gemv` / `_gemm` are templates
-whose globals CORE (simd.core(fmt, mode)), BLOCK_BYTES and PREPARE (the activations the core
-reads) are bound per instance (`_instantiate`), so each instance is its own Numba dispatcher
-with the core frozen in at compile time -- no per-call argument picks it -- and its own cache
-files (named after the instance's qualname, e.g. q8p_gemm_vnni). `KERNELS[fmt][mode]` ->
+whose globals CORE (simd.core(fmt, mode)), BLOCK_BYTES, PREPARE (the activations the core
+reads) and SUMS (the activation sums as the GEMM core reads them: `bias_sums`, `k_min_sums`
+or as they are) are bound per instance (`_instantiate`), so each instance is its own Numba
+dispatcher with the core frozen in at compile time -- no per-call argument picks it -- and its
+own cache files (named after the instance's qualname, e.g. q8p_gemm_vnni). `KERNELS[fmt][mode]` ->
 (gemv, gemm) reaches every instance (call only modes simd.available() lists); `q8p_gemv`,
 `q8p_gemm`, `q4p_gemv`, `q4p_gemm` are those of `simd.MODE` (env EDGEROPE_SIMD overrides).
 Every format of edgerope.kernels.layout.GEOMETRY has its instances: Q8_0 ("q8") and Q4_0
