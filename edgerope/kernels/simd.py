@@ -784,16 +784,26 @@ def _packed_intrinsic(fmt, idot, unsigned, tile, gemv_chains, gemm_chains, doc, 
                 with cgutils.for_range(builder, g1v, start=g0v) as gl:
                     emit(builder, p, [gl.index], t0v, 1, gemv_chains)
                 return context.get_dummy_value()
-            g_single = g0v
-            if pair_tile:  # pairs of row groups: each activation broadcast serves both
-                npairs = builder.sdiv(builder.sub(g1v, g0v), I64(2))
-                with cgutils.for_range(builder, npairs) as gl:
-                    g = builder.add(g0v, builder.mul(gl.index, I64(2)))
-                    _emit_tiles(builder, p, [g, builder.add(g, I64(1))], t0v, t1v, pair_tile,
-                                gemv_chains, gemm_chains, emit)
-                g_single = builder.add(g0v, builder.mul(npairs, I64(2)))
-            with cgutils.for_range(builder, g1v, start=g_single) as gl:
-                _emit_tiles(builder, p, [gl.index], t0v, t1v, tile, gemv_chains, gemm_chains,
+            if not pair_tile:
+                with cgutils.for_range(builder, g1v, start=g0v) as gl:
+                    _emit_tiles(builder, p, [gl.index], t0v, t1v, tile, gemv_chains,
+                                gemm_chains, emit)
+                return context.get_dummy_value()
+            # pairs of row groups in whole tiles (each activation broadcast serves both); the
+            # tokens past them, and an odd last group, one group at a time: one copy of the
+            # single-group tiles (compile time: the pair tile alone is as big as them all)
+            npairs = builder.sdiv(builder.sub(g1v, g0v), I64(2))
+            nfull = builder.sdiv(builder.sub(t1v, t0v), I64(pair_tile))
+            with cgutils.for_range(builder, npairs) as gl:
+                g = builder.add(g0v, builder.mul(gl.index, I64(2)))
+                with cgutils.for_range(builder, nfull) as tl:
+                    t = builder.add(t0v, builder.mul(tl.index, I64(pair_tile)))
+                    emit(builder, p, [g, builder.add(g, I64(1))], t, pair_tile, gemm_chains)
+            g_single = builder.add(g0v, builder.mul(npairs, I64(2)))
+            t_rest = builder.add(t0v, builder.mul(nfull, I64(pair_tile)))
+            with cgutils.for_range(builder, g1v, start=g0v) as gl:
+                ts = builder.select(builder.icmp_signed("<", gl.index, g_single), t_rest, t0v)
+                _emit_tiles(builder, p, [gl.index], ts, t1v, tile, gemv_chains, gemm_chains,
                             emit)
             return context.get_dummy_value()
 
