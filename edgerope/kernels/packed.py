@@ -296,16 +296,14 @@ def _products(fmt, value):
     paths = {}
     for mode in simd.MODES:
         gemm_x = _float_activations if mode == "portable" else _int8_activations
-        sums = _same_sums
-        if simd.unsigned_dots(mode):
-            sums = (k_min_sums if fmt.kind == "min" else bias_sums if fmt.bias or fmt.kind
-                    else _same_sums)
+        sums = {"min": k_min_sums, "bias": bias_sums, None: _same_sums}[
+            simd.gemm_sums(fmt, mode)]
         paths[mode] = (
             _instantiate(_gemv, f"{fmt.name}p_gemv_{mode}", CORE=simd.core(fmt, mode, True),
                          **bound),
             _instantiate(_gemm, f"{fmt.name}p_gemm_{mode}", CORE=simd.core(fmt, mode),
                          PREPARE=gemm_x, SUMS=sums,
-                         BIAS=32 if fmt.kind == "sym" else fmt.bias, **bound))
+                         BIAS=fmt.bias, **bound))
     embed = _instantiate(_embed, f"{fmt.name}p_embed", ROW_VALUE=value, QKX=geo.qk)
     return paths, embed
 

@@ -277,7 +277,7 @@ class _Fmt:
     K-quants (qk 256): `groups(builder, p, woff)` yields per scale sub-block (u, steps, col0):
     steps as above with columns relative to col0; `kind` "min" (Q4_K / Q5_K: weight =
     d sc_u code - dmin m_u, scales at byte `scales` + u of each row, mins at + 8 + u) or "sym"
-    (Q6_K: weight = d sc_u (code - 32), signed scales).
+    (Q6_K: weight = d sc_u (code - 32), signed scales; its `bias` 32).
 
     `prefetch`: (near, far) bytes ahead of the block being multiplied at which the GEMV cores
     ask for weights, into L1 and into L2 (see _prefetch).
@@ -387,8 +387,8 @@ Q5_1 = _Fmt("q5_1", _q5_steps, mins=True)
 Q4_K = _Fmt("q4_k", groups=_k4_groups(False), kind="min", scales=2048, prefetch=(2304, 16384))
 Q5_K = _Fmt("q5_k", groups=_k4_groups(True), kind="min", scales=2560, prefetch=(6656, 16384),
             wide=True)
-Q6_K = _Fmt("q6_k", groups=_q6k_groups, kind="sym", scales=3072, prefetch=(6656, 16384),
-            wide=True)
+Q6_K = _Fmt("q6_k", groups=_q6k_groups, kind="sym", bias=32, scales=3072,
+            prefetch=(6656, 16384), wide=True)
 
 
 def _prefetch(builder, p, woff):
@@ -552,8 +552,8 @@ def _idot_float(builder, p, steps, xo, xrow, chains, ncols):
 def _legacy_dot(idot, unsigned):
     """The exact dots of a 32-column block as float, weights = codes - bias: with unsigned
     dots (vnni) minus bias * the activation block sum, else on codes made signed first.
-    GEMM cores with unsigned dots read `xsum` as -bias * the block sums already (`presummed`,
-    packed.bias_sums) and start each token's dot from it: a broadcast load instead of a
+    GEMM cores whose `gemm_sums` is "bias" read `xsum` as -bias * the block sums already
+    (packed.bias_sums) and start each token's dot from it: a broadcast load instead of a
     shift, a broadcast from a general register and a subtraction on the vector ports.
     -> dots[group][token] for the row groups at byte offsets `woffs` (several only on
     "vnni": `_idot_vnni_groups`)."""
@@ -566,20 +566,17 @@ def _legacy_dot(idot, unsigned):
         xo = builder.mul(b, I64(32))
         b4 = builder.mul(b, I64(4))
         nt = len(xrow)
-        if fmt.bias and unsigned and p["presummed"]:
+        init = None
+        if p["sums"] == "bias":
             init = [_splat(builder, _load(builder, p["xsum"], builder.add(p["srow"][j], b4),
                                           I32, align=4), V16I) for j in range(nt)]
-            if len(woffs) > 1:
-                dots = _idot_vnni_groups(builder, p, gsteps, xo, xrow, chains,
-                                         [init] * len(woffs))
-            else:
-                dots = [idot(builder, p, gsteps[0], xo, xrow, chains, 32, init=init)]
-            return [[builder.sitofp(d, V16F) for d in row] for row in dots]
         if len(woffs) > 1:
-            dots = _idot_vnni_groups(builder, p, gsteps, xo, xrow, chains)
+            dots = _idot_vnni_groups(builder, p, gsteps, xo, xrow, chains,
+                                     None if init is None else [init] * len(woffs))
         else:
-            dots = [idot(builder, p, gsteps[0], xo, xrow, chains, 32)]
-        if fmt.bias and unsigned:
+            dots = [idot(builder, p, gsteps[0], xo, xrow, chains, 32,
+                         **({} if init is None else {"init": init}))]
+        if fmt.bias and unsigned and init is None:
             shift = I32(fmt.bias.bit_length() - 1)  # bias is a power of two
             for j in range(nt):
                 xsum = _load(builder, p["xsum"], builder.add(p["srow"][j], b4), I32, align=4)
@@ -662,7 +659,7 @@ def _emit_tile_k(builder, p, g, t, nt, chains, idot):
     xrow = [builder.mul(builder.add(t, I64(j)), p["x_stride"]) for j in range(nt)]
     srow = [builder.mul(builder.add(t, I64(j)), p["s_stride"]) for j in range(nt)]
     mrow = [builder.mul(builder.add(t, I64(j)), p["m_stride"]) for j in range(nt)]
-    presummed = p["presummed"] and p["unsigned"]
+    presummed = p["sums"] is not None
     with cgutils.for_range(builder, nb) as loop:
         b = loop.index
         gb = builder.add(gnb, b)
@@ -675,7 +672,7 @@ def _emit_tile_k(builder, p, g, t, nt, chains, idot):
         for u, steps, col0, unit in fmt.groups(builder, p, woff):
             ncols = max(c for _, c in steps) + 4
             xo = builder.add(xo0, I64(col0))
-            if presummed and fmt.kind == "sym":  # start from -32 bsum_u (the codes' +32)
+            if p["sums"] == "bias":  # start from -32 bsum_u (the codes' +32)
                 init = [_splat(builder, _load(builder, p["xsum"], builder.add(
                     mrow[j], builder.add(sum0, I64(4 * (col0 // 16)))), I32, align=4), V16I)
                     for j in range(nt)]
@@ -707,7 +704,8 @@ def _emit_tile_k(builder, p, g, t, nt, chains, idot):
                     accm[j] = fma(mv, _splat(builder, builder.sitofp(bs, F32), V16F), accm[j])
                     dj = dots[j]
                 else:  # the codes' +32
-                    dj = builder.sub(dots[j], _splat(builder, builder.shl(bs, I32(5)), V16I))
+                    shift = I32(fmt.bias.bit_length() - 1)
+                    dj = builder.sub(dots[j], _splat(builder, builder.shl(bs, shift), V16I))
                 acc[j] = fma(builder.sitofp(dj, V16F), sc, acc[j])
         soff = builder.mul(gb, I64(64 if fmt.kind == "min" else 32))
         d = _half_to_float(builder, _load(builder, p["wsp"], soff, V16H, align=2))
@@ -748,8 +746,9 @@ def _store_tile(builder, p, g, t, facc):
 
 
 def _packed_intrinsic(fmt, idot, unsigned, tile, gemv_chains, gemm_chains, doc, name, gemv,
-                      pair_tile=0):
-    """pair_tile: tokens per tile when two row groups go together (0: one at a time)."""
+                      pair_tile=0, sums=None):
+    """pair_tile: tokens per tile when two row groups go together (0: one at a time); sums:
+    how the core reads `xsum` (gemm_sums; None for a GEMV core)."""
     if fmt.qk == 256:
         emit = lambda b, p, gs, t, nt, ch: _emit_tile_k(b, p, gs[0], t, nt, ch,  # noqa: E731
                                                         idot)
@@ -758,7 +757,7 @@ def _packed_intrinsic(fmt, idot, unsigned, tile, gemv_chains, gemm_chains, doc, 
         emit = lambda b, p, gs, t, nt, ch: _emit_tile(b, p, gs, t, nt, ch, dot)  # noqa: E731
 
     def impl(typingctx, out, wp, wsp, xq, xs, xsum, g0, g1, t0, t1, strides):
-        presum_float = not gemv and unsigned and fmt.kind == "min"
+        presum_float = sums == "min"
         _check_dtypes(out=(out, types.float32), wp=(wp, types.uint8), wsp=(wsp, types.uint16),
                       xq=(xq, (types.int8, types.float32) if idot is _idot_float
                           else types.int8),
@@ -775,7 +774,7 @@ def _packed_intrinsic(fmt, idot, unsigned, tile, gemv_chains, gemm_chains, doc, 
                                types.int64) for i in range(6)]
             p.update(nb=st[0], n_out=st[1], o_stride=st[2], x_stride=st[3], s_stride=st[4],
                      m_stride=st[5], x_float=ty[3].dtype == types.float32, fmt=fmt,
-                     prefetch=True, unsigned=unsigned, presummed=not gemv)
+                     prefetch=True, unsigned=unsigned, sums=sums)
             g0v, g1v, t0v, t1v = (context.cast(builder, args[6 + i], ty[6 + i], types.int64)
                                   for i in range(4))
             if not gemv:  # a few tokens (batched decoding): the weights stream once
@@ -870,6 +869,20 @@ def unsigned_dots(mode):
     return _PATHS[mode][1]
 
 
+def gemm_sums(fmt, mode):
+    """What the GEMM cores of `fmt` on SIMD path `mode` read as `xsum` -- the one place the
+    cores and their callers (packed._products) take it from: "min" for Q4_K / Q5_K on
+    unsigned dots (the 32-column sums as float32: packed.k_min_sums), "bias" for unsigned
+    dots of codes with a bias (-fmt.bias * the block sums, each dot's start:
+    packed.bias_sums), None for the block sums as quantized (signed dots, or no bias and
+    no K-quant mins). GEMV cores always read the sums as quantized."""
+    if not unsigned_dots(mode):
+        return None
+    if fmt.kind == "min":
+        return "min"
+    return "bias" if fmt.bias else None
+
+
 def core(fmt, mode, gemv=False):
     """The matmul core intrinsic of format `fmt` (a _Fmt) on SIMD path `mode` (one of MODES;
     only compile one that available() lists), made once per (fmt, mode, gemv): gemv=True
@@ -883,7 +896,8 @@ def core(fmt, mode, gemv=False):
             gemv_chains, 1,
             _CORE_DOC.format(fmt=fmt.name, path=doc),
             f"{fmt.name}p_{'gemv' if gemv else 'gemm'}_core_{mode}", gemv,
-            GEMM_PAIR_TILE if mode == "vnni" and fmt.pair else 0)
+            GEMM_PAIR_TILE if mode == "vnni" and fmt.pair else 0,
+            None if gemv else gemm_sums(fmt, mode))
     return _CORES[key]
 
 
