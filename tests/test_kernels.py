@@ -173,6 +173,9 @@ def test_norms_split_over_threads_for_long_chunks():
         for i in range(x.shape[0]):
             norm(rows[i:i + 1], x[i:i + 1], *args)
         np.testing.assert_array_equal(out, rows)
+        y = x.copy()
+        norm(y, y, *args)  # in place: its own loop (no overlap check to fail)
+        np.testing.assert_array_equal(y, out)
 
 
 # ----------------------------------------------------------------------------- rope
@@ -452,7 +455,7 @@ KINDS = [K.ACT_SILU, K.ACT_GELU, K.ACT_GELU_TANH, K.ACT_RELU2, K.ACT_RELU]
 
 
 @pytest.mark.parametrize("kind", KINDS)
-@pytest.mark.parametrize("n", [1, 31, 100])
+@pytest.mark.parametrize("n", [1, 31, 100, 1100])  # 1100: spans of 512, 512 and 76
 def test_act_mul_and_act(kind, n):
     r = rng(n + kind)
     gu = randn(r, 3, 2 * n, scale=3.0)
@@ -474,6 +477,22 @@ def test_act_kinds_match_transformers():
         out = np.empty_like(x)
         K.act(out, x, kind)
         np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-6, err_msg=name)
+
+
+def test_add_split_over_threads_and_aliased():
+    """A prefill-sized add (past the parallel threshold) in chunks, out of place, in place
+    (out is a: its own loop) and into b: the twin's numbers exactly."""
+    r = rng(5)
+    a, b = randn(r, 300, 640), randn(r, 300, 640)
+    assert a.size >= 1 << 16
+    ref = naive.add(a, b).astype(np.float32)
+    out = np.empty_like(a)
+    K.add(out, a, b)
+    np.testing.assert_array_equal(out, ref)
+    for into in ("a", "b"):
+        x, y = a.copy(), b.copy()
+        K.add(x if into == "a" else y, x, y)
+        np.testing.assert_array_equal(x if into == "a" else y, ref)
 
 
 def test_add_bias_scale_softcap():

@@ -58,17 +58,19 @@ _ACT_CHUNK = 512  # elements per parallel work unit: decode rows (T = 1) still u
 
 
 @kernel
-def _act_mul_span(out, gu, kind, t, i0, i1, n):
-    # one branch per span, not per element, so each loop body is a single activation
+def _act_mul_span(out, gate, up, kind):
+    """out = act(gate) * up over three 1-D spans. One branch per span, not per element, so
+    each loop body is a single activation; 1-D slices let LLVM vectorize it (indexed as
+    (t, i) of the 2-D arrays it did not: 2.2x slower, bench in the commit)."""
     if kind == 0:
-        for i in range(i0, i1):
-            out[t, i] = _act1(gu[t, i], 0) * gu[t, n + i]
+        for i in range(out.shape[0]):
+            out[i] = _act1(gate[i], 0) * up[i]
     elif kind == 2:
-        for i in range(i0, i1):
-            out[t, i] = _act1(gu[t, i], 2) * gu[t, n + i]
+        for i in range(out.shape[0]):
+            out[i] = _act1(gate[i], 2) * up[i]
     else:
-        for i in range(i0, i1):
-            out[t, i] = _act1(gu[t, i], kind) * gu[t, n + i]
+        for i in range(out.shape[0]):
+            out[i] = _act1(gate[i], kind) * up[i]
 
 
 @kernel(parallel=True)
@@ -79,7 +81,8 @@ def act_mul(out, gu, kind):
     for j in prange(T * per_row):
         t = j // per_row
         i0 = (j % per_row) * _ACT_CHUNK
-        _act_mul_span(out, gu, kind, t, i0, min(n, i0 + _ACT_CHUNK), n)
+        i1 = min(n, i0 + _ACT_CHUNK)
+        _act_mul_span(out[t, i0:i1], gu[t, i0:i1], gu[t, n + i0:n + i1], kind)
 
 
 @kernel(parallel=True)
@@ -92,13 +95,36 @@ def act(out, x, kind):
 
 
 @kernel
+def _add_span(out, a, b):
+    """out = a + b; out is a (the residual's x += o) through a loop over a alone (see
+    norm._rms_rows: the overlap check fails on exact aliasing, leaving scalar code)."""
+    if out.ctypes.data == a.ctypes.data:
+        for i in range(out.shape[0]):
+            a[i] += b[i]
+    else:
+        for i in range(out.shape[0]):
+            out[i] = a[i] + b[i]
+
+
+_ADD_PARALLEL_MIN = 1 << 16  # elements: below, a parallel region costs more than it saves
+_ADD_CHUNK = 1 << 13
+
+
+@kernel(parallel=True)
 def add(out, a, b):
-    """out = a + b elementwise; out may alias a (or b)."""
+    """out = a + b elementwise; out may alias a (or b). Prefill-sized arrays in chunks over
+    the threads (decode rows: one thread, no parallel region)."""
     af = a.reshape(a.size)
     bf = b.reshape(b.size)
     of = out.reshape(out.size)
-    for i in range(af.shape[0]):
-        of[i] = af[i] + bf[i]
+    n = af.shape[0]
+    if n < _ADD_PARALLEL_MIN:
+        _add_span(of, af, bf)
+        return
+    for c in prange((n + _ADD_CHUNK - 1) // _ADD_CHUNK):
+        i0 = c * _ADD_CHUNK
+        i1 = min(n, i0 + _ADD_CHUNK)
+        _add_span(of[i0:i1], af[i0:i1], bf[i0:i1])
 
 
 @kernel

@@ -18,18 +18,32 @@ _CHUNK = 16  # rows per parallel task
 
 
 @kernel
+def _mean_square(x):
+    """mean(x^2) of a row x (1-D), accumulated in float64."""
+    ss = 0.0
+    for i in range(x.shape[0]):
+        v = np.float64(x[i])
+        ss += v * v
+    return ss / x.shape[0]
+
+
+@kernel
 def _rms_rows(out, x, w, eps, one, r0, r1):
-    n = x.shape[1]
+    """Rows r0..r1-1 as 1-D views. In place (out is x) through a loop over one array: LLVM
+    guards its vectorized loops with an overlap check of out and x, which exact aliasing
+    fails, so the two-array loop ran scalar in place (2.5-3x slower; bench in the commit)."""
     G = w.shape[0]
+    in_place = out.ctypes.data == x.ctypes.data and out.strides == x.strides
     for r in range(r0, r1):
-        ss = 0.0
-        for i in range(n):
-            v = np.float64(x[r, i])
-            ss += v * v
-        inv = np.float32(1.0 / np.sqrt(ss / n + eps))
-        g = r % G
-        for i in range(n):
-            out[r, i] = (x[r, i] * inv) * (w[g, i] + one)
+        xr, wr = x[r], w[r % G]
+        inv = np.float32(1.0 / np.sqrt(_mean_square(xr) + eps))
+        if in_place:
+            for i in range(xr.shape[0]):
+                xr[i] = (xr[i] * inv) * (wr[i] + one)
+        else:
+            o = out[r]
+            for i in range(xr.shape[0]):
+                o[i] = (xr[i] * inv) * (wr[i] + one)
 
 
 @kernel(parallel=True)
