@@ -8,7 +8,7 @@ import pytest
 from edgerope.formats import MatrixSpec, Stack, ggml_blocks as gb
 from edgerope.formats.linear import Activations, Linear
 from edgerope.kernels import packed, simd
-from edgerope.kernels.layout import GEOMETRY, act_buffers
+from edgerope.kernels.layout import GEOMETRY, act_buffers, gemm_scratch_len
 
 import naive
 
@@ -118,6 +118,13 @@ def test_products_match_twin_on_every_path(fmt, t, n):
             gemv(out[0], xq, xs, xsum, wp, wsp, n)
         else:
             gemm(out, xq, xs, xsum, wp, wsp, n)
+            # a caller's scratch (the engine's): the same numbers, nothing past its length
+            need = gemm_scratch_len(fmt, t, k)
+            scratch = np.full(need + 5, 3.0, np.float32)
+            out2 = np.full((t, n + 3), 7.0, np.float32)
+            gemm(out2, xq, xs, xsum, wp, wsp, n, scratch[:need] if need else None)
+            np.testing.assert_array_equal(out2, out)
+            assert (scratch[need:] == 3.0).all()
         assert (out[:, n:] == 7.0).all()  # nothing written past n_out
         np.testing.assert_allclose(out[:, :n], want, rtol=0, atol=2e-6 * np.abs(want).max())
         results.append(out)

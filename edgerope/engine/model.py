@@ -23,6 +23,7 @@ from edgerope.engine.weights import ModelWeights, Norm
 from edgerope.archs.config import ModelConfig
 from edgerope.errors import ConfigError, ParameterError
 from edgerope.formats.linear import Activations
+from edgerope.kernels.layout import GEOMETRY
 from edgerope.engine.profile import direct
 
 _ATT_CHUNKS = 16  # parallel work units of the attention kernel (each owns a scratch row)
@@ -191,8 +192,10 @@ class _Buffers:
         total = sum(size(*v) for v in cls.layout(cfg, B, att_len).values())
         total += sum(2 * size(shape, np.float32) for shape in cls.shared_layout(cfg, B).values())
         if dtype != "float32":  # a GGUF file's own types (auto) may take Q8_K activations too
-            total += Activations.nbytes_of(B, cls.act_widths(cfg), ("q8_0", "q8_k")
-                                           if dtype == "auto" else ("q8_0",))
+            auto = dtype == "auto"  # (and any packed format: an upper bound)
+            total += Activations.nbytes_of(
+                B, cls.act_widths(cfg), ("q8_0", "q8_k") if auto else ("q8_0",),
+                tuple(GEOMETRY) if auto else ("q8" if dtype == "int8" else "q4",))
         return total
 
     @property

@@ -46,6 +46,18 @@ class Activations:
 
     def __init__(self, rows: int):
         self.rows, self._by_k, self._views = rows, {}, {}
+        self._scratch = np.empty(0, np.float32)
+
+    def scratch(self, per_token: int, t: int) -> np.ndarray:
+        """per_token * t float32 elements a GEMM of t tokens reads besides the activations
+        (packed.gemm_scratch_len: prepared block sums, or the portable path's float copy),
+        from one buffer sized for `rows` tokens of the largest request, then reused: no
+        allocation per matrix call (a one-off larger batch gets its own)."""
+        if t > self.rows:
+            return np.empty(per_token * t, np.float32)
+        if per_token * self.rows > self._scratch.shape[0]:
+            self._scratch = np.empty(per_token * self.rows, np.float32)
+        return self._scratch[:per_token * t]
 
     def get(self, k: int, t: int, act: str = "q8_0"):
         key = (k, t, act)
@@ -69,14 +81,24 @@ class Activations:
     @property
     def nbytes(self) -> int:
         """Bytes of the buffers made so far."""
-        return sum(K.act_nbytes(self.rows, k, act) for k, act in self._by_k)
+        return (sum(K.act_nbytes(self.rows, k, act) for k, act in self._by_k)
+                + self._scratch.nbytes)
 
     @staticmethod
-    def nbytes_of(rows: int, widths, acts=("q8_0",)) -> int:
+    def nbytes_of(rows: int, widths, acts=("q8_0",), fmts=()) -> int:
         """Bytes of the buffers for `rows` tokens once every input width in `widths` is used
-        with each activation kind in `acts` (q8_k only for widths it applies to)."""
-        return sum(K.act_nbytes(rows, k, a) for k in set(widths) for a in acts
-                   if a == "q8_0" or k % 256 == 0)
+        with each activation kind in `acts` (q8_k only for widths it applies to), and the
+        GEMM scratch of the largest such matrix of the packed formats `fmts`."""
+        scratch = max((_scratch_per_token(f, k) for f in fmts for k in set(widths)
+                       if GEOMETRY[f].qk == 32 or k % 256 == 0), default=0)
+        return 4 * rows * scratch + sum(K.act_nbytes(rows, k, a) for k in set(widths)
+                                        for a in acts if a == "q8_0" or k % 256 == 0)
+
+
+def _scratch_per_token(fmt: str, k: int) -> int:
+    """float32 elements of GEMM scratch a token of a (., k) matrix of packed format fmt takes
+    (kernels.gemm_scratch_len)."""
+    return K.gemm_scratch_len(fmt, 1, k)
 
 
 def check_finite(a: np.ndarray, row0: int = 0) -> None:
@@ -261,11 +283,14 @@ class Linear:
                 K.f32_gemm(out, x, self.w)
         else:
             gemv, gemm, act = _PRODUCTS.get(self.fmt) or _products(self.fmt)
-            xq, xs, xsum = q if q is not None else (acts or Activations(T)).quantize(x, act)
+            acts = acts or Activations(T)
+            xq, xs, xsum = q if q is not None else acts.quantize(x, act)
             if T == 1:
                 gemv(out[0], xq, xs, xsum, self.wp, self.wsp, self.out_features)
             else:
-                gemm(out, xq, xs, xsum, self.wp, self.wsp, self.out_features)
+                n = _scratch_per_token(self.fmt, self.in_features)
+                gemm(out, xq, xs, xsum, self.wp, self.wsp, self.out_features,
+                     acts.scratch(n, T) if n else None)
         if self.bias is not None:
             K.add_bias(out, self.bias)
 

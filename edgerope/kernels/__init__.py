@@ -14,7 +14,8 @@ import sys
 
 _MODULES = {
     "jit": ("set_threads", "get_threads", "max_threads"),
-    "layout": ("aligned_empty", "act_buffers", "act_nbytes", "att_stage_len", "ATT_MAX_ROWS"),
+    "layout": ("aligned_empty", "act_buffers", "act_nbytes", "att_stage_len", "ATT_MAX_ROWS",
+               "gemm_scratch_len"),
     "activations": ("ACT_GELU", "ACT_GELU_TANH", "ACT_KINDS", "ACT_RELU", "ACT_RELU2",
                     "ACT_SILU", "act", "act_mul", "add", "add_bias", "mask_bits", "scale_",
                     "softcap_", "softmax_"),

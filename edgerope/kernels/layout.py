@@ -20,13 +20,15 @@ class Geometry:
     for K-quants, sub-block scales) per (16-row group, block), `scales` fp16 values per row
     and block in `wsp` (1: d; 2: d and a min), and the activations its products read
     (`act`: "q8_0" -- int8 per 32 columns with block sums -- or "q8_k": int8 per 256 with
-    16-column sums)."""
+    16-column sums). `sums`: what its GEMM cores on unsigned dots read prepared
+    (simd.gemm_sums): "bias" (-bias x the activation sums: codes with a bias), "min" (the
+    32-column sums as float32: Q4_K / Q5_K) or None."""
 
-    __slots__ = ("name", "qk", "block_bytes", "scales", "act")
+    __slots__ = ("name", "qk", "block_bytes", "scales", "act", "sums")
 
-    def __init__(self, name, qk, block_bytes, scales, act):
+    def __init__(self, name, qk, block_bytes, scales, act, sums):
         self.name, self.qk, self.block_bytes = name, qk, block_bytes
-        self.scales, self.act = scales, act
+        self.scales, self.act, self.sums = scales, act, sums
 
     @property
     def wsp_rows(self) -> int:
@@ -34,15 +36,29 @@ class Geometry:
 
 
 GEOMETRY = {g.name: g for g in (
-    Geometry("q8", QK, ROWS * QK, 1, "q8_0"),            # Q8_0: codes + 128
-    Geometry("q4", QK, ROWS * QK // 2, 1, "q8_0"),       # Q4_0: two codes a byte
-    Geometry("q4_1", QK, ROWS * QK // 2, 2, "q8_0"),     # Q4_1: + a min per block
-    Geometry("q5_0", QK, ROWS * QK * 5 // 8, 1, "q8_0"),  # Q5_0: + a high-bit byte per lane
-    Geometry("q5_1", QK, ROWS * QK * 5 // 8, 2, "q8_0"),
-    Geometry("q4_k", QK_K, ROWS * (128 + 16), 2, "q8_k"),        # codes, 8 scales + 8 mins
-    Geometry("q5_k", QK_K, ROWS * (128 + 32 + 16), 2, "q8_k"),   # + high bits
-    Geometry("q6_k", QK_K, ROWS * (128 + 64 + 16), 1, "q8_k"),   # low, high bits, 16 scales
-)}
+    Geometry("q8", QK, ROWS * QK, 1, "q8_0", "bias"),            # Q8_0: codes + 128
+    Geometry("q4", QK, ROWS * QK // 2, 1, "q8_0", "bias"),       # Q4_0: two codes a byte
+    Geometry("q4_1", QK, ROWS * QK // 2, 2, "q8_0", None),       # Q4_1: + a min per block
+    Geometry("q5_0", QK, ROWS * QK * 5 // 8, 1, "q8_0", "bias"),  # + a high-bit byte a lane
+    Geometry("q5_1", QK, ROWS * QK * 5 // 8, 2, "q8_0", None),
+    Geometry("q4_k", QK_K, ROWS * (128 + 16), 2, "q8_k", "min"),  # codes, 8 scales + 8 mins
+    Geometry("q5_k", QK_K, ROWS * (128 + 32 + 16), 2, "q8_k", "min"),  # + high bits
+    Geometry("q6_k", QK_K, ROWS * (128 + 64 + 16), 1, "q8_k", "bias"),  # low, high bits, 16
+)}                                                                      # scales
+
+
+def gemm_scratch_len(fmt: str, T: int, k: int) -> int:
+    """float32 elements of the scratch a GEMM of packed format `fmt` takes for T tokens of k
+    inputs (packed._gemm): its prepared activation sums (`sums`), as read by the cores on
+    unsigned dots; 0 for formats without. Independent of the SIMD path, so that memory can
+    be planned without loading numba (a path with signed dots leaves it unread)."""
+    geo = GEOMETRY[fmt]
+    nb = -(-int(k) // geo.qk)
+    if geo.sums == "min":  # float32 sums of 32 columns
+        return T * nb * geo.qk // 32
+    if geo.sums == "bias":  # int32 per block sum: per 32 columns, or 16 for Q8_K's
+        return T * nb * (1 if geo.qk == QK else QK_K // 16)
+    return 0
 BLOCK_BYTES = {name: g.block_bytes for name, g in GEOMETRY.items()}
 SCALE_BYTES = 2 * ROWS  # the fp16 scales of one block (per scale kind)
 

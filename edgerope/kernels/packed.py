@@ -208,17 +208,21 @@ def _float_activations(xq):
 
 
 @kernel
-def _same_sums(xsum, bias):
+def _same_sums(xsum, bias, scratch):
     """The block sums as the core reads them: xsum itself."""
     return xsum
 
 
 @kernel
-def bias_sums(xsum, bias):
-    """-bias * xsum (T, nb), the start of every block dot in the GEMM cores with unsigned
-    dots of a format whose codes carry a bias (simd._legacy_dot); one allocation per call."""
+def bias_sums(xsum, bias, scratch):
+    """-bias * xsum (T, nb), the start of every block dot in the GEMM cores whose
+    simd.gemm_sums is "bias"; in `scratch` (layout.gemm_scratch_len) or, without one, a new
+    array."""
     T, nb = xsum.shape
-    out = np.empty((T, nb), np.int32)
+    if scratch is None:
+        out = np.empty((T, nb), np.int32)
+    else:
+        out = scratch[:T * nb].view(np.int32).reshape((T, nb))
     for t in range(T):
         for b in range(nb):
             out[t, b] = -bias * xsum[t, b]
@@ -226,12 +230,15 @@ def bias_sums(xsum, bias):
 
 
 @kernel
-def k_min_sums(bsum, bias):
+def k_min_sums(bsum, bias, scratch):
     """The Q8_K activations' 32-column sums as float32 (T, 8 nb) from their 16-sums (T, 16 nb):
-    the min terms of Q4_K / Q5_K in their GEMM cores with unsigned dots; one allocation per
-    call. (`bias` unused: the signature of every SUMS.)"""
+    the min terms of Q4_K / Q5_K in their GEMM cores whose simd.gemm_sums is "min"; in
+    `scratch` or a new array as bias_sums. (`bias` unused: the signature of every SUMS.)"""
     T, n = bsum.shape
-    out = np.empty((T, n // 2), np.float32)
+    if scratch is None:
+        out = np.empty((T, n // 2), np.float32)
+    else:
+        out = scratch[:T * (n // 2)].reshape((T, n // 2))
     for t in range(T):
         for u in range(n // 2):
             out[t, u] = np.float32(bsum[t, 2 * u] + bsum[t, 2 * u + 1])
@@ -249,13 +256,16 @@ def _gemv(out, xq, xs, xsum, wp, wsp, n_out):
         CORE(out, wp, wsp, xq, xs, xsum, g, g + 1, 0, 1, strides)  # noqa: F821
 
 
-def _gemm(out, xq, xs, xsum, wp, wsp, n_out):
-    """out (T, n_out) = x Wᵀ for T = out.shape[0] tokens (rows of xq / xs / xsum)."""
+def _gemm(out, xq, xs, xsum, wp, wsp, n_out, scratch=None):
+    """out (T, n_out) = x Wᵀ for T = out.shape[0] tokens (rows of xq / xs / xsum). scratch:
+    float32, at least layout.gemm_scratch_len elements, for the prepared sums the core reads
+    (callers that multiply often keep one: formats.linear.Activations); None: allocated per
+    call."""
     T = out.shape[0]
     _check(out, xq, xs, xsum, wp, wsp, n_out, T, BLOCK_BYTES, WSP_ROWS, QKX, NSUM)  # noqa: F821
     G = wp.shape[0]
     x = PREPARE(xq)  # noqa: F821
-    sums = SUMS(xsum, BIAS)  # noqa: F821
+    sums = SUMS(xsum, BIAS, scratch)  # noqa: F821
     strides = (wp.shape[1], n_out, out.strides[0], x.strides[0], xs.strides[0],
                sums.strides[0])
     for ch in prange((G + _GEMM_GROUPS - 1) // _GEMM_GROUPS):

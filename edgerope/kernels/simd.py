@@ -296,6 +296,8 @@ class _Fmt:
         self.prefetch = prefetch
         self.wide = wide  # K-quant codes built from several bit fields: the wider GEMM tile
         self.pair = pair
+        # the geometry's sums (gemm_sums) are what these codes need
+        assert geo.sums == ("min" if kind == "min" else "bias" if bias else None), name
 
 
 def _vconst(v):
@@ -871,16 +873,12 @@ def unsigned_dots(mode):
 
 def gemm_sums(fmt, mode):
     """What the GEMM cores of `fmt` on SIMD path `mode` read as `xsum` -- the one place the
-    cores and their callers (packed._products) take it from: "min" for Q4_K / Q5_K on
-    unsigned dots (the 32-column sums as float32: packed.k_min_sums), "bias" for unsigned
-    dots of codes with a bias (-fmt.bias * the block sums, each dot's start:
-    packed.bias_sums), None for the block sums as quantized (signed dots, or no bias and
-    no K-quant mins). GEMV cores always read the sums as quantized."""
-    if not unsigned_dots(mode):
-        return None
-    if fmt.kind == "min":
-        return "min"
-    return "bias" if fmt.bias else None
+    cores and their callers (packed._products) take it from: on unsigned dots the format's
+    layout.Geometry.sums, "min" for Q4_K / Q5_K (the 32-column sums as float32:
+    packed.k_min_sums), "bias" for codes with a bias (-fmt.bias * the block sums, each
+    dot's start: packed.bias_sums), else None: the block sums as quantized (also on signed
+    dots). GEMV cores always read the sums as quantized."""
+    return GEOMETRY[fmt.name].sums if unsigned_dots(mode) else None
 
 
 def core(fmt, mode, gemv=False):
