@@ -11,6 +11,7 @@ scale kind (d; d and a min). The byte order inside a block is each format's own
 import numpy as np
 
 ROWS = 16          # output rows per group (one zmm of int32 / float32 lanes)
+GEMM_TOKENS = 64   # tokens per block of a GEMM (packed._gemm; simd spreads streams over it)
 QK = 32            # columns per block of the 32-column formats (one scale)
 QK_K = 256         # columns per super-block of the K-quants
 

@@ -40,11 +40,11 @@ from edgerope.kernels import simd
 from edgerope.kernels.half import h2f
 from edgerope.kernels.jit import kernel, prange
 from edgerope.kernels.layout import QK, ROWS, act_buffers, aligned_empty  # noqa: F401 - API
-from edgerope.kernels.layout import GEOMETRY, QK_K
+from edgerope.kernels.layout import GEMM_TOKENS, GEOMETRY, QK_K
 from edgerope.kernels.matmul import _q8_inv, _q8_round
 
 _GEMM_GROUPS = 4   # groups per parallel chunk in gemm: their weights stay in L2 ...
-_GEMM_TOKENS = 64  # ... while tokens stream through in blocks of this many
+_GEMM_TOKENS = GEMM_TOKENS  # ... while tokens stream through in blocks of this many
 
 
 # ----------------------------------------------------------------------------- packing
