@@ -50,7 +50,7 @@ class Activations:
 
     def scratch(self, per_token: int, t: int) -> np.ndarray:
         """per_token * t float32 elements a GEMM of t tokens reads besides the activations
-        (packed.gemm_scratch_len: prepared block sums, or the portable path's float copy),
+        (kernels.gemm_scratch_len: the GEMM cores' prepared activation sums),
         from one buffer sized for `rows` tokens of the largest request, then reused: no
         allocation per matrix call (a one-off larger batch gets its own)."""
         if t > self.rows:
